@@ -1,0 +1,37 @@
+# Each target sets up .venv itself. TORCH_SPEC picks the torch build: the default is the CPU build
+# that lies on these machines; with a GPU, e.g. `make demo TORCH_SPEC="torch==2.13.0"` from an
+# index that serves CUDA wheels (add PIP_INDEX_URL=...).
+PYTHON     ?= python3
+VENV       ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN        := $(VENV)/bin
+# These machines have no internet: use the local mirror beside the checkout when there is one.
+ifeq ($(origin LSTMCLI_MIRROR), undefined)
+  ifneq ($(wildcard ../shared/datasets/SHA256SUMS),)
+    export LSTMCLI_MIRROR := $(abspath ../shared/datasets)
+  endif
+endif
+
+.PHONY: demo test bench-prepare clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/lstmcli train --config configs/imdb_small.toml --out runs/demo
+	$(BIN)/lstmcli eval --checkpoint runs/demo/best
+	$(BIN)/lstmcli predict --checkpoint runs/demo/best --top-k 2 \
+	  "A moving, beautifully acted film. I loved every minute of it." \
+	  "Dull, predictable and far too long; a waste of two hours."
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest
+
+bench-prepare: $(BIN)/.installed
+	$(BIN)/python benchmarks/bench_prepare.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,61 @@
+"""Benchmark: data preparation of IMDB (read, tokenize, vocabulary, numericalize), cold and warm.
+
+    LSTMCLI_MIRROR=../shared/datasets python benchmarks/bench_prepare.py [--data-dir DIR]
+
+Cold = the token cache is empty (the archive is already fetched and extracted, which happens once);
+warm = the cache holds the numericalized splits. Also times the tokenizer alone against the literal
+twelve-regex torchtext implementation.
+"""
+
+import argparse
+import re
+import shutil
+import time
+from pathlib import Path
+
+from lstmcli.config import DataConfig
+from lstmcli.datasets import load_splits
+from lstmcli.prepare import prepare
+from lstmcli.text import BASIC_ENGLISH_RULES, basic_english
+
+RULES = [(re.compile(p), r) for p, r in BASIC_ENGLISH_RULES]
+
+
+def regex_basic_english(line: str) -> list[str]:
+    line = line.lower()
+    for pattern, repl in RULES:
+        line = pattern.sub(repl, line)
+    return line.split()
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data-dir", default="data")
+    args = parser.parse_args()
+    cfg = DataConfig(dataset="imdb", data_dir=args.data_dir)
+    load_splits(cfg)  # fetch + extract once, outside the timings
+    shutil.rmtree(Path(args.data_dir) / "cache", ignore_errors=True)
+    (_, splits), t_read = timed(lambda: load_splits(cfg))
+    texts = [t for s in splits.values() for t in s.texts]
+    n_tok = sum(len(basic_english(t)) for t in texts)
+    _, t_fast = timed(lambda: [basic_english(t) for t in texts])
+    _, t_regex = timed(lambda: [regex_basic_english(t) for t in texts])
+    shutil.rmtree(Path(args.data_dir) / "cache", ignore_errors=True)
+    _, t_cold = timed(lambda: prepare(cfg, quiet=True))
+    _, t_warm = timed(lambda: prepare(cfg, quiet=True))
+    print(f"IMDB: {len(texts)} reviews, {n_tok:,} tokens")
+    print(f"read 50,000 files:            {t_read:6.2f} s")
+    print(f"tokenize, basic_english:       {t_fast:6.2f} s  ({n_tok / t_fast / 1e6:.1f}M tokens/s)")
+    print(f"tokenize, 12 regexes (ref.):   {t_regex:6.2f} s")
+    print(f"prepare, cold cache:           {t_cold:6.2f} s  (read + tokenize + vocab + numericalize + save)")
+    print(f"prepare, warm cache:           {t_warm:6.2f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""python -m lstmcli"""
+
+from .cli import main
+
+main()

@@ -1,0 +1,77 @@
+"""Batches: length-bucketed index lists and the collate that pads them.
+
+Bucketing keeps padding small (similar lengths share a batch) while the batch order is shuffled each
+epoch, deterministically for a seed: examples are shuffled, cut into pools of `pool` batches, each
+pool is sorted by length and cut into batches, and the batches are shuffled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .prepare import EncodedSplit
+
+
+@dataclass
+class Batch:
+    ids: torch.Tensor  # (B, T) int64, 0-padded
+    lengths: torch.Tensor  # (B,) int64, >= 1
+    labels: torch.Tensor  # (B,) int64
+
+    def to(self, device: torch.device) -> Batch:
+        # lengths stay on the CPU: packing wants them there, and indexing uses a device copy.
+        return Batch(self.ids.to(device, non_blocking=True), self.lengths,
+                     self.labels.to(device, non_blocking=True))
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.lengths.sum())
+
+
+def truncated_lengths(split: EncodedSplit, max_length: int) -> torch.Tensor:
+    lengths = split.lengths
+    return lengths.clamp(max=max_length) if max_length else lengths
+
+
+def bucket_batches(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int,
+                   pool: int = 100) -> list[torch.Tensor]:
+    """Index batches covering every example exactly once, in a seeded order for (seed, epoch)."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(len(lengths), generator=g)
+    batches: list[torch.Tensor] = []
+    for chunk in order.split(batch_size * pool):
+        # stable sort: ties keep their shuffled order, so equal lengths still mix across epochs
+        chunk = chunk[torch.sort(lengths[chunk], stable=True).indices]
+        batches.extend(chunk.split(batch_size))
+    perm = torch.randperm(len(batches), generator=g).tolist()
+    return [batches[i] for i in perm]
+
+
+def sorted_batches(lengths: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Every example once, batched by length (for evaluation: little padding, fixed order)."""
+    return list(torch.sort(lengths, stable=True).indices.split(batch_size))
+
+
+def collate(split: EncodedSplit, indices: torch.Tensor, max_length: int = 0) -> Batch:
+    """Pad the examples at `indices` (keeping the first `max_length` tokens) into a Batch."""
+    starts = split.offsets[indices]
+    lengths = truncated_lengths(split, max_length)[indices]
+    width = int(lengths.max())
+    # positions (B, T): start + t where t < length, else an index we then overwrite with padding
+    steps = torch.arange(width)
+    mask = steps < lengths[:, None]
+    pos = (starts[:, None] + steps).clamp(max=max(len(split.ids) - 1, 0))
+    ids = torch.where(mask, split.ids[pos].long(), 0)
+    return Batch(ids, lengths, split.labels[indices])
+
+
+def padding_share(batches: list[torch.Tensor], lengths: torch.Tensor) -> float:
+    """Share of padded positions over all positions of `batches`."""
+    real = padded = 0
+    for idx in batches:
+        ls = lengths[idx]
+        real += int(ls.sum())
+        padded += int(ls.max()) * len(idx)
+    return 1 - real / padded if padded else 0.0

@@ -1,0 +1,91 @@
+"""A checkpoint is a folder: model.safetensors, config.json, vocab.json, labels.json, metrics.json.
+
+Weights are safetensors, which hold tensors only, so loading never runs code from the file. Saving
+writes a sibling temporary folder and swaps it in, so a crash mid-save leaves the old checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import Config, from_dict, to_dict
+from .errors import CheckpointError, ConfigError
+from .fsutil import replace_dir, temp_dir, write_json
+from .models import TextClassifier
+from .text import Vocab
+
+FILES = ("model.safetensors", "config.json", "vocab.json", "labels.json")
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: Config
+    vocab: Vocab
+    label_names: list[str]
+    model: TextClassifier
+    metrics: dict
+
+
+def build_model(cfg: Config, vocab_size: int, num_classes: int) -> TextClassifier:
+    m = cfg.model
+    return TextClassifier(vocab_size, num_classes, m.embedding_dim, m.hidden_size, m.encoder.value,
+                          m.impl.value, m.num_layers, m.bidirectional, m.dropout, m.pooling.value, m.pack.value)
+
+
+def save(path: Path, cfg: Config, vocab: Vocab, label_names: list[str], model: TextClassifier,
+         metrics: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir(path)
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        write_json(tmp / "config.json", to_dict(cfg))
+        (tmp / "vocab.json").write_text(vocab.to_json(), encoding="utf-8")
+        write_json(tmp / "labels.json", label_names)
+        write_json(tmp / "metrics.json", metrics)
+        replace_dir(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"broken checkpoint: cannot read {path} ({exc})") from None
+
+
+def load(path: Path, device: str = "cpu") -> Checkpoint:
+    """Load a checkpoint folder; anything missing or malformed is a CheckpointError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"no checkpoint at {path} (expected a folder holding {', '.join(FILES)})")
+    missing = [f for f in FILES if not (path / f).is_file()]
+    if missing:
+        raise CheckpointError(f"not an lstmcli checkpoint: {path} lacks {', '.join(missing)}")
+    try:
+        cfg = from_dict(_read_json(path / "config.json"), str(path / "config.json"))
+        vocab = Vocab.from_json((path / "vocab.json").read_text(encoding="utf-8"))
+    except (ConfigError, ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"broken checkpoint {path}: {exc}") from None
+    labels = _read_json(path / "labels.json")
+    if not isinstance(labels, list) or len(labels) < 2:
+        raise CheckpointError(f"broken checkpoint: {path / 'labels.json'} is not a list of label names")
+    metrics = _read_json(path / "metrics.json") if (path / "metrics.json").is_file() else {}
+    model = build_model(cfg, len(vocab), len(labels))
+    try:
+        state = load_file(str(path / "model.safetensors"), device=device)
+        model.load_state_dict(state)
+    except (SafetensorError, RuntimeError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"broken checkpoint: {path / 'model.safetensors'} ({first})") from None
+    model.to(device).eval()
+    return Checkpoint(path, cfg, vocab, [str(x) for x in labels], model, metrics)

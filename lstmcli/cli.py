@@ -1,0 +1,137 @@
+"""The command line: thin commands that resolve options and call one library function each.
+
+Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 130 interrupted.
+"""
+
+import functools
+import inspect
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from .config import Device, field_index, resolve
+from .errors import EXIT_INTERRUPTED, LstmcliError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Train, evaluate and use recurrent text classifiers (LSTM, GRU, RNN).\n\n"
+                       "Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 130 interrupted.")
+
+DEFAULT_CHECKPOINT = Path("runs/latest/best")
+
+
+class Split(str, Enum):
+    test = "test"
+    val = "val"
+    train = "train"
+
+
+def fail(message: str, code: int) -> None:
+    typer.echo(f"lstmcli: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def user_errors(fn):
+    """Turn user-caused errors into one line on stderr and their exit code; Ctrl-C into 130."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LstmcliError as exc:
+            fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted", EXIT_INTERRUPTED)
+    return wrapper
+
+
+def with_config_options(fn):
+    """Add one `--<field>` option per config field (help from the dataclass) to a `**fields` command."""
+    sig = inspect.signature(fn, eval_str=True)
+    params = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
+    for name, info in field_index().items():
+        default = info.default.value if isinstance(info.default, Enum) else info.default
+        option = typer.Option(help=f"{info.help} (default: {default!r})", rich_help_panel=f"{info.section} options",
+                              show_default=False)
+        annotation = Annotated[Optional[info.type], option]
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
+    fn.__signature__ = sig.replace(parameters=params)
+    fn.__annotations__ = {p.name: p.annotation for p in params}
+    return fn
+
+
+@app.command()
+@with_config_options
+@user_errors
+def train(
+    config: Annotated[Optional[Path], typer.Option(help="TOML config; flags override its values")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or logs")] = False,
+    **fields: Any,
+) -> None:
+    """Train a classifier; writes a run folder (config.json, metrics.json, best/, last/)."""
+    from .train import run
+    run_dir = run(resolve(config, fields), quiet=quiet)
+    typer.echo(str(run_dir))
+
+
+@app.command("eval")
+@user_errors
+def eval_(
+    checkpoint: Annotated[Path, typer.Option(help="checkpoint folder")] = DEFAULT_CHECKPOINT,
+    split: Annotated[Split, typer.Option(help="split to evaluate")] = Split.test,
+    dataset: Annotated[Optional[str], typer.Option(help="evaluate other data: a dataset name, or a file (all its rows)")] = None,
+    data_dir: Annotated[Optional[str], typer.Option(help="dataset cache folder")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="examples per batch")] = None,
+    device: Annotated[Device, typer.Option(help="device")] = Device.auto,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
+) -> None:
+    """Accuracy, loss, macro-F1, per-class P/R/F1 and the confusion matrix of a checkpoint."""
+    from .evaluation import run_eval
+    from .metrics import format_report
+    report, written = run_eval(checkpoint, split.value, dataset, data_dir, batch_size, device.value, quiet)
+    if json_out:
+        typer.echo(json.dumps(report))
+    else:
+        typer.echo(format_report(report, f"{report['dataset']} [{report['split']}] with {report['checkpoint']}"))
+        typer.echo(f"\nwritten to {written}", err=True)
+
+
+def read_texts(texts: list[str]) -> list[str]:
+    """The texts to classify: `-` reads one text per line from stdin (bad bytes replaced)."""
+    out: list[str] = []
+    for text in texts:
+        if text == "-":
+            out.extend(sys.stdin.buffer.read().decode("utf-8", errors="replace").splitlines())
+        else:
+            out.append(text)
+    return out
+
+
+@app.command()
+@user_errors
+def predict(
+    texts: Annotated[list[str], typer.Argument(help="texts to classify; '-' reads one per line from stdin")],
+    checkpoint: Annotated[Path, typer.Option(help="checkpoint folder")] = DEFAULT_CHECKPOINT,
+    top_k: Annotated[int, typer.Option(min=1, help="how many labels to show per text")] = 1,
+    batch_size: Annotated[int, typer.Option(min=1, help="texts per batch")] = 256,
+    device: Annotated[Device, typer.Option(help="device")] = Device.cpu,
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON object per input line")] = False,
+) -> None:
+    """Classify texts: the label and its probability (or the top k) for each."""
+    from .predict import Predictor
+    from .device import resolve_device
+    predictor = Predictor(checkpoint, resolve_device(device.value))
+    inputs = read_texts(texts)
+    for i, ranked in enumerate(predictor.predict(inputs, top_k, batch_size)):
+        if json_out:
+            typer.echo(json.dumps({"index": i, "label": ranked[0][0], "probability": ranked[0][1],
+                                   "top_k": [{"label": lab, "probability": p} for lab, p in ranked]}))
+        else:
+            typer.echo("\t".join(f"{lab}\t{p:.4f}" for lab, p in ranked))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,221 @@
+"""The run configuration: one dataclass tree that is the single source of truth.
+
+Values are resolved in this order: the defaults below, then `LSTMCLI_DATA_DIR` for `data_dir`, then a
+TOML file (`[data]`, `[model]`, `[train]` tables), then CLI flags, whose names are the field names
+(`batch_size` is `--batch-size`). Field names are unique across sections so that a flag names exactly
+one field. Unknown keys and wrong types raise ConfigError naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+class Encoder(str, Enum):
+    lstm = "lstm"
+    gru = "gru"
+    rnn = "rnn"
+
+
+class Impl(str, Enum):
+    builtin = "builtin"
+
+
+class Pooling(str, Enum):
+    last = "last"
+    mean = "mean"
+    max = "max"
+
+
+class Pack(str, Enum):
+    auto = "auto"
+    always = "always"
+    never = "never"
+
+
+class Optimizer(str, Enum):
+    adam = "adam"
+    sgd = "sgd"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _f("imdb", "ag_news, imdb, or a path to a CSV/TSV/JSONL file or a folder of them")
+    data_dir: str = _f("data", "dataset and token cache folder (env LSTMCLI_DATA_DIR)")
+    text_column: str = _f("text", "user data: text column(s), comma-separated to join; digits = headerless CSV/TSV")
+    label_column: str = _f("label", "user data: label column (a name, or an index for headerless files)")
+    val_fraction: float = _f(0.05, "share of the training split held out for validation")
+    test_fraction: float = _f(0.1, "share held out for test when the data has no test split")
+    split_seed: int = _f(0, "seed of the validation/test carving and of the example caps")
+    max_train_examples: int = _f(0, "cap on training examples, a class-balanced seeded sample (0 = all)")
+    max_eval_examples: int = _f(0, "cap on validation and test examples, sampled the same way (0 = all)")
+    vocab_max_size: int = _f(30000, "largest vocabulary, <pad> and <unk> included (0 = no limit)")
+    vocab_min_freq: int = _f(1, "least count for a token to enter the vocabulary")
+    max_length: int = _f(0, "truncate texts to this many tokens (0 = no limit)")
+
+
+@dataclass
+class ModelConfig:
+    encoder: Encoder = _f(Encoder.lstm, "recurrent cell")
+    impl: Impl = _f(Impl.builtin, "implementation of the encoder")
+    embedding_dim: int = _f(128, "embedding size")
+    hidden_size: int = _f(128, "recurrent state size per direction")
+    num_layers: int = _f(1, "stacked recurrent layers")
+    bidirectional: bool = _f(False, "add a backward direction")
+    dropout: float = _f(0.0, "dropout between layers and before the output layer")
+    pooling: Pooling = _f(Pooling.last, "how encoder outputs become one vector: last state, mean or max")
+    pack: Pack = _f(Pack.auto, "PackedSequence: auto packs on CUDA only; padded runs are exact too")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(5, "passes over the training split")
+    batch_size: int = _f(64, "examples per batch")
+    lr: float = _f(1e-3, "learning rate")
+    optimizer: Optimizer = _f(Optimizer.adam, "optimizer")
+    momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: float = _f(0.0, "L2 weight decay")
+    grad_clip: float = _f(1.0, "clip the gradient norm to this (0 = off)")
+    seed: int = _f(0, "seed of weights, dropout and batch order")
+    device: Device = _f(Device.auto, "auto picks cuda, then mps, then cpu")
+    out: str = _f("", "run folder (default runs/<dataset>-<encoder>-<timestamp>)")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+class FieldInfo(typing.NamedTuple):
+    section: str
+    type: type
+    default: Any
+    help: str
+
+
+@functools.cache
+def field_index() -> dict[str, FieldInfo]:
+    """Every leaf field by its (unique) name."""
+    index: dict[str, FieldInfo] = {}
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            index[f.name] = FieldInfo(section, hints[f.name], f.default, f.metadata["help"])
+    return index
+
+
+def _coerce(key: str, value: Any, typ: type) -> Any:
+    """`value` as `typ`, or ConfigError naming `key`. Ints are accepted for floats, never bools."""
+    if isinstance(typ, type) and issubclass(typ, Enum):
+        try:
+            return typ(value)
+        except ValueError:
+            choices = ", ".join(m.value for m in typ)
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {choices}") from None
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[typ]
+    if not ok:
+        raise ConfigError(f"config key '{key}': expected {typ.__name__}, got {type(value).__name__} {value!r}")
+    return float(value) if typ is float else value
+
+
+def apply(cfg: Config, values: dict[str, Any], source: str) -> Config:
+    """A copy of `cfg` with `values` set; `values` is nested ({section: {key: v}}) as in TOML."""
+    index = field_index()
+    updates: dict[str, dict[str, Any]] = {}
+    for section, table in values.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section '{section}' (expected one of {', '.join(SECTIONS)})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: '{section}' must be a table")
+        for key, value in table.items():
+            name = f"{section}.{key}"
+            if key not in index or index[key].section != section:
+                raise ConfigError(f"{source}: unknown config key '{name}'")
+            updates.setdefault(section, {})[key] = _coerce(name, value, index[key].type)
+    return dataclasses.replace(cfg, **{
+        section: dataclasses.replace(getattr(cfg, section), **upd) for section, upd in updates.items()
+    })
+
+
+def apply_flags(cfg: Config, flags: dict[str, Any]) -> Config:
+    """Apply flat CLI values ({field_name: value}); None means the flag was not given."""
+    index = field_index()
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key not in index:
+            raise ConfigError(f"unknown option '{key}'")
+        nested.setdefault(index[key].section, {})[key] = value.value if isinstance(value, Enum) else value
+    return apply(cfg, nested, "command line")
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def resolve(config_file: str | Path | None = None, flags: dict[str, Any] | None = None) -> Config:
+    """Defaults -> LSTMCLI_DATA_DIR -> TOML file -> flags."""
+    cfg = Config()
+    if os.environ.get("LSTMCLI_DATA_DIR"):
+        cfg.data.data_dir = os.environ["LSTMCLI_DATA_DIR"]
+    if config_file is not None:
+        cfg = apply(cfg, load_toml(config_file), str(config_file))
+    return apply_flags(cfg, flags or {})
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain JSON-ready dict (enums as their string values)."""
+    def plain(v: Any) -> Any:
+        return v.value if isinstance(v, Enum) else v
+    return {s: {k: plain(v) for k, v in dataclasses.asdict(getattr(cfg, s)).items()} for s in SECTIONS}
+
+
+def from_dict(data: Any, source: str) -> Config:
+    """Config from a saved dict (a checkpoint's config.json), checked like a TOML file."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a JSON object")
+    return apply(Config(), data, source)
+
+
+__all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "resolve", "apply", "apply_flags",
+           "to_dict", "from_dict", "field_index", "Encoder", "Impl", "Pooling", "Pack", "Optimizer",
+           "Device"]

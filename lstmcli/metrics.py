@@ -1,0 +1,56 @@
+"""Classification metrics from predictions: accuracy, macro-F1, per-class P/R/F1, confusion matrix."""
+
+from __future__ import annotations
+
+import torch
+
+
+def classification_report(targets: torch.Tensor, preds: torch.Tensor, label_names: list[str],
+                          loss: float | None = None) -> dict:
+    """All metrics as a JSON-ready dict. confusion[i][j] counts examples of class i predicted as j."""
+    k = len(label_names)
+    confusion = torch.bincount(targets * k + preds, minlength=k * k).view(k, k)
+    tp = confusion.diag().double()
+    support = confusion.sum(1).double()
+    predicted = confusion.sum(0).double()
+    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), 0.0)
+    recall = torch.where(support > 0, tp / support.clamp(min=1), 0.0)
+    denom = precision + recall
+    f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-12), 0.0)
+    n = int(support.sum())
+    report = {
+        "n": n,
+        "accuracy": float(tp.sum() / n) if n else 0.0,
+        "macro_f1": float(f1.mean()),
+        "per_class": {
+            name: {"precision": float(precision[i]), "recall": float(recall[i]),
+                   "f1": float(f1[i]), "support": int(support[i])}
+            for i, name in enumerate(label_names)
+        },
+        "confusion": confusion.tolist(),
+        "labels": list(label_names),
+    }
+    if loss is not None:
+        report["loss"] = loss
+    return report
+
+
+def format_report(report: dict, title: str = "") -> str:
+    """A readable table of a classification_report."""
+    names = report["labels"]
+    width = max(8, *(len(n) for n in names))
+    lines = [title] if title else []
+    loss = f"  loss {report['loss']:.4f}" if "loss" in report else ""
+    lines.append(f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}{loss}  (n={report['n']})")
+    lines.append("")
+    lines.append(f"{'class':<{width}}  precision  recall      f1  support")
+    for name in names:
+        c = report["per_class"][name]
+        lines.append(f"{name:<{width}}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:6.4f}  {c['support']:7d}")
+    lines.append("")
+    lines.append("confusion (rows: true, columns: predicted)")
+    cell = max(7, *(len(str(v)) for row in report["confusion"] for v in row))
+    lines.append(" " * width + "  " + " ".join(f"{n[:cell]:>{cell}}" for n in names))
+    for name, row in zip(names, report["confusion"]):
+        lines.append(f"{name:<{width}}  " + " ".join(f"{v:>{cell}}" for v in row))
+    return "\n".join(lines)

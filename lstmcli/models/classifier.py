@@ -1,0 +1,56 @@
+"""TextClassifier: Embedding -> recurrent encoder -> pooling -> dropout -> Linear."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .builtin import BuiltinEncoder
+
+# impl name -> encoder class; every class takes (encoder, input_size, hidden_size, num_layers,
+# bidirectional, dropout, pack) and returns (outputs (B, T, D*H), final (B, D*H)).
+ENCODER_IMPLS: dict[str, type[nn.Module]] = {"builtin": BuiltinEncoder}
+ENCODERS = ("lstm", "gru", "rnn")
+POOLINGS = ("last", "mean", "max")
+
+
+def _check(kind: str, name: str, valid) -> None:
+    if name not in valid:
+        raise ValueError(f"unknown {kind} {name!r}; valid: {', '.join(valid)}")
+
+
+def build_encoder(impl: str, encoder: str, input_size: int, hidden_size: int, num_layers: int = 1,
+                  bidirectional: bool = False, dropout: float = 0.0, pack: str = "auto") -> nn.Module:
+    _check("impl", impl, ENCODER_IMPLS)
+    _check("encoder", encoder, ENCODERS)
+    return ENCODER_IMPLS[impl](encoder, input_size, hidden_size, num_layers, bidirectional, dropout, pack)
+
+
+def pool(outputs: torch.Tensor, final: torch.Tensor, lengths: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, T, F) outputs -> (B, F), looking at real positions only."""
+    if how == "last":
+        return final
+    mask = (torch.arange(outputs.size(1), device=outputs.device)[None, :]
+            < lengths.to(outputs.device)[:, None])[:, :, None]  # (B, T, 1)
+    if how == "mean":
+        return (outputs * mask).sum(1) / lengths.to(outputs.device, outputs.dtype)[:, None]
+    return outputs.masked_fill(~mask, float("-inf")).amax(1)
+
+
+class TextClassifier(nn.Module):
+    def __init__(self, vocab_size: int, num_classes: int, embedding_dim: int = 128, hidden_size: int = 128,
+                 encoder: str = "lstm", impl: str = "builtin", num_layers: int = 1,
+                 bidirectional: bool = False, dropout: float = 0.0, pooling: str = "last", pack: str = "auto"):
+        super().__init__()
+        _check("pooling", pooling, POOLINGS)
+        self.pooling = pooling
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
+        self.encoder = build_encoder(impl, encoder, embedding_dim, hidden_size, num_layers,
+                                     bidirectional, dropout, pack)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(self.encoder.output_size, num_classes)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) int64 0-padded, lengths (B,) >= 1 -> logits (B, C)."""
+        outputs, final = self.encoder(self.embedding(ids), lengths)
+        return self.head(self.dropout(pool(outputs, final, lengths, self.pooling)))

@@ -1,0 +1,47 @@
+"""`lstmcli predict`: load a checkpoint once, classify texts in length-sorted batches, top-k."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import checkpoint
+from .batching import Batch
+from .text import basic_english
+
+
+class Predictor:
+    def __init__(self, checkpoint_dir: Path, device: torch.device):
+        self.ck = checkpoint.load(checkpoint_dir, str(device))
+        self.device = device
+        self.max_length = self.ck.config.data.max_length
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.ck.vocab.encode(basic_english(text))
+        return ids[: self.max_length] if self.max_length else ids
+
+    @torch.no_grad()
+    def predict(self, texts: list[str], top_k: int = 1, batch_size: int = 256) -> list[list[tuple[str, float]]]:
+        """For each text, its `top_k` (label, probability) pairs, most probable first."""
+        encoded = [self.encode(t) for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+        k = max(1, min(top_k, len(self.ck.label_names)))
+        results: list[list[tuple[str, float]]] = [[] for _ in texts]
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            batch = _pad([encoded[i] for i in chunk]).to(self.device)
+            probs = self.ck.model(batch.ids, batch.lengths).softmax(-1)
+            top = probs.topk(k, dim=-1)
+            for row, i in enumerate(chunk):
+                results[i] = [(self.ck.label_names[j], float(p))
+                              for p, j in zip(top.values[row].tolist(), top.indices[row].tolist())]
+        return results
+
+
+def _pad(seqs: list[list[int]]) -> Batch:
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int64)
+    ids = torch.zeros(len(seqs), int(lengths.max()), dtype=torch.int64)
+    for row, s in enumerate(seqs):
+        ids[row, : len(s)] = torch.tensor(s, dtype=torch.int64)
+    return Batch(ids, lengths, torch.zeros(len(seqs), dtype=torch.int64))

@@ -1,0 +1,161 @@
+"""Texts to cached id tensors: tokenize every split once, build the vocabulary, numericalize.
+
+Tokens are mapped to provisional ids as they are first seen (one dict lookup per token, in C), counted
+with `bincount`, and remapped to vocabulary ids with one indexing op, so no split is tokenized twice
+and no list of token strings is kept. The result is cached under `<data_dir>/cache/<key>/`, where the
+key hashes everything that changes it: the data's fingerprint, the split settings, the vocabulary
+settings (or the given vocabulary) and the tokenizer version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import DataConfig
+from .datasets import Split, load_splits, open_source, read_user_file, to_split
+from .fsutil import temp_dir
+from .text import PAD, UNK, UNK_ID, Vocab, basic_english
+
+TOKENIZER_VERSION = "basic_english-1"
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class EncodedSplit:
+    """A split as flat token ids: example i is ids[offsets[i]:offsets[i+1]]."""
+
+    ids: torch.Tensor  # (total_tokens,) int32
+    offsets: torch.Tensor  # (n + 1,) int64
+    labels: torch.Tensor  # (n,) int64
+
+    def __len__(self) -> int:
+        return self.labels.numel()
+
+    @property
+    def lengths(self) -> torch.Tensor:  # (n,) int64
+        return self.offsets.diff()
+
+
+@dataclass
+class Prepared:
+    vocab: Vocab
+    label_names: list[str]
+    splits: dict[str, EncodedSplit]
+
+
+def _provisional_ids(texts: list[str], table: defaultdict) -> tuple[list[int], list[int]]:
+    """Token ids in `table` (new tokens get the next id) and per-text lengths; an empty text is one
+    `<unk>`."""
+    lookup = table.__getitem__
+    ids: list[int] = []
+    lengths: list[int] = []
+    for text in texts:
+        tokens = basic_english(text) or [UNK]
+        ids.extend(map(lookup, tokens))
+        lengths.append(len(tokens))
+    return ids, lengths
+
+
+def encode_splits(splits: dict[str, Split], cfg: DataConfig,
+                  vocab: Vocab | None = None) -> tuple[Vocab, dict[str, EncodedSplit]]:
+    """Numericalize `splits`, building the vocabulary from the training split unless one is given."""
+    table: defaultdict[str, int] = defaultdict()
+    table.default_factory = table.__len__  # first sight of a token -> next provisional id
+    for special in (PAD, UNK):
+        table[special]
+    raw = {name: _provisional_ids(split.texts, table) for name, split in splits.items()}
+    tokens = list(table)  # provisional id -> token
+    if vocab is None:
+        counts = torch.bincount(torch.tensor(raw["train"][0], dtype=torch.int64), minlength=len(tokens))
+        vocab = Vocab.from_counts(dict(zip(tokens, counts.tolist())), cfg.vocab_max_size, cfg.vocab_min_freq)
+    stoi = {**vocab.stoi, PAD: UNK_ID}
+    remap = torch.tensor([stoi.get(tok, UNK_ID) for tok in tokens], dtype=torch.int32)
+    encoded = {}
+    for name, (ids, lengths) in raw.items():
+        offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
+        torch.cumsum(torch.tensor(lengths, dtype=torch.int64), 0, out=offsets[1:])
+        encoded[name] = EncodedSplit(remap[torch.tensor(ids, dtype=torch.int64)], offsets,
+                                     torch.tensor(splits[name].labels, dtype=torch.int64))
+    return vocab, encoded
+
+
+def cache_key(cfg: DataConfig, fingerprint: str, vocab: Vocab | None = None,
+              label_names: list[str] | None = None) -> str:
+    fields = dataclasses.asdict(cfg)
+    for unused in ("data_dir", "max_length", "dataset"):  # where it lives, and batch-time settings
+        fields.pop(unused)
+    if vocab is not None:
+        fields["vocab"] = hashlib.sha256(vocab.to_json().encode()).hexdigest()
+        fields["label_names"] = label_names
+        del fields["vocab_max_size"], fields["vocab_min_freq"]
+    blob = json.dumps([TOKENIZER_VERSION, fingerprint, fields], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def prepare(cfg: DataConfig, vocab: Vocab | None = None, label_names: list[str] | None = None,
+            quiet: bool = False) -> Prepared:
+    """Encoded train/val/test splits for `cfg`, from the cache when it holds them.
+
+    With a `vocab` (and `label_names`) from a checkpoint, the entry its training run cached is reused
+    when it holds exactly that vocabulary; otherwise the splits are encoded with the given one.
+    """
+    source = open_source(cfg, quiet)
+    cache = Path(cfg.data_dir) / "cache"
+    trained = cache / cache_key(cfg, source.fingerprint)
+    if (trained / "meta.json").is_file():
+        cached = _load(trained)
+        if vocab is None or (cached.vocab == vocab and cached.label_names == label_names):
+            return cached
+    folder = cache / cache_key(cfg, source.fingerprint, vocab, label_names)
+    if vocab is not None and (folder / "meta.json").is_file():
+        return _load(folder)
+    names, splits = load_splits(cfg, quiet, label_names)
+    vocab, encoded = encode_splits(splits, cfg, vocab)
+    prepared = Prepared(vocab, names, encoded)
+    _save(prepared, folder)
+    return prepared
+
+
+def _save(prepared: Prepared, folder: Path) -> None:
+    """Write to a temporary folder, then rename: a reader never sees half a cache entry."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir(folder)
+    try:
+        for name, split in prepared.splits.items():
+            save_file({"ids": split.ids, "offsets": split.offsets, "labels": split.labels},
+                      str(tmp / f"{name}.safetensors"))
+        (tmp / "vocab.json").write_text(prepared.vocab.to_json(), encoding="utf-8")
+        (tmp / "meta.json").write_text(json.dumps({"label_names": prepared.label_names}), encoding="utf-8")
+        os.replace(tmp, folder)
+    except OSError:
+        if not (folder / "meta.json").is_file():  # not a concurrent writer that won the race
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load(folder: Path) -> Prepared:
+    vocab = Vocab.from_json((folder / "vocab.json").read_text(encoding="utf-8"))
+    names = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["label_names"]
+    splits = {}
+    for name in SPLITS:
+        t = load_file(str(folder / f"{name}.safetensors"))
+        splits[name] = EncodedSplit(t["ids"], t["offsets"], t["labels"])
+    return Prepared(vocab, names, splits)
+
+
+def encode_file(path: Path, cfg: DataConfig, vocab: Vocab, label_names: list[str]) -> EncodedSplit:
+    """Every row of one user file, encoded with a checkpoint's vocabulary and labels (for `eval`)."""
+    rows = read_user_file(path, cfg.text_column, cfg.label_column)
+    _, encoded = encode_splits({"test": to_split(rows, label_names, str(path))}, cfg, vocab)
+    return encoded["test"]

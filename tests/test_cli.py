@@ -1,0 +1,111 @@
+"""The real CLI through Typer's CliRunner: train -> eval -> predict on tiny corpora in both formats."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lstmcli.cli import app
+
+from .conftest import write_sums
+
+TINY = Path(__file__).parents[1] / "configs" / "tiny.toml"
+FAST = ["--epochs", "3", "--max-train-examples", "0", "--max-eval-examples", "0", "--lr", "0.02",
+        "--pooling", "max", "--batch-size", "8", "--quiet"]
+
+
+def run(*args, input=None):
+    return CliRunner().invoke(app, [str(a) for a in args], input=input)
+
+
+def ok(result):
+    assert result.exit_code == 0, result.output + str(result.exception or "")
+    return result
+
+
+def one_line_error(result, code, *fragments):
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lstmcli: error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("dataset,labels", [("ag_news", ["World", "Sports", "Business", "Sci/Tech"]),
+                                            ("imdb", ["neg", "pos"])])
+def test_train_eval_predict(mirror, workdir, dataset, labels):
+    result = ok(run("train", "--config", TINY, "--dataset", dataset, *FAST, "--out", "runs/one"))
+    run_dir = Path(result.stdout.strip())
+    assert run_dir == Path("runs/one") and (Path("runs/latest").resolve() == run_dir.resolve())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
+    assert metrics["test"]["accuracy"] > 0.9  # the tiny corpora are separable by keywords
+    assert metrics["data"]["labels"] == labels
+    assert json.loads((run_dir / "config.json").read_text())["data"]["dataset"] == dataset
+    for sub in ("best", "last"):
+        assert {p.name for p in (run_dir / sub).iterdir()} == {
+            "model.safetensors", "config.json", "vocab.json", "labels.json", "metrics.json"}
+
+    report = json.loads(ok(run("eval", "--json")).stdout)
+    assert report["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    assert report["n"] == metrics["data"]["test"] and report["labels"] == labels
+    assert json.loads((run_dir / "eval-test.json").read_text())["accuracy"] == report["accuracy"]
+    table = ok(run("eval", "--split", "val")).stdout
+    assert "macro-F1" in table and "confusion" in table and labels[0] in table
+
+    text = {"ag_news": "the coach and the cup match goal", "imdb": "a great wonderful superb film"}[dataset]
+    want = {"ag_news": "Sports", "imdb": "pos"}[dataset]
+    out = ok(run("predict", text, "--top-k", "2")).stdout.strip().split("\t")
+    assert out[0] == want and len(out) == 4 and float(out[1]) >= float(out[3])
+    lines = ok(run("predict", "--json", "-", input=f"{text}\n\nanother one\n")).stdout.strip().splitlines()
+    objs = [json.loads(line) for line in lines]
+    assert [o["index"] for o in objs] == [0, 1, 2] and objs[0]["label"] == want
+    assert all(o["label"] in labels and 0 <= o["probability"] <= 1 for o in objs)
+
+
+def test_user_csv_dataset_and_eval_on_a_file(workdir, tmp_path):
+    rows = "".join(f'"{"great fun" if i % 2 else "dull mess"} {i}",{"yes" if i % 2 else "no"}\n' for i in range(200))
+    data = tmp_path / "reviews.csv"
+    data.write_text("text,label\n" + rows)
+    ok(run("train", "--config", TINY, "--dataset", data, *FAST, "--out", "r"))
+    other = tmp_path / "fresh.csv"
+    other.write_text('text,label\n"great fun",yes\n"dull mess",no\n')
+    report = json.loads(ok(run("eval", "--checkpoint", "r/best", "--dataset", other, "--json")).stdout)
+    assert report["n"] == 2 and report["split"] == "fresh" and report["accuracy"] == 1.0
+    other.write_text('text,label\n"great fun",maybe\n')
+    one_line_error(run("eval", "--checkpoint", "r/best", "--dataset", other), 2, "'maybe' was not seen in training")
+
+
+def test_bad_input_is_one_line_and_exit_2(mirror, workdir, tmp_path):
+    one_line_error(run("train", "--dataset", "imbd"), 2, "unknown dataset 'imbd'")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model]\nhidden = 3\n")
+    one_line_error(run("train", "--config", bad), 2, "model.hidden")
+    one_line_error(run("train", "--config", tmp_path / "none.toml"), 2, "not found")
+    one_line_error(run("eval", "--checkpoint", tmp_path), 2, "not an lstmcli checkpoint")
+    one_line_error(run("predict", "x", "--checkpoint", tmp_path / "nope"), 2, "no checkpoint at")
+    (mirror / "ag_news_csv" / "train.csv").write_text('"1","a","b"\n"1","only two"\n')
+    write_sums(mirror, ["ag_news_csv/train.csv", "ag_news_csv/test.csv"])
+    one_line_error(run("train", "--dataset", "ag_news"), 2, "line 2: malformed AG_NEWS row")
+
+
+def test_offline_and_nothing_cached(workdir, monkeypatch):
+    import lstmcli.datasets as ds
+    from lstmcli.download import RemoteFile
+    monkeypatch.setattr(ds, "IMDB_FILE", RemoteFile("imdb", "aclImdb_v1.tar.gz", "http://127.0.0.1:9/aclImdb_v1.tar.gz", "0" * 32))
+    one_line_error(run("train", "--dataset", "imdb"), 2, "dataset 'imdb'", "http://127.0.0.1:9/aclImdb_v1.tar.gz", "LSTMCLI_MIRROR")
+
+
+def test_broken_checkpoint_weights(mirror, workdir):
+    ok(run("train", "--config", TINY, "--dataset", "ag_news", "--quiet", "--out", "r"))
+    (Path("r/best/model.safetensors")).write_bytes(b"\x80\x04not tensors")
+    one_line_error(run("predict", "x", "--checkpoint", "r/best"), 2, "broken checkpoint")
+
+
+def test_help_lists_every_config_field():
+    from lstmcli.config import field_index
+    out = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).stdout
+    for name in field_index():
+        assert f"--{name.replace('_', '-')}" in out

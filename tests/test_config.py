@@ -1,0 +1,69 @@
+import json
+
+import pytest
+
+from lstmcli.config import Config, Encoder, Pooling, from_dict, resolve, to_dict
+from lstmcli.errors import ConfigError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_then_file_then_flags(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSTMCLI_DATA_DIR", "/env/data")
+    path = write(tmp_path, '[model]\nencoder = "gru"\nhidden_size = 32\n[train]\nlr = 1\n')
+    cfg = resolve(path, {"hidden_size": 16, "epochs": None, "bidirectional": True})
+    assert cfg.model.encoder is Encoder.gru  # from the file
+    assert cfg.model.hidden_size == 16  # the flag wins over the file
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)  # ints are accepted for floats
+    assert cfg.train.epochs == Config().train.epochs  # None = flag not given
+    assert cfg.model.bidirectional is True
+    assert cfg.data.data_dir == "/env/data"
+
+
+def test_file_overrides_env_data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("LSTMCLI_DATA_DIR", "/env/data")
+    assert resolve(write(tmp_path, '[data]\ndata_dir = "d"\n')).data.data_dir == "d"
+
+
+@pytest.mark.parametrize("text,key", [
+    ("[model]\nhiden_size = 3\n", "model.hiden_size"),
+    ("[modle]\nhidden_size = 3\n", "modle"),
+    ("[train]\nhidden_size = 3\n", "train.hidden_size"),  # a real key in the wrong section
+    ('[model]\nhidden_size = "big"\n', "model.hidden_size"),
+    ("[model]\nbidirectional = 1\n", "model.bidirectional"),
+    ("[train]\nepochs = true\n", "train.epochs"),
+    ("[train]\nepochs = 2.5\n", "train.epochs"),
+    ('[model]\nencoder = "transformer"\n', "model.encoder"),
+])
+def test_bad_keys_and_types_name_the_key(tmp_path, text, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        resolve(write(tmp_path, text))
+
+
+def test_enum_error_lists_choices(tmp_path):
+    with pytest.raises(ConfigError, match="lstm, gru, rnn"):
+        resolve(write(tmp_path, '[model]\nencoder = "cnn"\n'))
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        resolve(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        resolve(write(tmp_path, "[model\n"))
+
+
+def test_dict_round_trip_is_plain_json():
+    cfg = resolve(None, {"pooling": Pooling.max, "encoder": "rnn"})
+    data = json.loads(json.dumps(to_dict(cfg)))
+    assert data["model"]["pooling"] == "max"
+    assert from_dict(data, "x") == cfg
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+    for path in sorted((Path(__file__).parents[1] / "configs").glob("*.toml")):
+        resolve(path)

@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from lstmcli.models import TextClassifier, build_encoder
+from lstmcli.models.builtin import BuiltinEncoder, reverse_within_length
+
+
+def real_mask(lengths, T):
+    return (torch.arange(T)[None, :] < lengths[:, None])[:, :, None]
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_padded_equals_packed_outputs_states_and_gradients(kind, layers, bidirectional):
+    torch.manual_seed(0)
+    padded = BuiltinEncoder(kind, 6, 5, layers, bidirectional, 0.0, pack="never")
+    packed = BuiltinEncoder(kind, 6, 5, layers, bidirectional, 0.0, pack="always")
+    packed.load_state_dict(padded.state_dict())
+    lengths = torch.tensor([7, 1, 4, 7, 2])
+    x = torch.randn(5, 7, 6)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out1, fin1 = padded(x1, lengths)
+    out2, fin2 = packed(x2, lengths)
+    mask = real_mask(lengths, 7)
+    torch.testing.assert_close(out1 * mask, out2, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(fin1, fin2, atol=1e-6, rtol=1e-5)
+    weights = torch.randn_like(out2)
+    ((out1 * mask * weights).sum() + fin1.square().sum()).backward()
+    ((out2 * weights).sum() + fin2.square().sum()).backward()
+    torch.testing.assert_close(x1.grad, x2.grad, atol=1e-5, rtol=1e-5)
+    for (name, p1), p2 in zip(padded.named_parameters(), packed.parameters()):
+        torch.testing.assert_close(p1.grad, p2.grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_state_dict_uses_pytorch_names():
+    enc = BuiltinEncoder("lstm", 4, 3, 2, True)
+    assert {"rnn.weight_ih_l0", "rnn.weight_hh_l1_reverse", "rnn.bias_ih_l1", "rnn.bias_hh_l0_reverse"} <= set(enc.state_dict())
+
+
+def test_reverse_within_length_is_an_involution():
+    x = torch.arange(12.).view(2, 6, 1)
+    lengths = torch.tensor([4, 6])
+    r = reverse_within_length(x, lengths)
+    assert r[0, :, 0].tolist() == [3, 2, 1, 0, 4, 5]
+    assert r[1, :, 0].tolist() == [11, 10, 9, 8, 7, 6]
+    assert torch.equal(reverse_within_length(r, lengths), x)
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_pooling_ignores_padding(pooling, kind):
+    torch.manual_seed(1)
+    model = TextClassifier(50, 3, 8, 6, kind, num_layers=2, bidirectional=True, pooling=pooling).eval()
+    seq = torch.tensor([[5, 9, 2, 7]])
+    alone = model(seq, torch.tensor([4]))
+    batch = torch.tensor([[5, 9, 2, 7, 0, 0, 0, 0, 0], [3, 3, 4, 1, 8, 9, 10, 11, 12]])
+    inside = model(batch, torch.tensor([4, 9]))
+    torch.testing.assert_close(inside[0], alone[0], atol=1e-6, rtol=1e-5)
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(ValueError, match="lstm, gru, rnn"):
+        build_encoder("builtin", "transformer", 4, 4)
+    with pytest.raises(ValueError, match="valid: builtin"):
+        build_encoder("cudnn", "lstm", 4, 4)
+    with pytest.raises(ValueError, match="last, mean, max"):
+        TextClassifier(10, 2, pooling="attention")
