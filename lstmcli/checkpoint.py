@@ -14,7 +14,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import Config, from_dict, to_dict
+from .config import Config, apply, from_dict, to_dict
 from .errors import CheckpointError, ConfigError
 from .fsutil import replace_dir, temp_dir, write_json
 from .models import TextClassifier
@@ -36,7 +36,8 @@ class Checkpoint:
 def build_model(cfg: Config, vocab_size: int, num_classes: int) -> TextClassifier:
     m = cfg.model
     return TextClassifier(vocab_size, num_classes, m.embedding_dim, m.hidden_size, m.encoder.value,
-                          m.impl.value, m.num_layers, m.bidirectional, m.dropout, m.pooling.value, m.pack.value)
+                          m.impl.value, m.num_layers, m.bidirectional, m.dropout, m.pooling.value, m.pack.value,
+                          m.peephole)
 
 
 def save(path: Path, cfg: Config, vocab: Vocab, label_names: list[str], model: TextClassifier,
@@ -63,8 +64,11 @@ def _read_json(path: Path):
         raise CheckpointError(f"broken checkpoint: cannot read {path} ({exc})") from None
 
 
-def load(path: Path, device: str = "cpu") -> Checkpoint:
-    """Load a checkpoint folder; anything missing or malformed is a CheckpointError."""
+def load(path: Path, device: str = "cpu", impl: str | None = None) -> Checkpoint:
+    """Load a checkpoint folder; anything missing or malformed is a CheckpointError.
+
+    `impl` runs the weights in another encoder implementation (builtin <-> scratch share a state_dict).
+    """
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"no checkpoint at {path} (expected a folder holding {', '.join(FILES)})")
@@ -80,6 +84,11 @@ def load(path: Path, device: str = "cpu") -> Checkpoint:
     if not isinstance(labels, list) or len(labels) < 2:
         raise CheckpointError(f"broken checkpoint: {path / 'labels.json'} is not a list of label names")
     metrics = _read_json(path / "metrics.json") if (path / "metrics.json").is_file() else {}
+    if impl is not None and impl != cfg.model.impl.value:
+        try:
+            cfg = apply(cfg, {"model": {"impl": impl}}, f"--impl {impl} for {path}")
+        except ConfigError as exc:
+            raise CheckpointError(str(exc)) from None
     model = build_model(cfg, len(vocab), len(labels))
     try:
         state = load_file(str(path / "model.safetensors"), device=device)

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .config import Device, field_index, resolve
+from .config import Device, Encoder, Impl, field_index, resolve
 from .errors import EXIT_INTERRUPTED, LstmcliError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -85,13 +85,15 @@ def eval_(
     data_dir: Annotated[Optional[str], typer.Option(help="dataset cache folder")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="examples per batch")] = None,
     device: Annotated[Device, typer.Option(help="device")] = Device.auto,
+    impl: Annotated[Optional[Impl], typer.Option(help="run the weights in this implementation")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
 ) -> None:
     """Accuracy, loss, macro-F1, per-class P/R/F1 and the confusion matrix of a checkpoint."""
     from .evaluation import run_eval
     from .metrics import format_report
-    report, written = run_eval(checkpoint, split.value, dataset, data_dir, batch_size, device.value, quiet)
+    report, written = run_eval(checkpoint, split.value, dataset, data_dir, batch_size, device.value, quiet,
+                               impl.value if impl else None)
     if json_out:
         typer.echo(json.dumps(report))
     else:
@@ -118,12 +120,13 @@ def predict(
     top_k: Annotated[int, typer.Option(min=1, help="how many labels to show per text")] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="texts per batch")] = 256,
     device: Annotated[Device, typer.Option(help="device")] = Device.cpu,
+    impl: Annotated[Optional[Impl], typer.Option(help="run the weights in this implementation")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per input line")] = False,
 ) -> None:
     """Classify texts: the label and its probability (or the top k) for each."""
     from .predict import Predictor
     from .device import resolve_device
-    predictor = Predictor(checkpoint, resolve_device(device.value))
+    predictor = Predictor(checkpoint, resolve_device(device.value), impl.value if impl else None)
     inputs = read_texts(texts)
     for i, ranked in enumerate(predictor.predict(inputs, top_k, batch_size)):
         if json_out:
@@ -131,6 +134,37 @@ def predict(
                                    "top_k": [{"label": lab, "probability": p} for lab, p in ranked]}))
         else:
             typer.echo("\t".join(f"{lab}\t{p:.4f}" for lab, p in ranked))
+
+
+@app.command()
+@user_errors
+def bench(
+    encoder: Annotated[list[Encoder], typer.Option(help="encoders to measure (repeat the option)")] = list(Encoder),
+    impl: Annotated[list[Impl], typer.Option(help="implementations to measure")] = list(Impl),
+    embedding_dim: Annotated[int, typer.Option(min=1, help="embedding size")] = 128,
+    hidden_size: Annotated[int, typer.Option(min=1, help="recurrent state size")] = 256,
+    batch_size: Annotated[int, typer.Option(min=1, help="examples per batch")] = 64,
+    min_length: Annotated[int, typer.Option(min=1, help="shortest sequence")] = 50,
+    max_length: Annotated[int, typer.Option(min=1, help="longest sequence")] = 400,
+    num_layers: Annotated[int, typer.Option(min=1, help="stacked layers")] = 1,
+    bidirectional: Annotated[bool, typer.Option(help="add a backward direction")] = False,
+    batches: Annotated[int, typer.Option(min=1, help="batches per timed pass")] = 6,
+    repeats: Annotated[int, typer.Option(min=1, help="timed passes; the median is reported")] = 5,
+    device: Annotated[Device, typer.Option(help="device")] = Device.cpu,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads")] = 2,
+    out: Annotated[Path, typer.Option(help="where to write the JSON report")] = Path("bench.json"),
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Training and inference tokens/s of each encoder x impl, with scratch/builtin ratios."""
+    from .bench import BenchShape, format_bench, run_bench
+    from .fsutil import write_json
+    if min_length > max_length:
+        raise LstmcliError(f"--min-length {min_length} is above --max-length {max_length}")
+    shape = BenchShape(embedding_dim, hidden_size, batch_size, min_length, max_length, num_layers,
+                       bidirectional, batches, repeats)
+    report = run_bench([e.value for e in encoder], [i.value for i in impl], shape, device.value, threads)
+    write_json(out, report)
+    typer.echo(json.dumps(report) if json_out else format_bench(report))
 
 
 def main() -> None:

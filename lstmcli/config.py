@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import tomllib
 import typing
@@ -29,6 +30,7 @@ class Encoder(str, Enum):
 
 class Impl(str, Enum):
     builtin = "builtin"
+    scratch = "scratch"
 
 
 class Pooling(str, Enum):
@@ -78,7 +80,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     encoder: Encoder = _f(Encoder.lstm, "recurrent cell")
-    impl: Impl = _f(Impl.builtin, "implementation of the encoder")
+    impl: Impl = _f(Impl.builtin, "builtin: PyTorch's nn.LSTM/GRU/RNN; scratch: ours (lstmcli/models/scratch.py)")
+    peephole: bool = _f(False, "peephole connections (Gers & Schmidhuber 2000); lstm with impl scratch only")
     embedding_dim: int = _f(128, "embedding size")
     hidden_size: int = _f(128, "recurrent state size per direction")
     num_layers: int = _f(1, "stacked recurrent layers")
@@ -149,6 +152,32 @@ def _coerce(key: str, value: Any, typ: type) -> Any:
     return float(value) if typ is float else value
 
 
+# (low, high, inclusive high) for numeric fields that have bounds
+BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "val_fraction": (0, 1, False), "test_fraction": (0, 1, False), "dropout": (0, 1, False),
+    "max_train_examples": (0, math.inf, True), "max_eval_examples": (0, math.inf, True),
+    "vocab_max_size": (0, math.inf, True), "vocab_min_freq": (1, math.inf, True),
+    "max_length": (0, math.inf, True), "embedding_dim": (1, math.inf, True), "hidden_size": (1, math.inf, True),
+    "num_layers": (1, math.inf, True), "epochs": (1, math.inf, True), "batch_size": (1, math.inf, True),
+    "lr": (0, math.inf, True), "momentum": (0, 1, True), "weight_decay": (0, math.inf, True),
+    "grad_clip": (0, math.inf, True),
+}
+
+
+def validate(cfg: Config, source: str) -> Config:
+    """Range and cross-field checks; the message names the key."""
+    index = field_index()
+    for name, (low, high, inclusive) in BOUNDS.items():
+        value = getattr(getattr(cfg, index[name].section), name)
+        if value < low or value > high or (value == high and not inclusive):
+            upper = "" if high == math.inf else f" and {'<=' if inclusive else '<'} {high}"
+            raise ConfigError(f"{source}: config key '{index[name].section}.{name}' must be >= {low}{upper}, got {value}")
+    m = cfg.model
+    if m.peephole and (m.impl is not Impl.scratch or m.encoder is not Encoder.lstm):
+        raise ConfigError(f"{source}: config key 'model.peephole' needs encoder = \"lstm\" and impl = \"scratch\"")
+    return cfg
+
+
 def apply(cfg: Config, values: dict[str, Any], source: str) -> Config:
     """A copy of `cfg` with `values` set; `values` is nested ({section: {key: v}}) as in TOML."""
     index = field_index()
@@ -163,9 +192,9 @@ def apply(cfg: Config, values: dict[str, Any], source: str) -> Config:
             if key not in index or index[key].section != section:
                 raise ConfigError(f"{source}: unknown config key '{name}'")
             updates.setdefault(section, {})[key] = _coerce(name, value, index[key].type)
-    return dataclasses.replace(cfg, **{
+    return validate(dataclasses.replace(cfg, **{
         section: dataclasses.replace(getattr(cfg, section), **upd) for section, upd in updates.items()
-    })
+    }), source)
 
 
 def apply_flags(cfg: Config, flags: dict[str, Any]) -> Config:

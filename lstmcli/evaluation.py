@@ -18,14 +18,14 @@ from .train import evaluate
 
 def run_eval(checkpoint_dir: Path, split: str = "test", dataset: str | None = None,
              data_dir: str | None = None, batch_size: int | None = None, device: str = "auto",
-             quiet: bool = False) -> tuple[dict, Path]:
+             quiet: bool = False, impl: str | None = None) -> tuple[dict, Path]:
     """Evaluate `checkpoint_dir`; returns the report and the JSON file it was written to.
 
     With `dataset` a single file, every row of it is evaluated (`split` is then the file's stem);
     otherwise the split is carved exactly as in training, from the checkpoint's data settings.
     """
     dev = resolve_device(device)
-    ck = checkpoint.load(checkpoint_dir, str(dev))
+    ck = checkpoint.load(checkpoint_dir, str(dev), impl)
     data_cfg = ck.config.data
     data_dir = data_dir or os.environ.get("LSTMCLI_DATA_DIR") or data_cfg.data_dir
     data_cfg = dataclasses.replace(data_cfg, data_dir=data_dir, dataset=dataset or data_cfg.dataset)
@@ -38,7 +38,8 @@ def run_eval(checkpoint_dir: Path, split: str = "test", dataset: str | None = No
         raise LstmcliError(f"split '{split}' of {data_cfg.dataset} has no examples")
     report = evaluate(ck.model, encoded, dev, batch_size or ck.config.train.batch_size,
                       data_cfg.max_length, ck.label_names)
-    report = {"checkpoint": str(ck.path), "dataset": data_cfg.dataset, "split": split, **report,
+    report = {"checkpoint": str(ck.path), "dataset": data_cfg.dataset, "split": split,
+              "impl": ck.config.model.impl.value, **report,
               "device": str(dev), "torch": torch.__version__}
     out = ck.path.resolve().parent / f"eval-{split}.json"
     write_json(out, report)

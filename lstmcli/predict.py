@@ -12,8 +12,8 @@ from .text import basic_english
 
 
 class Predictor:
-    def __init__(self, checkpoint_dir: Path, device: torch.device):
-        self.ck = checkpoint.load(checkpoint_dir, str(device))
+    def __init__(self, checkpoint_dir: Path, device: torch.device, impl: str | None = None):
+        self.ck = checkpoint.load(checkpoint_dir, str(device), impl)
         self.device = device
         self.max_length = self.ck.config.data.max_length
 

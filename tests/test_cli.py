@@ -109,3 +109,41 @@ def test_help_lists_every_config_field():
     out = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).stdout
     for name in field_index():
         assert f"--{name.replace('_', '-')}" in out
+
+
+@pytest.mark.parametrize("encoder", ["lstm", "gru", "rnn"])
+def test_scratch_checkpoints_cross_evaluate(mirror, workdir, encoder):
+    """Train with one impl, evaluate and predict with the other: identical numbers."""
+    trained = {}
+    for impl in ("builtin", "scratch"):
+        ok(run("train", "--config", TINY, "--dataset", "imdb", *FAST, "--encoder", encoder, "--impl", impl,
+               "--bidirectional", "--out", impl))
+        trained[impl] = json.loads(ok(run("eval", "--checkpoint", f"{impl}/best", "--json")).stdout)
+        other = "scratch" if impl == "builtin" else "builtin"
+        cross = json.loads(ok(run("eval", "--checkpoint", f"{impl}/best", "--json", "--impl", other)).stdout)
+        assert cross["impl"] == other and cross["confusion"] == trained[impl]["confusion"]
+        assert cross["loss"] == pytest.approx(trained[impl]["loss"], abs=1e-5)
+        texts = "great superb film\nawful dull waste\n"
+        a = [json.loads(x) for x in ok(run("predict", "--json", "--checkpoint", f"{impl}/best", "-", input=texts)).stdout.splitlines()]
+        b = [json.loads(x) for x in ok(run("predict", "--json", "--checkpoint", f"{impl}/best", "--impl", other, "-", input=texts)).stdout.splitlines()]
+        assert [x["label"] for x in a] == [x["label"] for x in b]
+        assert [x["probability"] for x in a] == pytest.approx([x["probability"] for x in b], abs=1e-5)
+    assert trained["scratch"]["accuracy"] > 0.9
+
+
+def test_peephole_through_the_cli(mirror, workdir):
+    ok(run("train", "--config", TINY, "--dataset", "imdb", *FAST, "--impl", "scratch", "--peephole", "--out", "p"))
+    report = json.loads(ok(run("eval", "--checkpoint", "p/best", "--json")).stdout)
+    assert report["accuracy"] > 0.9
+    one_line_error(run("eval", "--checkpoint", "p/best", "--impl", "builtin"), 2, "peephole")
+
+
+def test_bench_writes_a_table_and_json(workdir):
+    result = ok(run("bench", "--encoder", "lstm", "--encoder", "gru", "--embedding-dim", 8, "--hidden-size", 8,
+                    "--batch-size", 4, "--min-length", 3, "--max-length", 9, "--batches", 2, "--repeats", 2,
+                    "--out", "b.json"))
+    assert "ratio" in result.stdout and "scratch" in result.stdout
+    report = json.loads(Path("b.json").read_text())
+    assert set(report["results"]) == {"lstm", "gru"}
+    assert report["results"]["lstm"]["scratch"]["train"] > 0 and "ratio" in report["results"]["gru"]
+    one_line_error(run("bench", "--min-length", 10, "--max-length", 5), 2, "--min-length")

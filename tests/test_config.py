@@ -67,3 +67,21 @@ def test_shipped_configs_load():
     from pathlib import Path
     for path in sorted((Path(__file__).parents[1] / "configs").glob("*.toml")):
         resolve(path)
+
+
+@pytest.mark.parametrize("flags,key", [
+    ({"val_fraction": 1.0}, "data.val_fraction"),
+    ({"batch_size": 0}, "train.batch_size"),
+    ({"dropout": -0.1}, "model.dropout"),
+    ({"num_layers": 0}, "model.num_layers"),
+    ({"peephole": True}, "model.peephole"),
+    ({"peephole": True, "impl": "scratch", "encoder": "gru"}, "model.peephole"),
+])
+def test_out_of_range_values_name_the_key(flags, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        resolve(None, flags)
+
+
+def test_peephole_with_scratch_lstm_is_valid():
+    cfg = resolve(None, {"peephole": True, "impl": "scratch"})
+    assert cfg.model.peephole and cfg.model.impl.value == "scratch"

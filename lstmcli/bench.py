@@ -1,0 +1,113 @@
+"""`lstmcli bench`: training and inference tokens/s of each encoder x impl at one shape.
+
+Training = forward + backward + optimizer step of a whole TextClassifier; inference = forward under
+no_grad. Batches have lengths drawn uniformly from [min_length, max_length] and are bucketed (sorted,
+then cut), as in training. Each measurement is repeated, impls interleaved so that machine drift hits
+both alike, and the median is reported.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .device import resolve_device
+from .models import TextClassifier
+
+
+@dataclass
+class BenchShape:
+    embedding_dim: int = 128
+    hidden_size: int = 256
+    batch_size: int = 64
+    min_length: int = 50
+    max_length: int = 400
+    num_layers: int = 1
+    bidirectional: bool = False
+    batches: int = 6
+    repeats: int = 5
+    vocab_size: int = 20000
+
+
+def make_batches(shape: BenchShape, device: torch.device, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    n = shape.batch_size * shape.batches
+    lengths = torch.randint(shape.min_length, shape.max_length + 1, (n,), generator=g).sort().values
+    batches = []
+    for chunk in lengths.split(shape.batch_size):
+        ids = torch.randint(2, shape.vocab_size, (len(chunk), int(chunk.max())), generator=g)
+        ids[torch.arange(ids.size(1))[None, :] >= chunk[:, None]] = 0
+        batches.append((ids.to(device), chunk))
+    return batches
+
+
+def _time_pass(model, batches, optimizer, train: bool) -> float:
+    """Seconds for one pass over `batches`."""
+    sync = torch.cuda.synchronize if batches[0][0].is_cuda else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for ids, lengths in batches:
+        if train:
+            loss = F.cross_entropy(model(ids, lengths), torch.zeros(len(lengths), dtype=torch.long, device=ids.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        else:
+            with torch.no_grad():
+                model(ids, lengths)
+    sync()
+    return time.perf_counter() - start
+
+
+def run_bench(encoders: list[str], impls: list[str], shape: BenchShape, device: str = "cpu",
+              threads: int = 2, seed: int = 0) -> dict:
+    """Median tokens/s per (encoder, impl, mode), plus scratch/builtin ratios."""
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        torch.set_num_threads(threads)
+    batches = make_batches(shape, dev, seed)
+    tokens = sum(int(lengths.sum()) for _, lengths in batches)
+    results: dict[str, dict] = {}
+    for encoder in encoders:
+        models = {}
+        for impl in impls:
+            torch.manual_seed(seed)
+            model = TextClassifier(shape.vocab_size, 2, shape.embedding_dim, shape.hidden_size, encoder, impl,
+                                   shape.num_layers, shape.bidirectional).to(dev)
+            models[impl] = (model, torch.optim.Adam(model.parameters(), lr=1e-3))
+        times = {(impl, mode): [] for impl in impls for mode in ("train", "infer")}
+        for mode in ("train", "infer"):
+            for impl, (model, opt) in models.items():  # warm-up
+                model.train(mode == "train")
+                _time_pass(model, batches[:1], opt, mode == "train")
+            for _ in range(shape.repeats):
+                for impl, (model, opt) in models.items():
+                    model.train(mode == "train")
+                    times[(impl, mode)].append(_time_pass(model, batches, opt, mode == "train"))
+        results[encoder] = {impl: {mode: tokens / statistics.median(times[(impl, mode)])
+                                   for mode in ("train", "infer")} for impl in impls}
+        if {"builtin", "scratch"} <= set(impls):
+            results[encoder]["ratio"] = {mode: results[encoder]["scratch"][mode] / results[encoder]["builtin"][mode]
+                                         for mode in ("train", "infer")}
+    return {"shape": asdict(shape), "device": str(dev), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "tokens_per_pass": tokens, "results": results}
+
+
+def format_bench(report: dict) -> str:
+    s = report["shape"]
+    lines = [f"tokens/s, median of {s['repeats']} x {s['batches']} batches: embedding {s['embedding_dim']}, "
+             f"hidden {s['hidden_size']}, batch {s['batch_size']}, lengths {s['min_length']}-{s['max_length']}, "
+             f"layers {s['num_layers']}{', bidirectional' if s['bidirectional'] else ''}; "
+             f"{report['device']}, {report['threads']} threads, torch {report['torch']}",
+             "", f"{'encoder':<8} {'impl':<8} {'train':>10} {'infer':>10}"]
+    for encoder, by_impl in report["results"].items():
+        for impl, r in by_impl.items():
+            if impl == "ratio":
+                lines.append(f"{'':<8} {'ratio':<8} {r['train']:>9.2f}x {r['infer']:>9.2f}x")
+            else:
+                lines.append(f"{encoder:<8} {impl:<8} {r['train']:>10,.0f} {r['infer']:>10,.0f}")
+    return "\n".join(lines)

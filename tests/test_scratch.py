@@ -1,0 +1,136 @@
+"""The scratch encoders against PyTorch's: outputs, final states and every gradient, plus gradcheck."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from lstmcli.models import TextClassifier
+from lstmcli.models.scratch import GRULayer, LSTMLayer, RNNLayer, ScratchRNN, peephole_lstm
+
+TORCH_RNN = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def reference(rnn, x, lengths):
+    """nn.LSTM/GRU/RNN on a PackedSequence: the exact variable-length semantics we must equal."""
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    out, state = rnn(packed)
+    out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
+    h_n, c_n = state if isinstance(state, tuple) else (state, None)
+    return out, h_n, c_n
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_equals_pytorch_outputs_states_and_gradients(mode, layers, bidirectional, device):
+    torch.manual_seed(layers * 10 + bidirectional)
+    ref = TORCH_RNN[mode](5, 7, num_layers=layers, bidirectional=bidirectional, batch_first=True).to(device)
+    ours = ScratchRNN(mode, 5, 7, layers, bidirectional).to(device)
+    ours.load_state_dict(ref.state_dict())
+    lengths = torch.tensor([1, 9, 4, 9, 2, 6])  # unsorted, with length 1 and ties
+    x = torch.randn(6, 9, 5, device=device)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out1, h1, c1 = ours(x1, lengths)
+    out2, h2, c2 = reference(ref, x2, lengths)
+    tol = dict(atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out1, out2, **tol)
+    torch.testing.assert_close(h1, h2, **tol)
+    if mode == "lstm":
+        torch.testing.assert_close(c1, c2, **tol)
+    w_out, w_h = torch.randn_like(out2), torch.randn_like(h2)
+    loss1 = (out1 * w_out).sum() + (h1 * w_h).sum() + (c1.sum() if c1 is not None else 0)
+    loss2 = (out2 * w_out).sum() + (h2 * w_h).sum() + (c2.sum() if c2 is not None else 0)
+    loss1.backward()
+    loss2.backward()
+    torch.testing.assert_close(x1.grad, x2.grad, **tol)
+    ref_params = dict(ref.named_parameters())
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, ref_params[name].grad, **tol, msg=name)
+
+
+def test_state_dict_moves_both_ways_through_the_classifier():
+    torch.manual_seed(0)
+    kw = dict(embedding_dim=6, hidden_size=5, encoder="lstm", num_layers=2, bidirectional=True, pooling="max")
+    builtin = TextClassifier(30, 3, impl="builtin", **kw).eval()
+    scratch = TextClassifier(30, 3, impl="scratch", **kw).eval()
+    assert set(builtin.state_dict()) == set(scratch.state_dict())
+    scratch.load_state_dict(builtin.state_dict())
+    ids = torch.tensor([[3, 4, 5, 6], [7, 8, 0, 0]])
+    lengths = torch.tensor([4, 2])
+    torch.testing.assert_close(scratch(ids, lengths), builtin(ids, lengths), atol=1e-6, rtol=1e-5)
+    builtin.load_state_dict(scratch.state_dict())
+
+
+def _active(lengths, T):
+    return (lengths[None, :] > torch.arange(T)[:, None]).sum(1).tolist()
+
+
+def test_gradcheck_hand_written_backwards():
+    torch.manual_seed(0)
+    T, B, H = 4, 3, 2
+    active = _active(torch.tensor([4, 3, 1]), T)
+    dd = dict(dtype=torch.float64, requires_grad=True)
+    xl, wl = torch.randn(T, B, 4 * H, **dd), torch.randn(4 * H, H, **dd)
+    assert torch.autograd.gradcheck(lambda x, w: LSTMLayer.apply(x, w, active), (xl, wl))
+    xg, wg, bg = torch.randn(T, B, 3 * H, **dd), torch.randn(3 * H, H, **dd), torch.randn(3 * H, **dd)
+    assert torch.autograd.gradcheck(lambda x, w, b: GRULayer.apply(x, w, b, active), (xg, wg, bg))
+    xr, wr = torch.randn(T, B, H, **dd), torch.randn(H, H, **dd)
+    assert torch.autograd.gradcheck(lambda x, w: RNNLayer.apply(x, w, active), (xr, wr))
+
+
+def test_gradcheck_whole_encoder_float64():
+    torch.manual_seed(1)
+    for mode in ("lstm", "gru", "rnn"):
+        rnn = ScratchRNN(mode, 3, 2, num_layers=2, bidirectional=True).double()
+        x = torch.randn(3, 5, 3, dtype=torch.float64, requires_grad=True)
+        lengths = torch.tensor([2, 5, 1])
+        assert torch.autograd.gradcheck(lambda x: rnn(x, lengths)[0], (x,))
+
+
+def test_peephole_one_step_by_hand():
+    torch.manual_seed(2)
+    rnn = ScratchRNN("lstm", 2, 3, peephole=True).double()
+    x = torch.randn(1, 2, 2, dtype=torch.float64)
+    out, h_n, c_n = rnn(x, torch.tensor([2]))
+    p = {n: t.detach() for n, t in rnn.named_parameters()}
+    W_i, W_h = p["weight_ih_l0"], p["weight_hh_l0"]
+    b = p["bias_ih_l0"] + p["bias_hh_l0"]
+    sig = torch.sigmoid
+    h, c = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    for t in range(2):
+        z = W_i @ x[0, t] + W_h @ h + b
+        i = sig(z[0:3] + p["weight_ci_l0"] * c)
+        f = sig(z[3:6] + p["weight_cf_l0"] * c)
+        g = torch.tanh(z[6:9])
+        c = f * c + i * g
+        o = sig(z[9:12] + p["weight_co_l0"] * c)  # the output gate sees the new cell
+        h = o * torch.tanh(c)
+        torch.testing.assert_close(out[0, t], h)
+    torch.testing.assert_close(h_n[0, 0], h)
+    torch.testing.assert_close(c_n[0, 0], c)
+
+
+def test_peephole_gradcheck_and_padding():
+    torch.manual_seed(3)
+    T, B, H = 3, 2, 2
+    dd = dict(dtype=torch.float64, requires_grad=True)
+    args = (torch.randn(T, B, 4 * H, **dd), torch.randn(4 * H, H, **dd),
+            torch.randn(H, **dd), torch.randn(H, **dd), torch.randn(H, **dd))
+    active = [2, 2, 1]
+    assert torch.autograd.gradcheck(lambda *a: peephole_lstm(*a, active)[0], args)
+    rnn = ScratchRNN("lstm", 3, 4, 2, True, peephole=True).eval()
+    seq = torch.randn(1, 3, 3)
+    alone = rnn(seq, torch.tensor([3]))
+    padded = rnn(torch.cat([torch.cat([seq, torch.randn(1, 4, 3)], 1), torch.randn(1, 7, 3)]), torch.tensor([3, 7]))
+    torch.testing.assert_close(padded[0][0, :3], alone[0][0])
+    torch.testing.assert_close(padded[1][:, 0], alone[1][:, 0])
+
+
+def test_peephole_only_for_lstm():
+    with pytest.raises(ValueError, match="peephole"):
+        ScratchRNN("gru", 3, 3, peephole=True)
+    with pytest.raises(ValueError, match="peephole"):
+        TextClassifier(10, 2, impl="builtin", peephole=True)
