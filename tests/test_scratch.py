@@ -74,11 +74,14 @@ def test_gradcheck_hand_written_backwards():
     active = _active(torch.tensor([4, 3, 1]), T)
     dd = dict(dtype=torch.float64, requires_grad=True)
     xl, wl = torch.randn(T, B, 4 * H, **dd), torch.randn(4 * H, H, **dd)
-    assert torch.autograd.gradcheck(lambda x, w: LSTMLayer.apply(x, w, active), (xl, wl))
+    wil, bl = torch.randn(4 * H, 3, **dd), torch.randn(4 * H, **dd)
+    xl = torch.randn(T, B, 3, **dd)
+    assert torch.autograd.gradcheck(lambda x, wi, b, w: LSTMLayer.apply(x, wi, b, w, active), (xl, wil, bl, wl))
     xg, wg, bg = torch.randn(T, B, 3 * H, **dd), torch.randn(3 * H, H, **dd), torch.randn(3 * H, **dd)
     assert torch.autograd.gradcheck(lambda x, w, b: GRULayer.apply(x, w, b, active), (xg, wg, bg))
     xr, wr = torch.randn(T, B, H, **dd), torch.randn(H, H, **dd)
-    assert torch.autograd.gradcheck(lambda x, w: RNNLayer.apply(x, w, active), (xr, wr))
+    xr, wir, br = torch.randn(T, B, 3, **dd), torch.randn(H, 3, **dd), torch.randn(H, **dd)
+    assert torch.autograd.gradcheck(lambda x, wi, b, w: RNNLayer.apply(x, wi, b, w, active), (xr, wir, br, wr))
 
 
 def test_gradcheck_whole_encoder_float64():

@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .builtin import last_real, reverse_within_length
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
@@ -38,105 +37,153 @@ def _steps_active(lengths: torch.Tensor, T: int) -> list[int]:
     return (lengths[None, :] > torch.arange(T)[:, None]).sum(1).tolist()
 
 
+def _zero_tails(t: int, n: int, *buffers: torch.Tensor) -> None:
+    """Rows >= n have ended by step t: their outputs read 0 (as pad_packed_sequence gives) and their
+    saved factors 0 (no gradient flows through them)."""
+    if n < buffers[0].size(1):
+        for buf in buffers:
+            buf[t, n:].zero_()
+
+
 class LSTMLayer(torch.autograd.Function):
-    """One direction of one LSTM layer. Gate order inside is (o, i, f, g): one sigmoid covers three."""
+    """One direction of one LSTM layer. Gate order inside is (o, i, f, g): one sigmoid covers three.
+
+    While training, the forward also stores the backward's per-step factors, computed while the
+    step's activations are still in cache: dc_t = dc_{t+1} ⊙ f_{t+1} + dh_t ⊙ A_t, and the
+    pre-activation gradients are K_o ⊙ dh_t for o and K_{i,f,g} ⊙ dc_t for i, f, g.
+    """
 
     @staticmethod
-    def forward(ctx, xproj, w_hh, active):
-        # xproj (T, B, 4H): W_ih x + b_ih + b_hh; w_hh (4H, H); active: n_t per step, non-increasing
-        T, B, G = xproj.shape
+    def forward(ctx, x, w_ih, bias, w_hh, active):
+        # x (T, B, In); w_ih (4H, In); bias (4H,) = b_ih + b_hh; w_hh (4H, H); active: n_t per step
+        T, B = x.shape[:2]
+        G = w_ih.size(0)
         H = G // 4
-        acts = xproj.new_zeros(T, B, G)  # σ(o), σ(i), σ(f), tanh(g); zeros where a row has ended
-        cs = xproj.new_zeros(T, B, H)
-        tcs = xproj.new_zeros(T, B, H)  # tanh(c)
-        hs = xproj.new_zeros(T, B, H)
-        h, c, w_t = xproj.new_zeros(B, H), xproj.new_zeros(B, H), w_hh.t()
-        for t, n in enumerate(active):
-            a = acts[t, :n]
-            torch.addmm(xproj[t, :n], h[:n], w_t, out=a)
+        train = any(ctx.needs_input_grad)
+        # the input projection of every step in one matmul; each step then adds W_hh h in place and
+        # applies its activations, so `acts` ends up holding σ(o), σ(i), σ(f), tanh(g)
+        acts = torch.addmm(bias, x.reshape(T * B, -1), w_ih.t()).view(T, B, G)
+        cs, tcs, hs, gs = (acts.new_empty(T, B, H) for _ in range(4))  # c, tanh(c), h, tanh(g)
+        K, A = (torch.empty_like(acts), acts.new_empty(T, B, H)) if train else (None, None)
+        one = acts.new_ones(())
+        h = c = acts.new_zeros(B, H)
+        w_t = w_hh.t()
+        # per-step views made once (unbind is one call), sliced to the active rows only when needed
+        steps = zip(*(buf.unbind(0) for buf in (acts, cs, tcs, hs, gs, *((K, A) if train else ()))))
+        for t, (n, views) in enumerate(zip(active, steps)):
+            if n < B:
+                for v in views:
+                    v[n:].zero_()  # ended rows: outputs 0, as pad_packed_sequence gives; no gradient
+                views, h, c = [v[:n] for v in views], h[:n], c[:n]
+            a, c_t, tc, h_t, g, *kA = views
+            a.addmm_(h, w_t)
             a[:, : 3 * H].sigmoid_()
-            a[:, 3 * H:].tanh_()
-            o, i, f, g = a.split(H, 1)
-            torch.mul(f, c[:n], out=cs[t, :n]).addcmul_(i, g)
-            torch.tanh(cs[t, :n], out=tcs[t, :n])
-            torch.mul(o, tcs[t, :n], out=hs[t, :n])
-            h, c = hs[t], cs[t]  # rows >= n are stale, and never read again: the batch only shrinks
-        ctx.save_for_backward(acts, cs, tcs, hs, w_hh)
+            torch.tanh(a[:, 3 * H:], out=g)  # into a contiguous buffer: in place on the slice is slower
+            o, i, f = a[:, : 3 * H].split(H, 1)
+            torch.mul(f, c, out=c_t).addcmul_(i, g)
+            torch.tanh(c_t, out=tc)
+            torch.mul(o, tc, out=h_t)
+            if train:
+                k, A_t = kA
+                k3 = torch.addcmul(a[:, : 3 * H], a[:, : 3 * H], a[:, : 3 * H], value=-1, out=k[:, : 3 * H])
+                k_o, k_i, k_f = k3.split(H, 1)  # σ' = σ(1 - σ)
+                k_o.mul_(tc)
+                k_i.mul_(g)
+                k_f.mul_(c)  # c_{t-1}
+                torch.addcmul(one, g, g, value=-1, out=k[:, 3 * H:]).mul_(i)
+                torch.addcmul(one, tc, tc, value=-1, out=A_t).mul_(o)
+            h, c = h_t, c_t  # the batch only shrinks: the next step reads a prefix of these rows
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, w_ih, acts, K, A, hs, w_hh)
         ctx.active = active
         return hs, cs
 
     @staticmethod
     def backward(ctx, d_hs, d_cs):
-        acts, cs, tcs, hs, w_hh = ctx.saved_tensors
+        x, w_ih, acts, K, A, hs, w_hh = ctx.saved_tensors
         T, B, G = acts.shape
         H = G // 4
-        o, i, f, g = acts.split(H, 2)
-        c_prev = torch.cat([cs.new_zeros(1, B, H), cs[:-1]])
-        # Per-step factors for all steps at once: dc_t = dh_t ⊙ A_t + dc_{t+1} ⊙ f_{t+1}, and the
-        # pre-activation gradients are K_o ⊙ dh_t and K_{i,f,g} ⊙ dc_t.
-        A = o * (1 - tcs * tcs)
-        K_o = tcs * o * (1 - o)
-        K_ifg = torch.cat([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], 2).view(T, B, 3, H)
-        f_next = torch.cat([f[1:], f.new_zeros(1, B, H)])
-        d_pre = acts.new_zeros(T, B, G)
-        dc = acts.new_zeros(B, H)
-        dh_rec = acts.new_zeros(B, H)
+        f = acts[..., 2 * H: 3 * H]
+        d_pre = torch.empty_like(acts)
+        dc, dh_rec = acts.new_zeros(B, H), acts.new_zeros(B, H)  # rows >= n stay 0 until they start
         for t in range(T - 1, -1, -1):
             n = ctx.active[t]
+            _zero_tails(t, n, d_pre)
             dh = dh_rec[:n] + d_hs[t, :n] if d_hs is not None else dh_rec[:n]
-            dct = dc[:n].mul_(f_next[t, :n]).addcmul_(dh, A[t, :n])
+            dct = dc[:n]
+            if t + 1 < T:
+                dct.mul_(f[t + 1, :n])
+            dct.addcmul_(dh, A[t, :n])
             if d_cs is not None:
                 dct.add_(d_cs[t, :n])
-            torch.mul(K_o[t, :n], dh, out=d_pre[t, :n, :H])
-            torch.mul(K_ifg[t, :n], dct[:, None, :], out=d_pre[t, :n, H:].view(n, 3, H))
-            torch.mm(d_pre[t, :n], w_hh, out=dh_rec[:n])  # rows >= n stay 0 until they start
-        d_w = d_pre[1:].flatten(0, 1).t() @ hs[:-1].flatten(0, 1)
-        return d_pre, d_w, None
+            torch.mul(K[t, :n, :H], dh, out=d_pre[t, :n, :H])
+            torch.mul(K[t, :n, H:].view(n, 3, H), dct[:, None, :], out=d_pre[t, :n, H:].view(n, 3, H))
+            torch.mm(d_pre[t, :n], w_hh, out=dh_rec[:n])
+        return _input_grads(d_pre, x, w_ih) + (d_pre[1:].flatten(0, 1).t() @ hs[:-1].flatten(0, 1), None)
+
+
+def _input_grads(d_pre: torch.Tensor, x: torch.Tensor, w_ih: torch.Tensor):
+    """Gradients of x, W_ih and the bias from those of the pre-activations, all steps in one go."""
+    d2 = d_pre.flatten(0, 1)  # (T*B, G)
+    return (d2 @ w_ih).view_as(x), d2.t() @ x.reshape(d2.size(0), -1), d2.sum(0)
 
 
 class GRULayer(torch.autograd.Function):
-    """One direction of one GRU layer (gate order r, z, n as in PyTorch)."""
+    """One direction of one GRU layer (gate order r, z, n as in PyTorch).
+
+    As for the LSTM, the forward stores per-step factors: with dh_t the gradient reaching h_t,
+    the gradients of the input pre-activations are K_{r,z,n} ⊙ dh_t, those of W_hh h + b_hh are
+    (K_r, K_z, K_hn) ⊙ dh_t, and dh_{t-1} = z ⊙ dh_t + (those) W_hh.
+    """
 
     @staticmethod
     def forward(ctx, xproj, w_hh, b_hh, active):
         # xproj (T, B, 3H) = W_ih x + b_ih; b_hh stays inside: n needs r ⊙ (W_hn h + b_hn)
         T, B, G = xproj.shape
         H = G // 3
-        hh = xproj.new_zeros(T, B, G)  # W_hh h + b_hh
-        rz = xproj.new_zeros(T, B, 2 * H)
-        ns = xproj.new_zeros(T, B, H)
-        hs = xproj.new_zeros(T, B, H)
+        train = any(ctx.needs_input_grad)
+        hh = b_hh.expand_as(xproj).clone()  # W_hh h + b_hh, the matmul added in place per step
+        rz = xproj.new_empty(T, B, 2 * H)
+        ns, hs = xproj.new_empty(T, B, H), xproj.new_empty(T, B, H)
+        K = xproj.new_empty(T, B, 4 * H) if train else None  # K_r, K_z, K_n, K_hn
+        one = xproj.new_ones(())
         h, w_t = xproj.new_zeros(B, H), w_hh.t()
         for t, n in enumerate(active):
-            torch.addmm(b_hh, h[:n], w_t, out=hh[t, :n])
+            _zero_tails(t, n, hh, rz, ns, hs, *((K,) if train else ()))
+            hh[t, :n].addmm_(h[:n], w_t)
             torch.add(xproj[t, :n, : 2 * H], hh[t, :n, : 2 * H], out=rz[t, :n]).sigmoid_()
             r, z = rz[t, :n].split(H, 1)
-            torch.addcmul(xproj[t, :n, 2 * H:], r, hh[t, :n, 2 * H:], out=ns[t, :n]).tanh_()
-            # h' = n + z ⊙ (h - n)
-            torch.addcmul(ns[t, :n], z, h[:n] - ns[t, :n], out=hs[t, :n])
+            hn = hh[t, :n, 2 * H:]
+            nt = torch.addcmul(xproj[t, :n, 2 * H:], r, hn, out=ns[t, :n]).tanh_()
+            diff = h[:n] - nt
+            torch.addcmul(nt, z, diff, out=hs[t, :n])  # h' = n + z ⊙ (h - n)
+            if train:
+                k = torch.addcmul(rz[t, :n], rz[t, :n], rz[t, :n], value=-1, out=K[t, :n, : 2 * H])
+                k_r, k_z = k.split(H, 1)  # σ' = σ(1 - σ)
+                k_n = torch.addcmul(one, nt, nt, value=-1, out=K[t, :n, 2 * H: 3 * H])
+                k_n.addcmul_(k_n, z, value=-1)  # (1 - z)(1 - n²)
+                k_r.mul_(hn).mul_(k_n)
+                k_z.mul_(diff)
+                torch.mul(k_n, r, out=K[t, :n, 3 * H:])
             h = hs[t]
-        ctx.save_for_backward(hh, rz, ns, hs, w_hh)
+        ctx.save_for_backward(rz, K, hs, w_hh)
         ctx.active = active
         return hs
 
     @staticmethod
     def backward(ctx, d_hs):
-        hh, rz, ns, hs, w_hh = ctx.saved_tensors
-        T, B, G = hh.shape
-        H = G // 3
-        r, z = rz.split(H, 2)
-        h_prev = torch.cat([hs.new_zeros(1, B, H), hs[:-1]])
-        dn_pre = (1 - z) * (1 - ns * ns)  # d n_pre / d h'
-        K_x = torch.cat([dn_pre * hh[..., 2 * H:] * r * (1 - r), (h_prev - ns) * z * (1 - z), dn_pre], 2)
-        K_h = torch.cat([K_x[..., : 2 * H], dn_pre * r], 2)
-        d_x = hh.new_zeros(T, B, G)
-        d_hh = hh.new_zeros(T, B, G)
-        dh_rec = hh.new_zeros(B, H)
+        rz, K, hs, w_hh = ctx.saved_tensors
+        T, B, H = hs.shape
+        z = rz[..., H:]
+        d_x, d_hh = hs.new_empty(T, B, 3 * H), hs.new_empty(T, B, 3 * H)
+        dh_rec = hs.new_zeros(B, H)
         for t in range(T - 1, -1, -1):
             n = ctx.active[t]
+            _zero_tails(t, n, d_x, d_hh)
             dh = dh_rec[:n] + d_hs[t, :n]
-            torch.mul(K_x[t, :n].view(n, 3, H), dh[:, None, :], out=d_x[t, :n].view(n, 3, H))
-            torch.mul(K_h[t, :n].view(n, 3, H), dh[:, None, :], out=d_hh[t, :n].view(n, 3, H))
+            torch.mul(K[t, :n, : 3 * H].view(n, 3, H), dh[:, None, :], out=d_x[t, :n].view(n, 3, H))
+            d_hh[t, :n, : 2 * H] = d_x[t, :n, : 2 * H]
+            torch.mul(K[t, :n, 3 * H:], dh, out=d_hh[t, :n, 2 * H:])
             torch.addmm(dh * z[t, :n], d_hh[t, :n], w_hh, out=dh_rec[:n])
         d_w = d_hh[1:].flatten(0, 1).t() @ hs[:-1].flatten(0, 1)
         return d_x, d_w, d_hh.sum((0, 1)), None
@@ -146,29 +193,30 @@ class RNNLayer(torch.autograd.Function):
     """One direction of one tanh RNN layer."""
 
     @staticmethod
-    def forward(ctx, xproj, w_hh, active):
-        T, B, H = xproj.shape
-        hs = xproj.new_zeros(T, B, H)
-        h, w_t = xproj.new_zeros(B, H), w_hh.t()
+    def forward(ctx, x, w_ih, bias, w_hh, active):
+        T, B = x.shape[:2]
+        hs = torch.addmm(bias, x.reshape(T * B, -1), w_ih.t()).view(T, B, -1)  # W_ih x + b, all steps
+        h, w_t = hs.new_zeros(B, w_hh.size(1)), w_hh.t()
         for t, n in enumerate(active):
-            torch.addmm(xproj[t, :n], h[:n], w_t, out=hs[t, :n]).tanh_()
+            _zero_tails(t, n, hs)
+            hs[t, :n].addmm_(h[:n], w_t).tanh_()
             h = hs[t]
-        ctx.save_for_backward(hs, w_hh)
+        ctx.save_for_backward(x, w_ih, hs, w_hh)
         ctx.active = active
         return hs
 
     @staticmethod
     def backward(ctx, d_hs):
-        hs, w_hh = ctx.saved_tensors
-        K = 1 - hs * hs
-        d_pre = torch.zeros_like(hs)
+        x, w_ih, hs, w_hh = ctx.saved_tensors
+        K = 1 - hs * hs  # tanh' (0 at ended rows, whose h is 0)
+        d_pre = torch.empty_like(hs)
         dh_rec = hs.new_zeros(hs.shape[1:])
         for t in range(hs.shape[0] - 1, -1, -1):
             n = ctx.active[t]
+            _zero_tails(t, n, d_pre)
             torch.mul(dh_rec[:n] + d_hs[t, :n], K[t, :n], out=d_pre[t, :n])
             torch.mm(d_pre[t, :n], w_hh, out=dh_rec[:n])
-        d_w = d_pre[1:].flatten(0, 1).t() @ hs[:-1].flatten(0, 1)
-        return d_pre, d_w, None
+        return _input_grads(d_pre, x, w_ih) + (d_pre[1:].flatten(0, 1).t() @ hs[:-1].flatten(0, 1), None)
 
 
 def peephole_lstm(xproj, w_hh, w_ci, w_cf, w_co, active):
@@ -196,8 +244,17 @@ def peephole_lstm(xproj, w_hh, w_ci, w_cf, w_co, active):
 
 
 def _time_major_reverse(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """(T, B, F): each sequence reversed within its own length (padding stays at the end)."""
-    return reverse_within_length(x.transpose(0, 1), lengths).transpose(0, 1)
+    """x (T, B, F) with x[:len_b, b] reversed and padding left in place; its own inverse."""
+    T, B = x.shape[:2]
+    t = torch.arange(T, device=x.device)[:, None].expand(T, B)
+    lens = lengths.to(x.device)[None, :]
+    idx = torch.where(t < lens, lens - 1 - t, t)  # (T, B)
+    return x.gather(0, idx[:, :, None].expand_as(x))
+
+
+def _time_major_last(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """x (T, B, F) -> (B, F): each sequence's entry at position length - 1."""
+    return x[lengths.to(x.device) - 1, torch.arange(x.size(1), device=x.device)]
 
 
 class ScratchRNN(nn.Module):
@@ -245,24 +302,23 @@ class ScratchRNN(nn.Module):
             xproj = torch.addmm(p["bias_ih"], flat, p["weight_ih"].t()).view(T, B, -1)
             return GRULayer.apply(xproj, p["weight_hh"], p["bias_hh"], active), None
         if self.mode == "rnn":
-            xproj = torch.addmm(p["bias_ih"] + p["bias_hh"], flat, p["weight_ih"].t()).view(T, B, -1)
-            return RNNLayer.apply(xproj, p["weight_hh"], active), None
+            return RNNLayer.apply(seq, p["weight_ih"], p["bias_ih"] + p["bias_hh"], p["weight_hh"], active), None
         if self.peephole:
             xproj = torch.addmm(p["bias_ih"] + p["bias_hh"], flat, p["weight_ih"].t()).view(T, B, -1)
             peep = [getattr(self, f"{name}_l{layer}{sfx}") for name in ("weight_ci", "weight_cf", "weight_co")]
             return peephole_lstm(xproj, p["weight_hh"], *peep, active)
         order = self._lstm_order
-        xproj = torch.addmm((p["bias_ih"] + p["bias_hh"])[order], flat, p["weight_ih"][order].t()).view(T, B, -1)
-        return LSTMLayer.apply(xproj, p["weight_hh"][order], active)
+        return LSTMLayer.apply(seq, p["weight_ih"][order], (p["bias_ih"] + p["bias_hh"])[order],
+                               p["weight_hh"][order], active)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor):
         """x (B, T, In), lengths (B,) on the CPU -> outputs (B, T, D*H) (0 at padding),
         h_n (L*D, B, H), c_n (L*D, B, H) or None: as nn.LSTM gives for a PackedSequence."""
         order = lengths.argsort(descending=True, stable=True)
-        unsort = order.argsort()
         lens = lengths[order]
         active = _steps_active(lens, x.size(1))
-        inp = x[order.to(x.device)].transpose(0, 1)  # (T, B, In), longest first
+        # one copy: batch-first -> time-major, longest sequence first
+        inp = x.transpose(0, 1).index_select(1, order.to(x.device))  # (T, B, In)
         h_n, c_n = [], []
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout and self.training:
@@ -271,13 +327,13 @@ class ScratchRNN(nn.Module):
             for d, sfx in enumerate(self.suffixes):
                 seq = inp if d == 0 else _time_major_reverse(inp, lens)
                 hs, cs = self._direction(seq, layer, sfx, active)
-                h_n.append(last_real(hs.transpose(0, 1), lens))
+                h_n.append(_time_major_last(hs, lens))
                 if cs is not None:
-                    c_n.append(last_real(cs.transpose(0, 1), lens))
+                    c_n.append(_time_major_last(cs, lens))
                 outs.append(hs if d == 0 else _time_major_reverse(hs, lens))
             inp = torch.cat(outs, 2) if len(outs) > 1 else outs[0]
-        back = unsort.to(x.device)
-        outputs = inp.transpose(0, 1)[back]
+        back = order.argsort().to(x.device)
+        outputs = inp.index_select(1, back).transpose(0, 1)  # (B, T, D*H), a view
         return outputs, torch.stack(h_n)[:, back], (torch.stack(c_n)[:, back] if c_n else None)
 
 
