@@ -11,6 +11,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -19,6 +20,7 @@ from .errors import CheckpointError, ConfigError
 from .fsutil import replace_dir, temp_dir, write_json
 from .models import TextClassifier
 from .text import Vocab
+from .train_state import STATE_FILE
 
 FILES = ("model.safetensors", "config.json", "vocab.json", "labels.json")
 
@@ -41,7 +43,8 @@ def build_model(cfg: Config, vocab_size: int, num_classes: int) -> TextClassifie
 
 
 def save(path: Path, cfg: Config, vocab: Vocab, label_names: list[str], model: TextClassifier,
-         metrics: dict) -> None:
+         metrics: dict, trainer_state: dict | None = None) -> None:
+    """Write the checkpoint folder `path` (and, to resume from, `trainer_state.pt`) atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(path)
@@ -52,6 +55,8 @@ def save(path: Path, cfg: Config, vocab: Vocab, label_names: list[str], model: T
         (tmp / "vocab.json").write_text(vocab.to_json(), encoding="utf-8")
         write_json(tmp / "labels.json", label_names)
         write_json(tmp / "metrics.json", metrics)
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / STATE_FILE)
         replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

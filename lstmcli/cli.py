@@ -67,13 +67,28 @@ def with_config_options(fn):
 @user_errors
 def train(
     config: Annotated[Optional[Path], typer.Option(help="TOML config; flags override its values")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="continue a stopped run folder, with its own config")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or logs")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="print the run's metrics.json (and run_dir) as JSON")] = False,
     **fields: Any,
 ) -> None:
-    """Train a classifier; writes a run folder (config.json, metrics.json, best/, last/)."""
-    from .train import run
-    run_dir = run(resolve(config, fields), quiet=quiet)
-    typer.echo(str(run_dir))
+    """Train a classifier; writes a run folder (config.json, metrics.json, best/, last/) and prints its path.
+
+    Ctrl-C or SIGTERM stops at the next batch, saves last/ with everything needed to continue, and
+    exits 130; `--resume RUN_DIR` continues exactly where it stopped.
+    """
+    from . import train as training
+    if resume is not None:
+        given = sorted(k for k, v in fields.items() if v is not None) + (["config"] if config else [])
+        if given:
+            raise LstmcliError(f"--resume continues a run with its own config; drop --{given[0].replace('_', '-')}")
+        run_dir = training.resume(resume, quiet=quiet)
+    else:
+        run_dir = training.run(resolve(config, fields), quiet=quiet)
+    if json_out:
+        typer.echo(json.dumps({"run_dir": str(run_dir), **json.loads((run_dir / "metrics.json").read_text())}))
+    else:
+        typer.echo(str(run_dir))
 
 
 @app.command("eval")

@@ -50,6 +50,12 @@ class Optimizer(str, Enum):
     sgd = "sgd"
 
 
+class Scheduler(str, Enum):
+    constant = "constant"
+    cosine = "cosine"
+    plateau = "plateau"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -100,6 +106,13 @@ class TrainConfig:
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(0.0, "L2 weight decay")
     grad_clip: float = _f(1.0, "clip the gradient norm to this (0 = off)")
+    scheduler: Scheduler = _f(Scheduler.constant, "learning rate schedule: constant, cosine (to 0 by the last "
+                              "step) or plateau (multiply by plateau_factor when val accuracy stalls)")
+    warmup_steps: int = _f(0, "linear warm-up steps for constant and cosine")
+    plateau_factor: float = _f(0.5, "plateau: factor applied to the learning rate")
+    plateau_patience: int = _f(1, "plateau: epochs without improvement before lowering the rate")
+    patience: int = _f(0, "early stopping: stop after this many epochs without a better val accuracy (0 = off)")
+    log_every: int = _f(0, "log a progress line to stderr every N steps (0 = only per epoch)")
     seed: int = _f(0, "seed of weights, dropout and batch order")
     device: Device = _f(Device.auto, "auto picks cuda, then mps, then cpu")
     out: str = _f("", "run folder (default runs/<dataset>-<encoder>-<timestamp>)")
@@ -160,7 +173,8 @@ BOUNDS: dict[str, tuple[float, float, bool]] = {
     "max_length": (0, math.inf, True), "embedding_dim": (1, math.inf, True), "hidden_size": (1, math.inf, True),
     "num_layers": (1, math.inf, True), "epochs": (1, math.inf, True), "batch_size": (1, math.inf, True),
     "lr": (0, math.inf, True), "momentum": (0, 1, True), "weight_decay": (0, math.inf, True),
-    "grad_clip": (0, math.inf, True),
+    "grad_clip": (0, math.inf, True), "warmup_steps": (0, math.inf, True), "plateau_factor": (0, 1, False),
+    "plateau_patience": (0, math.inf, True), "patience": (0, math.inf, True), "log_every": (0, math.inf, True),
 }
 
 
@@ -172,6 +186,8 @@ def validate(cfg: Config, source: str) -> Config:
         if value < low or value > high or (value == high and not inclusive):
             upper = "" if high == math.inf else f" and {'<=' if inclusive else '<'} {high}"
             raise ConfigError(f"{source}: config key '{index[name].section}.{name}' must be >= {low}{upper}, got {value}")
+    if cfg.train.warmup_steps and cfg.train.scheduler is Scheduler.plateau:
+        raise ConfigError(f"{source}: config key 'train.warmup_steps' applies to the constant and cosine schedules")
     m = cfg.model
     if m.peephole and (m.impl is not Impl.scratch or m.encoder is not Encoder.lstm):
         raise ConfigError(f"{source}: config key 'model.peephole' needs encoder = \"lstm\" and impl = \"scratch\"")
@@ -247,4 +263,4 @@ def from_dict(data: Any, source: str) -> Config:
 
 __all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "resolve", "apply", "apply_flags",
            "to_dict", "from_dict", "field_index", "Encoder", "Impl", "Pooling", "Pack", "Optimizer",
-           "Device"]
+           "Scheduler", "Device"]

@@ -21,3 +21,15 @@ class ConfigError(LstmcliError):
 
 class CheckpointError(LstmcliError):
     """A folder is not a usable lstmcli checkpoint."""
+
+
+class CheckFailed(LstmcliError):
+    """A check the user asked for failed (e.g. `eval --fail-under`), or training diverged."""
+
+    exit_code = EXIT_CHECK_FAILED
+
+
+class Interrupted(LstmcliError):
+    """Stopped by SIGINT/SIGTERM after saving what is needed to resume."""
+
+    exit_code = EXIT_INTERRUPTED

@@ -1,12 +1,15 @@
-"""Training: the epoch loop, evaluation, checkpoints and metrics.json of a run folder."""
+"""Training: train_one_epoch, evaluate, and a run folder's life: start, epochs, checkpoints, stop, resume."""
 
 from __future__ import annotations
 
+import json
+import math
 import platform
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -15,12 +18,14 @@ from tqdm import tqdm
 
 from . import __version__, checkpoint
 from .batching import bucket_batches, collate, padding_share, sorted_batches, truncated_lengths
-from .config import Config, to_dict
+from .config import Config, from_dict, to_dict
 from .device import resolve_device
-from .errors import LstmcliError
+from .errors import CheckFailed, CheckpointError, Interrupted, LstmcliError
 from .fsutil import write_json
 from .metrics import classification_report
 from .prepare import EncodedSplit, Prepared, prepare
+from .schedule import make_optimizer, make_scheduler, step_per_batch, step_per_epoch
+from .train_state import EpochProgress, GracefulStop, TrainState, load_state, state_dict
 
 
 def log(msg: str, quiet: bool = False) -> None:
@@ -28,38 +33,44 @@ def log(msg: str, quiet: bool = False) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    t = cfg.train
-    if t.optimizer.value == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+def train_one_epoch(model, split: EncodedSplit, batches: list[torch.Tensor], optimizer, scheduler,
+                    device: torch.device, max_length: int, grad_clip: float, progress: EpochProgress,
+                    should_stop: Callable[[], bool], bar: tqdm, epoch: int, log_every: int = 0) -> EpochProgress:
+    """Train on `batches`, continuing from `progress.batches_done` and updating `progress` in place.
 
-
-def train_one_epoch(model, split: EncodedSplit, batches: list[torch.Tensor], optimizer, device: torch.device,
-                    max_length: int, grad_clip: float, bar: tqdm) -> dict:
-    """One pass over `batches`; returns mean loss, accuracy, seconds and tokens/s."""
+    Returns early, between two batches, once `should_stop()` says so. A non-finite loss or gradient
+    raises CheckFailed before the optimizer step, so the weights stay the last good ones.
+    """
     model.train()
-    loss_sum = correct = seen = tokens = 0
-    start = time.perf_counter()
-    for indices in batches:
-        batch = collate(split, indices, max_length).to(device)
+    start = time.perf_counter() - progress.seconds
+    for step in range(progress.batches_done + 1, len(batches) + 1):
+        batch = collate(split, batches[step - 1], max_length).to(device)
         logits = model(batch.ids, batch.lengths)
         loss = F.cross_entropy(logits, batch.labels)
+        value = loss.item()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf)
+        if not (math.isfinite(value) and math.isfinite(float(norm))):
+            what = f"loss {value}" if not math.isfinite(value) else f"gradient norm {float(norm)}"
+            raise CheckFailed(f"non-finite {what} in epoch {epoch} at step {step}; training stopped, and "
+                              f"last/ keeps the last good checkpoint (try a lower --lr or a --grad-clip)")
         optimizer.step()
-        n = len(indices)
-        loss_sum += loss.item() * n
-        correct += int((logits.argmax(1) == batch.labels).sum())
-        seen, tokens = seen + n, tokens + batch.num_tokens
-        elapsed = time.perf_counter() - start
+        step_per_batch(scheduler)
+        p, n = progress, len(batch.labels)
+        p.batches_done, p.loss_sum, p.seen = step, p.loss_sum + value * n, p.seen + n
+        p.correct += int((logits.argmax(1) == batch.labels).sum())
+        p.tokens += batch.num_tokens
+        p.seconds = time.perf_counter() - start
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", tok_s=f"{tokens / elapsed:,.0f}")
-    seconds = time.perf_counter() - start
-    return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen, "seconds": seconds,
-            "tokens": tokens, "tokens_per_s": tokens / seconds}
+        bar.set_postfix(loss=f"{p.loss_sum / p.seen:.4f}", acc=f"{p.correct / p.seen:.4f}",
+                        tok_s=f"{p.tokens / p.seconds:,.0f}")
+        if log_every and step % log_every == 0:
+            log(f"epoch {epoch} step {step}/{len(batches)}: loss {p.loss_sum / p.seen:.4f} "
+                f"acc {p.correct / p.seen:.4f}, {p.tokens / p.seconds:,.0f} tok/s")
+        if should_stop():
+            break
+    return progress
 
 
 @torch.no_grad()
@@ -116,11 +127,29 @@ def _epoch_line(stats: dict, epochs: int, improved: bool) -> str:
             f"{stats['tokens_per_s']:,.0f} tok/s, padding {stats['padding']:.1%}{'  *best' if improved else ''}")
 
 
-def run(cfg: Config, quiet: bool = False) -> Path:
-    """Train as `cfg` says; returns the run folder (config.json, metrics.json, best/, last/)."""
+@dataclass
+class Run:
+    """Everything a run carries from epoch to epoch."""
+
+    cfg: Config
+    run_dir: Path
+    data: Prepared
+    device: torch.device
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    state: TrainState
+    metrics: dict
+
+
+def _steps_per_epoch(cfg: Config, data: Prepared) -> int:
+    return math.ceil(len(data.splits["train"]) / cfg.train.batch_size)
+
+
+def start(cfg: Config, quiet: bool = False) -> Run:
+    """A new run: data first (bad data must leave no run folder behind), then folder, model, optimizer."""
     device = resolve_device(cfg.train.device.value)
-    data = _prepared(cfg, quiet)  # before the run folder: bad data must leave nothing behind
-    train, val, test = (data.splits[s] for s in ("train", "val", "test"))
+    data = _prepared(cfg, quiet)
     run_dir = Path(cfg.train.out) if cfg.train.out else default_out(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", to_dict(cfg))
@@ -131,30 +160,101 @@ def run(cfg: Config, quiet: bool = False) -> Path:
                         "labels": data.label_names},
                "environment": environment(device), "history": [], "best_epoch": None}
     log(f"run folder {run_dir}; {sum(p.numel() for p in model.parameters()):,} parameters on {device}", quiet)
-    t, max_len, best_acc = cfg.train, cfg.data.max_length, -1.0
-    save = partial(checkpoint.save, cfg=cfg, vocab=data.vocab, label_names=data.label_names, model=model)
+    return Run(cfg, run_dir, data, device, model, optimizer,
+               make_scheduler(optimizer, cfg, _steps_per_epoch(cfg, data)), TrainState(), metrics)
+
+
+def reopen(run_dir: Path, quiet: bool = False) -> Run:
+    """A stopped run, exactly as it was when it stopped: weights, optimizer, schedule, RNG, position."""
+    run_dir = Path(run_dir)
+    try:
+        cfg = from_dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")), str(run_dir / "config.json"))
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot resume {run_dir}: not a run folder ({exc})") from None
+    device = resolve_device(cfg.train.device.value)
+    data = _prepared(cfg, quiet)
+    last = checkpoint.load(run_dir / "last", str(device))
+    if last.vocab != data.vocab or last.label_names != data.label_names:
+        raise CheckpointError(f"cannot resume {run_dir}: its data has changed since the run started")
+    optimizer = make_optimizer(last.model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, _steps_per_epoch(cfg, data))
+    state = load_state(run_dir / "last", optimizer, scheduler)
+    if state.epoch > cfg.train.epochs or state.stopped_early or "test" in metrics:
+        raise LstmcliError(f"run {run_dir} has already finished; nothing to resume")
+    log(f"resuming {run_dir} in epoch {state.epoch} after {state.progress.batches_done} batches", quiet)
+    return Run(cfg, run_dir, data, device, last.model, optimizer, scheduler, state, metrics)
+
+
+def _save_last(r: Run, val_report: dict | None) -> None:
+    checkpoint.save(r.run_dir / "last", r.cfg, r.data.vocab, r.data.label_names, r.model,
+                    {"epoch": r.state.epoch - (r.state.progress.batches_done == 0), "val": val_report},
+                    state_dict(r.state, r.optimizer, r.scheduler))
+
+
+def _finish_epoch(r: Run, batches: list[torch.Tensor], lengths: torch.Tensor, quiet: bool) -> None:
+    """Validate, record the epoch, save best/ and last/, step the plateau schedule, early stopping."""
+    epoch, p, t = r.state.epoch, r.state.progress, r.cfg.train
+    val = evaluate(r.model, r.data.splits["val"], r.device, t.batch_size, r.cfg.data.max_length, r.data.label_names)
+    stats = {"epoch": epoch, "train_loss": p.loss_sum / p.seen, "train_accuracy": p.correct / p.seen,
+             "seconds": p.seconds, "tokens": p.tokens, "tokens_per_s": p.tokens / max(p.seconds, 1e-9),
+             "padding": padding_share(batches, lengths), "lr": r.optimizer.param_groups[0]["lr"],
+             **{f"val_{k}": val[k] for k in ("loss", "accuracy", "macro_f1")}}
+    r.metrics["history"].append(stats)
+    improved = val["accuracy"] > r.state.best_val
+    step_per_epoch(r.scheduler, val["accuracy"])
+    bad = 0 if improved else r.state.bad_epochs + 1
+    r.state = TrainState(epoch + 1, EpochProgress(), val["accuracy"] if improved else r.state.best_val,
+                         epoch if improved else r.state.best_epoch, bad, bool(t.patience and bad >= t.patience))
+    if improved:
+        checkpoint.save(r.run_dir / "best", r.cfg, r.data.vocab, r.data.label_names, r.model, {"epoch": epoch, "val": val})
+    _save_last(r, val)
+    r.metrics["best_epoch"] = r.state.best_epoch
+    if r.state.stopped_early:
+        r.metrics["stopped_early"] = {"epoch": epoch, "patience": t.patience}
+    write_json(r.run_dir / "metrics.json", r.metrics)
+    point_latest(r.run_dir)
+    log(_epoch_line(stats, t.epochs, improved), quiet)
+
+
+def fit(r: Run, quiet: bool = False) -> dict:
+    """Train `r` to its last epoch (or early stop), then report test metrics of best/."""
+    t, max_len = r.cfg.train, r.cfg.data.max_length
+    train = r.data.splits["train"]
     lengths = truncated_lengths(train, max_len)
-    for epoch in range(1, t.epochs + 1):
-        batches = bucket_batches(lengths, t.batch_size, t.seed, epoch)
-        with tqdm(total=len(batches), desc=f"epoch {epoch}/{t.epochs}", leave=False,
-                  disable=quiet or not sys.stderr.isatty()) as bar:
-            stats = train_one_epoch(model, train, batches, optimizer, device, max_len, t.grad_clip, bar)
-        val_report = evaluate(model, val, device, t.batch_size, max_len, data.label_names)
-        stats = {"epoch": epoch, **stats, "padding": padding_share(batches, lengths),
-                 **{f"val_{k}": val_report[k] for k in ("loss", "accuracy", "macro_f1")}}
-        metrics["history"].append(stats)
-        improved = val_report["accuracy"] > best_acc
-        if improved:
-            best_acc, metrics["best_epoch"] = val_report["accuracy"], epoch
-            save(run_dir / "best", metrics={"epoch": epoch, "val": val_report})
-        save(run_dir / "last", metrics={"epoch": epoch, "val": val_report})
-        write_json(run_dir / "metrics.json", metrics)
-        if epoch == 1:
-            point_latest(run_dir)  # once it holds a checkpoint to use
-        log(_epoch_line(stats, t.epochs, improved), quiet)
-    best = checkpoint.load(run_dir / "best", str(device))
-    metrics["test"] = evaluate(best.model, test, device, t.batch_size, max_len, data.label_names)
-    write_json(run_dir / "metrics.json", metrics)
-    log(f"test accuracy of best/ (epoch {metrics['best_epoch']}): {metrics['test']['accuracy']:.4f} "
-        f"(n={metrics['test']['n']})", quiet)
-    return run_dir
+    with GracefulStop() as stop:
+        while r.state.epoch <= t.epochs and not r.state.stopped_early:
+            epoch = r.state.epoch
+            batches = bucket_batches(lengths, t.batch_size, t.seed, epoch)
+            with tqdm(total=len(batches), initial=r.state.progress.batches_done, desc=f"epoch {epoch}/{t.epochs}",
+                      leave=False, disable=quiet or not sys.stderr.isatty()) as bar:
+                train_one_epoch(r.model, train, batches, r.optimizer, r.scheduler, r.device, max_len, t.grad_clip,
+                                r.state.progress, stop, bar, epoch, 0 if quiet else t.log_every)
+            if r.state.progress.batches_done < len(batches):
+                _save_last(r, None)
+                raise Interrupted(f"interrupted in epoch {epoch} after {r.state.progress.batches_done}/"
+                                  f"{len(batches)} batches; {r.run_dir / 'last'} holds that point; continue "
+                                  f"with: lstmcli train --resume {r.run_dir}")
+            _finish_epoch(r, batches, lengths, quiet)
+            if stop() and r.state.epoch <= t.epochs and not r.state.stopped_early:
+                raise Interrupted(f"interrupted after epoch {epoch}; continue with: lstmcli train --resume {r.run_dir}")
+    best = checkpoint.load(r.run_dir / "best", str(r.device))
+    r.metrics["test"] = evaluate(best.model, r.data.splits["test"], r.device, t.batch_size, max_len, r.data.label_names)
+    write_json(r.run_dir / "metrics.json", r.metrics)
+    log(f"test accuracy of best/ (epoch {r.metrics['best_epoch']}): {r.metrics['test']['accuracy']:.4f} "
+        f"(n={r.metrics['test']['n']})", quiet)
+    return r.metrics
+
+
+def run(cfg: Config, quiet: bool = False) -> Path:
+    """Train as `cfg` says; returns the run folder (config.json, metrics.json, best/, last/)."""
+    r = start(cfg, quiet)
+    fit(r, quiet)
+    return r.run_dir
+
+
+def resume(run_dir: Path, quiet: bool = False) -> Path:
+    """Continue a stopped run where it stopped."""
+    r = reopen(run_dir, quiet)
+    fit(r, quiet)
+    return r.run_dir
