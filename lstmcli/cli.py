@@ -1,12 +1,16 @@
 """The command line: thin commands that resolve options and call one library function each.
 
-Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 130 interrupted.
+Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 130 interrupted. Results go to
+stdout, logs and errors to stderr; an error a user can cause is one line, and `--debug` adds the
+traceback.
 """
 
 import functools
 import inspect
 import json
+import signal
 import sys
+import traceback
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -14,13 +18,26 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .config import Device, Encoder, Impl, field_index, resolve
-from .errors import EXIT_INTERRUPTED, LstmcliError
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, CheckFailed, LstmcliError
 
+EXIT_CODES = "Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 130 interrupted."
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Train, evaluate and use recurrent text classifiers (LSTM, GRU, RNN).\n\n"
-                       "Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 130 interrupted.")
+                  help=f"Train, evaluate and use recurrent text classifiers (LSTM, GRU, RNN).\n\n{EXIT_CODES}")
+DEBUG = {"on": False}
+
+
+@app.callback()
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", help="show the traceback of an error")] = False,
+) -> None:
+    DEBUG["on"] = debug
 
 DEFAULT_CHECKPOINT = Path("runs/latest/best")
+
+
+class Metric(str, Enum):
+    accuracy = "accuracy"
+    macro_f1 = "macro_f1"
 
 
 class Split(str, Enum):
@@ -30,8 +47,14 @@ class Split(str, Enum):
 
 
 def fail(message: str, code: int) -> None:
+    if DEBUG["on"]:
+        traceback.print_exc()
     typer.echo(f"lstmcli: error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt  # outside training's own handler, SIGTERM ends like Ctrl-C: exit 130
 
 
 def user_errors(fn):
@@ -39,11 +62,17 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            signal.signal(signal.SIGTERM, _sigterm)
+        except ValueError:  # not the main thread (an embedding program's worker): leave it alone
+            pass
+        try:
             return fn(*args, **kwargs)
         except LstmcliError as exc:
             fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             fail("interrupted", EXIT_INTERRUPTED)
+        except OSError as exc:  # a folder that cannot be written, a full disk, ...
+            fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc), EXIT_USAGE)
     return wrapper
 
 
@@ -101,6 +130,8 @@ def eval_(
     batch_size: Annotated[Optional[int], typer.Option(help="examples per batch")] = None,
     device: Annotated[Device, typer.Option(help="device")] = Device.auto,
     impl: Annotated[Optional[Impl], typer.Option(help="run the weights in this implementation")] = None,
+    fail_under: Annotated[Optional[float], typer.Option(help="exit 1 when --metric is below this (a CI gate)")] = None,
+    metric: Annotated[Metric, typer.Option(help="the metric --fail-under checks")] = Metric.accuracy,
     json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
 ) -> None:
@@ -114,6 +145,8 @@ def eval_(
     else:
         typer.echo(format_report(report, f"{report['dataset']} [{report['split']}] with {report['checkpoint']}"))
         typer.echo(f"\nwritten to {written}", err=True)
+    if fail_under is not None and report[metric.value] < fail_under:
+        raise CheckFailed(f"{metric.value} {report[metric.value]:.4f} is below --fail-under {fail_under}")
 
 
 def read_texts(texts: list[str]) -> list[str]:
@@ -136,13 +169,17 @@ def predict(
     batch_size: Annotated[int, typer.Option(min=1, help="texts per batch")] = 256,
     device: Annotated[Device, typer.Option(help="device")] = Device.cpu,
     impl: Annotated[Optional[Impl], typer.Option(help="run the weights in this implementation")] = None,
+    max_length: Annotated[Optional[int], typer.Option(min=1, help="tokens kept per text (default: the "
+                          "checkpoint's max_length, else 2048)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per input line")] = False,
 ) -> None:
     """Classify texts: the label and its probability (or the top k) for each."""
-    from .predict import Predictor
     from .device import resolve_device
-    predictor = Predictor(checkpoint, resolve_device(device.value), impl.value if impl else None)
+    from .predict import Predictor
     inputs = read_texts(texts)
+    if not inputs:
+        raise LstmcliError("no texts to classify (standard input was empty)")
+    predictor = Predictor(checkpoint, resolve_device(device.value), impl.value if impl else None, max_length)
     for i, ranked in enumerate(predictor.predict(inputs, top_k, batch_size)):
         if json_out:
             typer.echo(json.dumps({"index": i, "label": ranked[0][0], "probability": ranked[0][1],

@@ -14,6 +14,7 @@ import sys
 import tarfile
 import urllib.error
 import urllib.request
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,8 +165,8 @@ def extract_once(archive: Path, dest: Path, marker: str) -> Path:
             if not (tmp / marker).is_dir():
                 raise DatasetError(f"archive {archive} does not contain {marker}/")
             os.replace(tmp / marker, final)
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise DatasetError(f"cannot extract {archive}: {exc}") from None
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            raise DatasetError(f"cannot extract {archive}: {exc} (delete it to fetch it again)") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return final

@@ -10,16 +10,27 @@ from . import checkpoint
 from .batching import Batch
 from .text import basic_english
 
+DEFAULT_MAX_LENGTH = 2048
+PREFIX_CHARS_PER_TOKEN = 64
+
 
 class Predictor:
-    def __init__(self, checkpoint_dir: Path, device: torch.device, impl: str | None = None):
+    def __init__(self, checkpoint_dir: Path, device: torch.device, impl: str | None = None,
+                 max_length: int | None = None):
         self.ck = checkpoint.load(checkpoint_dir, str(device), impl)
         self.device = device
-        self.max_length = self.ck.config.data.max_length
+        # A text is cut to what the model was trained on; with no such limit, to DEFAULT_MAX_LENGTH,
+        # so that a runaway input (a 10 MB line) costs milliseconds, not minutes.
+        self.max_length = max_length or self.ck.config.data.max_length or DEFAULT_MAX_LENGTH
 
     def encode(self, text: str) -> list[int]:
-        ids = self.ck.vocab.encode(basic_english(text))
-        return ids[: self.max_length] if self.max_length else ids
+        """Ids of the first max_length tokens. A huge text is tokenized from a prefix that holds more
+        than enough whole tokens (a cut can only alter the two tokens it falls into), not in full."""
+        limit = self.max_length
+        tokens = basic_english(text[: limit * PREFIX_CHARS_PER_TOKEN]) if len(text) > limit * PREFIX_CHARS_PER_TOKEN else None
+        if tokens is None or len(tokens) <= limit + 2:
+            tokens = basic_english(text)
+        return self.ck.vocab.encode(tokens[:limit])
 
     @torch.no_grad()
     def predict(self, texts: list[str], top_k: int = 1, batch_size: int = 256) -> list[list[tuple[str, float]]]:

@@ -1,0 +1,250 @@
+"""Bad input ends in one clear line and exit 2 with nothing on disk damaged; checks exit 1; saves are atomic."""
+
+import io
+import json
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+import lstmcli.checkpoint as ckpt
+from lstmcli.cli import app
+from lstmcli.config import resolve
+from lstmcli.predict import Predictor
+from lstmcli.schedule import make_optimizer, make_scheduler, step_per_batch, step_per_epoch
+from lstmcli.text import Vocab, basic_english
+
+from .conftest import sha256, write_sums
+
+TINY = Path(__file__).parents[1] / "configs" / "tiny.toml"
+
+
+def run(*args, input=None):
+    return CliRunner().invoke(app, [str(a) for a in args], input=input)
+
+
+def one_line(result, code, fragment):
+    assert result.exit_code == code, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lstmcli: error: ") and fragment in lines[0], result.stderr
+    assert "Traceback" not in result.output
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def trained(mirror, workdir):
+    assert run("train", "--config", TINY, "--dataset", "imdb", "--quiet", "--out", "r").exit_code == 0
+    return Path("r")
+
+
+def tar_bytes(members):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_archive_problems_exit_2_and_leave_no_partial_cache(mirror, workdir):
+    archive = mirror / "aclImdb_v1.tar.gz"
+    good = archive.read_bytes()
+    archive.write_bytes(good[: len(good) // 2])  # truncated, but the mirror's checksum says it is right
+    write_sums(mirror, ["aclImdb_v1.tar.gz"])
+    one_line(run("train", "--dataset", "imdb"), 2, "cannot extract")
+    assert not Path("data/aclImdb").exists() and not list(Path("data").glob(".aclImdb*"))
+    Path("data/aclImdb_v1.tar.gz").unlink()
+    archive.write_bytes(tar_bytes([("aclImdb/train/pos/0_9.txt", b"fine"), ("../escape.txt", b"owned")]))
+    write_sums(mirror, ["aclImdb_v1.tar.gz"])
+    one_line(run("train", "--dataset", "imdb"), 2, "cannot extract")
+    assert not list(workdir.parent.rglob("escape.txt"))
+    Path("data/aclImdb_v1.tar.gz").unlink()
+    archive.write_bytes(good)  # the checksum file now disagrees with the archive
+    one_line(run("train", "--dataset", "imdb"), 2, "checksum mismatch")
+    assert not Path("data/aclImdb_v1.tar.gz").exists()
+
+
+def test_user_file_problems(workdir, tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    one_line(run("train", "--dataset", empty), 2, "no examples")
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"text,label\ngood,pos\n\xff\xfebad,neg\n")
+    one_line(run("train", "--dataset", bad), 2, "not UTF-8")
+    assert not Path("runs").exists()  # nothing was started
+
+
+def test_non_utf8_review_is_named(mirror, workdir):
+    data = tar_bytes([(f"aclImdb/{s}/{y}/{i}_5.txt", b"ok text") for s in ("train", "test") for y in ("neg", "pos")
+                      for i in range(3)] + [("aclImdb/train/pos/9_9.txt", b"caf\xe9")])
+    (mirror / "aclImdb_v1.tar.gz").write_bytes(data)
+    write_sums(mirror, ["aclImdb_v1.tar.gz"])
+    one_line(run("train", "--dataset", "imdb"), 2, "9_9.txt: not UTF-8")
+
+
+def test_broken_checkpoints_are_refused_and_left_alone(trained, tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "pytorch_model.bin").write_bytes(b"x")
+    one_line(run("predict", "x", "--checkpoint", foreign), 2, "not an lstmcli checkpoint")
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for name in ("config.json", "vocab.json"):
+        (partial / name).write_bytes((trained / "best" / name).read_bytes())
+    one_line(run("eval", "--checkpoint", partial), 2, "lacks model.safetensors, labels.json")
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    for p in (trained / "best").iterdir():
+        (odd / p.name).write_bytes(p.read_bytes())
+    (odd / "config.json").write_text('{"model": {"layers": 3}}')
+    one_line(run("predict", "x", "--checkpoint", odd), 2, "model.layers")
+    before = snapshot(trained)
+    one_line(run("eval", "--checkpoint", odd), 2, "model.layers")
+    assert snapshot(trained) == before and not list(tmp_path.glob("eval-*.json"))
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_pickle_payload_is_never_executed(trained):
+    weights = trained / "best" / "model.safetensors"
+    weights.write_bytes(pickle.dumps({"w": Payload()}))
+    one_line(run("predict", "x", "--checkpoint", "r/best"), 2, "broken checkpoint")
+    torch.save({"evil": Payload()}, trained / "last" / "trainer_state.pt")
+    json_metrics = json.loads((trained / "metrics.json").read_text())
+    del json_metrics["test"]
+    (trained / "metrics.json").write_text(json.dumps(json_metrics))
+    one_line(run("train", "--resume", "r", "--quiet"), 2, "not a usable trainer state")
+    assert not Path("pwned").exists()
+
+
+def test_fail_under_gates_on_a_metric(trained):
+    report = json.loads(run("eval", "--checkpoint", "r/best", "--json").stdout)
+    assert run("eval", "--checkpoint", "r/best", "--fail-under", report["accuracy"] - 0.01).exit_code == 0
+    result = run("eval", "--checkpoint", "r/best", "--fail-under", 1.01, "--metric", "macro_f1", "--json")
+    one_line(result, 1, "macro_f1")
+    assert json.loads(result.stdout)["macro_f1"] == report["macro_f1"]  # the report still comes out
+
+
+def test_debug_shows_the_traceback(workdir):
+    result = run("--debug", "train", "--dataset", "nope")
+    assert result.exit_code == 2 and "Traceback" in result.stderr and "unknown dataset" in result.stderr
+
+
+def test_predict_input_handling(trained):
+    one_line(run("predict", "--checkpoint", "r/best", "-", input=""), 2, "no texts")
+    result = run("predict", "--checkpoint", "r/best", "--json", "-", input=b"caf\xe9 great\n\x00\x1b[31m\n")
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 2
+    huge = "great superb film " * 600_000  # about 10 MB in one line
+    result = run("predict", "--checkpoint", "r/best", "--json", "-", input=huge + "\n")
+    assert result.exit_code == 0 and json.loads(result.stdout)["label"] in ("neg", "pos")
+
+
+def test_predict_truncates_exactly(trained):
+    p = Predictor(Path("r/best"), torch.device("cpu"), max_length=5)
+    text = "one two three four five six seven " * 200
+    assert p.encode(text) == p.ck.vocab.encode(basic_english(text)[:5])
+    assert p.encode("x" * 10_000 + " two") == p.ck.vocab.encode(["x" * 10_000, "two"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=200) | st.sampled_from(["", " ", "\n", "\x00", "<br />", "🙂" * 50]),
+                min_size=1, max_size=8))
+def test_predict_never_fails_on_any_text(predictor, texts):
+    results = predictor.predict(texts, top_k=2)
+    assert len(results) == len(texts)
+    for ranked in results:
+        assert [lab for lab, _ in ranked][0] in ("neg", "pos") and 0 <= ranked[0][1] <= 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_tokenizer_never_fails(text):
+    tokens = basic_english(text)
+    assert all(tok and not any(c.isspace() for c in tok) for tok in tokens)
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    """A checkpoint written directly (no training), so the property test needs no data."""
+    folder = tmp_path_factory.mktemp("ck") / "best"
+    cfg = resolve(None, {"embedding_dim": 8, "hidden_size": 8, "max_length": 50})
+    vocab = Vocab.build([["great", "awful", "film"]])
+    torch.manual_seed(0)
+    ckpt.save(folder, cfg, vocab, ["neg", "pos"], ckpt.build_model(cfg, len(vocab), 2), {})
+    return Predictor(folder, torch.device("cpu"))
+
+
+def test_failed_save_keeps_the_previous_checkpoint(trained, monkeypatch):
+    before = snapshot(trained / "best")
+    loaded = ckpt.load(trained / "best")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(ckpt, "write_json", disk_full)  # fails after the weights were written
+    with pytest.raises(OSError):
+        ckpt.save(trained / "best", loaded.config, loaded.vocab, loaded.label_names, loaded.model, {})
+    assert snapshot(trained / "best") == before
+    assert not [p for p in trained.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    ckpt.load(trained / "best")
+
+
+def test_unwritable_output_is_one_line(mirror, workdir):
+    Path("blocked").write_text("a file where the run folder should go")
+    one_line(run("train", "--config", TINY, "--dataset", "imdb", "--out", "blocked/run", "--quiet"), 2,
+             "blocked/run: Not a directory")
+
+
+def test_early_stopping_and_non_finite_loss(mirror, workdir, monkeypatch):
+    result = run("train", "--config", TINY, "--dataset", "imdb", "--epochs", "6", "--lr", "0", "--patience", "2",
+                 "--quiet", "--out", "es")
+    assert result.exit_code == 0
+    metrics = json.loads(Path("es/metrics.json").read_text())
+    assert len(metrics["history"]) == 3 and metrics["stopped_early"] == {"epoch": 3, "patience": 2}
+
+    import lstmcli.train as training
+    real, calls = training.F.cross_entropy, {"n": 0}
+
+    def nan_on_call_5(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        if kwargs.get("reduction") is None:
+            calls["n"] += 1
+            if calls["n"] == 5:
+                return loss * float("nan")
+        return loss
+    monkeypatch.setattr(training.F, "cross_entropy", nan_on_call_5)
+    result = run("train", "--config", TINY, "--dataset", "imdb", "--epochs", "3", "--quiet", "--out", "nan")
+    one_line(result, 1, "non-finite loss nan in epoch 2 at step 2")  # 3 batches of 32 per epoch
+    last = json.loads(Path("nan/last/metrics.json").read_text())
+    assert last["epoch"] == 1  # the last good checkpoint stays
+
+
+def test_schedules():
+    model = torch.nn.Linear(2, 2)
+    cfg = resolve(None, {"scheduler": "cosine", "warmup_steps": 2, "epochs": 2, "lr": 1.0})
+    opt = make_optimizer(model, cfg)
+    sched = make_scheduler(opt, cfg, steps_per_epoch=3)  # 6 steps in all
+    lrs = []
+    for _ in range(6):
+        lrs.append(round(opt.param_groups[0]["lr"], 6))
+        opt.step()
+        step_per_batch(sched)
+    assert lrs == [0.5, 1.0, 1.0, 0.853553, 0.5, 0.146447]
+    cfg = resolve(None, {"scheduler": "plateau", "plateau_patience": 0, "plateau_factor": 0.5, "lr": 1.0})
+    opt = make_optimizer(model, cfg)
+    sched = make_scheduler(opt, cfg, 3)
+    for acc in (0.5, 0.6, 0.6, 0.6):
+        step_per_epoch(sched, acc)
+    assert opt.param_groups[0]["lr"] == 0.25
