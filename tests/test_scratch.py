@@ -6,7 +6,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lstmcli.models import TextClassifier
-from lstmcli.models.scratch import GRULayer, LSTMLayer, RNNLayer, ScratchRNN, peephole_lstm
+from lstmcli.models.recurrence import GRULayer, LSTMLayer, RNNLayer, peephole_lstm
+from lstmcli.models.scratch import ScratchRNN
 
 TORCH_RNN = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -9,15 +9,7 @@ Equations (PyTorch's conventions, so weights move between `builtin` and `scratch
         n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))                h' = (1 - z) ⊙ n + z ⊙ h
   RNN   h' = tanh(W_ih x + b_ih + W_hh h + b_hh)
 
-Why it is fast on a CPU:
-  * the input projection of every time step is one matmul, W_ih x for all (t, b) at once;
-  * sequences are sorted by length, so step t runs only on the first n_t rows (the batch shrinks as
-    sequences end, as with PackedSequence) and padding is never computed;
-  * autograd.Functions carry each layer's whole loop: the forward keeps activations in preallocated
-    (T, B, ·) buffers; the backward precomputes every per-step derivative factor over all steps at once,
-    so each step is one matmul and a few fused element-wise ops, and the recurrent weight gradient is
-    one matmul over all steps at the end.
-Tensors inside a layer are time-major: (T, B, features).
+How they are made fast is in recurrence.py, which holds the per-layer autograd Functions.
 """
 
 from __future__ import annotations
@@ -28,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .recurrence import GRULayer, LSTMLayer, RNNLayer, peephole_lstm
+
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
@@ -35,212 +29,6 @@ GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 def _steps_active(lengths: torch.Tensor, T: int) -> list[int]:
     """n_t = how many (length-sorted, descending) sequences are still running at step t."""
     return (lengths[None, :] > torch.arange(T)[:, None]).sum(1).tolist()
-
-
-def _zero_tails(t: int, n: int, *buffers: torch.Tensor) -> None:
-    """Rows >= n have ended by step t: their outputs read 0 (as pad_packed_sequence gives) and their
-    saved factors 0 (no gradient flows through them)."""
-    if n < buffers[0].size(1):
-        for buf in buffers:
-            buf[t, n:].zero_()
-
-
-class LSTMLayer(torch.autograd.Function):
-    """One direction of one LSTM layer. Gate order inside is (o, i, f, g): one sigmoid covers three.
-
-    While training, the forward also stores the backward's per-step factors, computed while the
-    step's activations are still in cache: dc_t = dc_{t+1} ⊙ f_{t+1} + dh_t ⊙ A_t, and the
-    pre-activation gradients are K_o ⊙ dh_t for o and K_{i,f,g} ⊙ dc_t for i, f, g.
-    """
-
-    @staticmethod
-    def forward(ctx, x, w_ih, bias, w_hh, active):
-        # x (T, B, In); w_ih (4H, In); bias (4H,) = b_ih + b_hh; w_hh (4H, H); active: n_t per step
-        T, B = x.shape[:2]
-        G = w_ih.size(0)
-        H = G // 4
-        train = any(ctx.needs_input_grad)
-        # the input projection of every step in one matmul; each step then adds W_hh h in place and
-        # applies its activations, so `acts` ends up holding σ(o), σ(i), σ(f), tanh(g)
-        acts = torch.addmm(bias, x.reshape(T * B, -1), w_ih.t()).view(T, B, G)
-        cs, tcs, hs, gs = (acts.new_empty(T, B, H) for _ in range(4))  # c, tanh(c), h, tanh(g)
-        K, A = (torch.empty_like(acts), acts.new_empty(T, B, H)) if train else (None, None)
-        one = acts.new_ones(())
-        h = c = acts.new_zeros(B, H)
-        w_t = w_hh.t()
-        # per-step views made once (unbind is one call), sliced to the active rows only when needed
-        steps = zip(*(buf.unbind(0) for buf in (acts, cs, tcs, hs, gs, *((K, A) if train else ()))))
-        for t, (n, views) in enumerate(zip(active, steps)):
-            if n < B:
-                for v in views:
-                    v[n:].zero_()  # ended rows: outputs 0, as pad_packed_sequence gives; no gradient
-                views, h, c = [v[:n] for v in views], h[:n], c[:n]
-            a, c_t, tc, h_t, g, *kA = views
-            a.addmm_(h, w_t)
-            a[:, : 3 * H].sigmoid_()
-            torch.tanh(a[:, 3 * H:], out=g)  # into a contiguous buffer: in place on the slice is slower
-            o, i, f = a[:, : 3 * H].split(H, 1)
-            torch.mul(f, c, out=c_t).addcmul_(i, g)
-            torch.tanh(c_t, out=tc)
-            torch.mul(o, tc, out=h_t)
-            if train:
-                k, A_t = kA
-                k3 = torch.addcmul(a[:, : 3 * H], a[:, : 3 * H], a[:, : 3 * H], value=-1, out=k[:, : 3 * H])
-                k_o, k_i, k_f = k3.split(H, 1)  # σ' = σ(1 - σ)
-                k_o.mul_(tc)
-                k_i.mul_(g)
-                k_f.mul_(c)  # c_{t-1}
-                torch.addcmul(one, g, g, value=-1, out=k[:, 3 * H:]).mul_(i)
-                torch.addcmul(one, tc, tc, value=-1, out=A_t).mul_(o)
-            h, c = h_t, c_t  # the batch only shrinks: the next step reads a prefix of these rows
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, w_ih, acts, K, A, hs, w_hh)
-        ctx.active = active
-        return hs, cs
-
-    @staticmethod
-    def backward(ctx, d_hs, d_cs):
-        x, w_ih, acts, K, A, hs, w_hh = ctx.saved_tensors
-        T, B, G = acts.shape
-        H = G // 4
-        f = acts[..., 2 * H: 3 * H]
-        d_pre = torch.empty_like(acts)
-        dc, dh_rec = acts.new_zeros(B, H), acts.new_zeros(B, H)  # rows >= n stay 0 until they start
-        for t in range(T - 1, -1, -1):
-            n = ctx.active[t]
-            _zero_tails(t, n, d_pre)
-            dh = dh_rec[:n] + d_hs[t, :n] if d_hs is not None else dh_rec[:n]
-            dct = dc[:n]
-            if t + 1 < T:
-                dct.mul_(f[t + 1, :n])
-            dct.addcmul_(dh, A[t, :n])
-            if d_cs is not None:
-                dct.add_(d_cs[t, :n])
-            torch.mul(K[t, :n, :H], dh, out=d_pre[t, :n, :H])
-            torch.mul(K[t, :n, H:].view(n, 3, H), dct[:, None, :], out=d_pre[t, :n, H:].view(n, 3, H))
-            torch.mm(d_pre[t, :n], w_hh, out=dh_rec[:n])
-        return _input_grads(d_pre, x, w_ih) + (d_pre[1:].flatten(0, 1).t() @ hs[:-1].flatten(0, 1), None)
-
-
-def _input_grads(d_pre: torch.Tensor, x: torch.Tensor, w_ih: torch.Tensor):
-    """Gradients of x, W_ih and the bias from those of the pre-activations, all steps in one go."""
-    d2 = d_pre.flatten(0, 1)  # (T*B, G)
-    return (d2 @ w_ih).view_as(x), d2.t() @ x.reshape(d2.size(0), -1), d2.sum(0)
-
-
-class GRULayer(torch.autograd.Function):
-    """One direction of one GRU layer (gate order r, z, n as in PyTorch).
-
-    As for the LSTM, the forward stores per-step factors: with dh_t the gradient reaching h_t,
-    the gradients of the input pre-activations are K_{r,z,n} ⊙ dh_t, those of W_hh h + b_hh are
-    (K_r, K_z, K_hn) ⊙ dh_t, and dh_{t-1} = z ⊙ dh_t + (those) W_hh.
-    """
-
-    @staticmethod
-    def forward(ctx, xproj, w_hh, b_hh, active):
-        # xproj (T, B, 3H) = W_ih x + b_ih; b_hh stays inside: n needs r ⊙ (W_hn h + b_hn)
-        T, B, G = xproj.shape
-        H = G // 3
-        train = any(ctx.needs_input_grad)
-        hh = b_hh.expand_as(xproj).clone()  # W_hh h + b_hh, the matmul added in place per step
-        rz = xproj.new_empty(T, B, 2 * H)
-        ns, hs = xproj.new_empty(T, B, H), xproj.new_empty(T, B, H)
-        K = xproj.new_empty(T, B, 4 * H) if train else None  # K_r, K_z, K_n, K_hn
-        one = xproj.new_ones(())
-        h, w_t = xproj.new_zeros(B, H), w_hh.t()
-        for t, n in enumerate(active):
-            _zero_tails(t, n, hh, rz, ns, hs, *((K,) if train else ()))
-            hh[t, :n].addmm_(h[:n], w_t)
-            torch.add(xproj[t, :n, : 2 * H], hh[t, :n, : 2 * H], out=rz[t, :n]).sigmoid_()
-            r, z = rz[t, :n].split(H, 1)
-            hn = hh[t, :n, 2 * H:]
-            nt = torch.addcmul(xproj[t, :n, 2 * H:], r, hn, out=ns[t, :n]).tanh_()
-            diff = h[:n] - nt
-            torch.addcmul(nt, z, diff, out=hs[t, :n])  # h' = n + z ⊙ (h - n)
-            if train:
-                k = torch.addcmul(rz[t, :n], rz[t, :n], rz[t, :n], value=-1, out=K[t, :n, : 2 * H])
-                k_r, k_z = k.split(H, 1)  # σ' = σ(1 - σ)
-                k_n = torch.addcmul(one, nt, nt, value=-1, out=K[t, :n, 2 * H: 3 * H])
-                k_n.addcmul_(k_n, z, value=-1)  # (1 - z)(1 - n²)
-                k_r.mul_(hn).mul_(k_n)
-                k_z.mul_(diff)
-                torch.mul(k_n, r, out=K[t, :n, 3 * H:])
-            h = hs[t]
-        ctx.save_for_backward(rz, K, hs, w_hh)
-        ctx.active = active
-        return hs
-
-    @staticmethod
-    def backward(ctx, d_hs):
-        rz, K, hs, w_hh = ctx.saved_tensors
-        T, B, H = hs.shape
-        z = rz[..., H:]
-        d_x, d_hh = hs.new_empty(T, B, 3 * H), hs.new_empty(T, B, 3 * H)
-        dh_rec = hs.new_zeros(B, H)
-        for t in range(T - 1, -1, -1):
-            n = ctx.active[t]
-            _zero_tails(t, n, d_x, d_hh)
-            dh = dh_rec[:n] + d_hs[t, :n]
-            torch.mul(K[t, :n, : 3 * H].view(n, 3, H), dh[:, None, :], out=d_x[t, :n].view(n, 3, H))
-            d_hh[t, :n, : 2 * H] = d_x[t, :n, : 2 * H]
-            torch.mul(K[t, :n, 3 * H:], dh, out=d_hh[t, :n, 2 * H:])
-            torch.addmm(dh * z[t, :n], d_hh[t, :n], w_hh, out=dh_rec[:n])
-        d_w = d_hh[1:].flatten(0, 1).t() @ hs[:-1].flatten(0, 1)
-        return d_x, d_w, d_hh.sum((0, 1)), None
-
-
-class RNNLayer(torch.autograd.Function):
-    """One direction of one tanh RNN layer."""
-
-    @staticmethod
-    def forward(ctx, x, w_ih, bias, w_hh, active):
-        T, B = x.shape[:2]
-        hs = torch.addmm(bias, x.reshape(T * B, -1), w_ih.t()).view(T, B, -1)  # W_ih x + b, all steps
-        h, w_t = hs.new_zeros(B, w_hh.size(1)), w_hh.t()
-        for t, n in enumerate(active):
-            _zero_tails(t, n, hs)
-            hs[t, :n].addmm_(h[:n], w_t).tanh_()
-            h = hs[t]
-        ctx.save_for_backward(x, w_ih, hs, w_hh)
-        ctx.active = active
-        return hs
-
-    @staticmethod
-    def backward(ctx, d_hs):
-        x, w_ih, hs, w_hh = ctx.saved_tensors
-        K = 1 - hs * hs  # tanh' (0 at ended rows, whose h is 0)
-        d_pre = torch.empty_like(hs)
-        dh_rec = hs.new_zeros(hs.shape[1:])
-        for t in range(hs.shape[0] - 1, -1, -1):
-            n = ctx.active[t]
-            _zero_tails(t, n, d_pre)
-            torch.mul(dh_rec[:n] + d_hs[t, :n], K[t, :n], out=d_pre[t, :n])
-            torch.mm(d_pre[t, :n], w_hh, out=dh_rec[:n])
-        return _input_grads(d_pre, x, w_ih) + (d_pre[1:].flatten(0, 1).t() @ hs[:-1].flatten(0, 1), None)
-
-
-def peephole_lstm(xproj, w_hh, w_ci, w_cf, w_co, active):
-    """Peephole LSTM over time, written step by step and left to autograd (clarity over speed).
-
-    xproj (T, B, 4H) in PyTorch's gate order (i, f, g, o), biases included. Returns (hs, cs).
-    """
-    T, B, G = xproj.shape
-    H = G // 4
-    h, c = xproj.new_zeros(B, H), xproj.new_zeros(B, H)
-    hs, cs = [], []
-    for t, n in enumerate(active):
-        gi, gf, gg, go = (xproj[t, :n] + h[:n] @ w_hh.t()).split(H, 1)
-        i = torch.sigmoid(gi + w_ci * c[:n])
-        f = torch.sigmoid(gf + w_cf * c[:n])
-        c_new = f * c[:n] + i * torch.tanh(gg)
-        o = torch.sigmoid(go + w_co * c_new)
-        h_new = o * torch.tanh(c_new)
-        # ended rows keep their last state, which is never read again
-        h = torch.cat([h_new, h[n:]]) if n < B else h_new
-        c = torch.cat([c_new, c[n:]]) if n < B else c_new
-        hs.append(F.pad(h_new, (0, 0, 0, B - n)))
-        cs.append(F.pad(c_new, (0, 0, 0, B - n)))
-    return torch.stack(hs), torch.stack(cs)
 
 
 def _time_major_reverse(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -297,14 +85,13 @@ class ScratchRNN(nn.Module):
         """seq (T, B, In) -> hs (T, B, H), cs (T, B, H) or None."""
         p = {name: getattr(self, f"{name}_l{layer}{sfx}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
         T, B = seq.shape[:2]
-        flat = seq.reshape(T * B, -1)
         if self.mode == "gru":
-            xproj = torch.addmm(p["bias_ih"], flat, p["weight_ih"].t()).view(T, B, -1)
+            xproj = torch.addmm(p["bias_ih"], seq.reshape(T * B, -1), p["weight_ih"].t()).view(T, B, -1)
             return GRULayer.apply(xproj, p["weight_hh"], p["bias_hh"], active), None
         if self.mode == "rnn":
             return RNNLayer.apply(seq, p["weight_ih"], p["bias_ih"] + p["bias_hh"], p["weight_hh"], active), None
         if self.peephole:
-            xproj = torch.addmm(p["bias_ih"] + p["bias_hh"], flat, p["weight_ih"].t()).view(T, B, -1)
+            xproj = torch.addmm(p["bias_ih"] + p["bias_hh"], seq.reshape(T * B, -1), p["weight_ih"].t()).view(T, B, -1)
             peep = [getattr(self, f"{name}_l{layer}{sfx}") for name in ("weight_ci", "weight_cf", "weight_co")]
             return peephole_lstm(xproj, p["weight_hh"], *peep, active)
         order = self._lstm_order
