@@ -8,7 +8,6 @@ twelve-regex torchtext implementation.
 """
 
 import argparse
-import re
 import shutil
 import time
 from pathlib import Path
@@ -16,16 +15,7 @@ from pathlib import Path
 from lstmcli.config import DataConfig
 from lstmcli.datasets import load_splits
 from lstmcli.prepare import prepare
-from lstmcli.text import BASIC_ENGLISH_RULES, basic_english
-
-RULES = [(re.compile(p), r) for p, r in BASIC_ENGLISH_RULES]
-
-
-def regex_basic_english(line: str) -> list[str]:
-    line = line.lower()
-    for pattern, repl in RULES:
-        line = pattern.sub(repl, line)
-    return line.split()
+from lstmcli.text import basic_english, basic_english_regex
 
 
 def timed(fn):
@@ -45,7 +35,7 @@ def main() -> None:
     texts = [t for s in splits.values() for t in s.texts]
     n_tok = sum(len(basic_english(t)) for t in texts)
     _, t_fast = timed(lambda: [basic_english(t) for t in texts])
-    _, t_regex = timed(lambda: [regex_basic_english(t) for t in texts])
+    _, t_regex = timed(lambda: [basic_english_regex(t) for t in texts])
     shutil.rmtree(Path(args.data_dir) / "cache", ignore_errors=True)
     _, t_cold = timed(lambda: prepare(cfg, quiet=True))
     _, t_warm = timed(lambda: prepare(cfg, quiet=True))

@@ -9,6 +9,7 @@ most of what is left being the split itself.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from itertools import repeat
@@ -22,6 +23,15 @@ BASIC_ENGLISH_RULES: tuple[tuple[str, str], ...] = (
     (r"\(", " ( "), (r"\)", " ) "), (r"\!", " ! "), (r"\?", " ? "), (r"\;", " "),
     (r"\:", " "), (r"\s+", " "),
 )
+
+def basic_english_regex(line: str) -> list[str]:
+    """torchtext 0.18's `_basic_english_normalize`, verbatim: twelve `re.sub` passes. The reference
+    that `basic_english` must equal (tests) and beat (benchmarks/bench_prepare.py); not used otherwise."""
+    line = line.lower()
+    for pattern, repl in BASIC_ENGLISH_RULES:
+        line = re.sub(pattern, repl, line)
+    return line.split()
+
 
 # The same rules as literal (old, new) pairs, same order; `\s+` -> " " is left to str.split(), which
 # splits on exactly the characters that `re`'s `\s` matches.
