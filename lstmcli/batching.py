@@ -30,6 +30,15 @@ class Batch:
         return int(self.lengths.sum())
 
 
+@dataclass(frozen=True)
+class Cut:
+    """How long texts are cut: keep `length` tokens (0 = all), the first ones (`head`), or the first
+    and last halves (`head_tail`: a review's verdict is often in its closing lines)."""
+
+    length: int = 0
+    keep: str = "head"
+
+
 def truncated_lengths(split: EncodedSplit, max_length: int) -> torch.Tensor:
     lengths = split.lengths
     return lengths.clamp(max=max_length) if max_length else lengths
@@ -54,15 +63,21 @@ def sorted_batches(lengths: torch.Tensor, batch_size: int) -> list[torch.Tensor]
     return list(torch.sort(lengths, stable=True).indices.split(batch_size))
 
 
-def collate(split: EncodedSplit, indices: torch.Tensor, max_length: int = 0) -> Batch:
-    """Pad the examples at `indices` (keeping the first `max_length` tokens) into a Batch."""
+def collate(split: EncodedSplit, indices: torch.Tensor, cut: Cut = Cut()) -> Batch:
+    """Pad the examples at `indices`, cut as `cut` says, into a Batch."""
     starts = split.offsets[indices]
-    lengths = truncated_lengths(split, max_length)[indices]
+    full = split.lengths[indices]
+    lengths = truncated_lengths(split, cut.length)[indices]
     width = int(lengths.max())
     # positions (B, T): start + t where t < length, else an index we then overwrite with padding
     steps = torch.arange(width)
     mask = steps < lengths[:, None]
-    pos = (starts[:, None] + steps).clamp(max=max(len(split.ids) - 1, 0))
+    offsets = starts[:, None] + steps
+    if cut.keep == "head_tail" and cut.length:
+        # past the first half, jump over the middle of a long text to its last tokens
+        skip = (full - lengths)[:, None] * (steps >= (cut.length + 1) // 2)
+        offsets = offsets + skip
+    pos = offsets.clamp(max=max(len(split.ids) - 1, 0))
     ids = torch.where(mask, split.ids[pos].long(), 0)
     return Batch(ids, lengths, split.labels[indices])
 

@@ -56,6 +56,11 @@ class Scheduler(str, Enum):
     plateau = "plateau"
 
 
+class Truncate(str, Enum):
+    head = "head"
+    head_tail = "head_tail"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -81,6 +86,7 @@ class DataConfig:
     vocab_max_size: int = _f(30000, "largest vocabulary, <pad> and <unk> included (0 = no limit)")
     vocab_min_freq: int = _f(1, "least count for a token to enter the vocabulary")
     max_length: int = _f(0, "truncate texts to this many tokens (0 = no limit)")
+    truncate: Truncate = _f(Truncate.head, "what max_length keeps: the head, or head_tail (first and last halves)")
 
 
 @dataclass
@@ -93,6 +99,7 @@ class ModelConfig:
     num_layers: int = _f(1, "stacked recurrent layers")
     bidirectional: bool = _f(False, "add a backward direction")
     dropout: float = _f(0.0, "dropout between layers and before the output layer")
+    embedding_dropout: float = _f(0.0, "dropout on the word embeddings")
     pooling: Pooling = _f(Pooling.last, "how encoder outputs become one vector: last state, mean or max")
     pack: Pack = _f(Pack.auto, "PackedSequence: auto packs on CUDA only; padded runs are exact too")
 
@@ -167,7 +174,7 @@ def _coerce(key: str, value: Any, typ: type) -> Any:
 
 # (low, high, inclusive high) for numeric fields that have bounds
 BOUNDS: dict[str, tuple[float, float, bool]] = {
-    "val_fraction": (0, 1, False), "test_fraction": (0, 1, False), "dropout": (0, 1, False),
+    "val_fraction": (0, 1, False), "test_fraction": (0, 1, False), "dropout": (0, 1, False), "embedding_dropout": (0, 1, False),
     "max_train_examples": (0, math.inf, True), "max_eval_examples": (0, math.inf, True),
     "vocab_max_size": (0, math.inf, True), "vocab_min_freq": (1, math.inf, True),
     "max_length": (0, math.inf, True), "embedding_dim": (1, math.inf, True), "hidden_size": (1, math.inf, True),
@@ -263,4 +270,4 @@ def from_dict(data: Any, source: str) -> Config:
 
 __all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "resolve", "apply", "apply_flags",
            "to_dict", "from_dict", "field_index", "Encoder", "Impl", "Pooling", "Pack", "Optimizer",
-           "Scheduler", "Device"]
+           "Scheduler", "Truncate", "Device"]

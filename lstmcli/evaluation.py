@@ -13,7 +13,7 @@ from .fsutil import write_json
 from .errors import LstmcliError
 from .prepare import encode_file, prepare
 from .device import resolve_device
-from .train import evaluate
+from .train import cut_of, evaluate
 
 
 def run_eval(checkpoint_dir: Path, split: str = "test", dataset: str | None = None,
@@ -37,7 +37,7 @@ def run_eval(checkpoint_dir: Path, split: str = "test", dataset: str | None = No
     if len(encoded) == 0:
         raise LstmcliError(f"split '{split}' of {data_cfg.dataset} has no examples")
     report = evaluate(ck.model, encoded, dev, batch_size or ck.config.train.batch_size,
-                      data_cfg.max_length, ck.label_names)
+                      cut_of(ck.config), ck.label_names)
     report = {"checkpoint": str(ck.path), "dataset": data_cfg.dataset, "split": split,
               "impl": ck.config.model.impl.value, **report,
               "device": str(dev), "torch": torch.__version__}

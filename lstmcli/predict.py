@@ -27,6 +27,10 @@ class Predictor:
         """Ids of the first max_length tokens. A huge text is tokenized from a prefix that holds more
         than enough whole tokens (a cut can only alter the two tokens it falls into), not in full."""
         limit = self.max_length
+        if self.ck.config.data.truncate.value == "head_tail":  # both ends needed: tokenize it all
+            tokens = basic_english(text)
+            head = (limit + 1) // 2
+            return self.ck.vocab.encode(tokens if len(tokens) <= limit else tokens[:head] + tokens[len(tokens) - (limit - head):])
         tokens = basic_english(text[: limit * PREFIX_CHARS_PER_TOKEN]) if len(text) > limit * PREFIX_CHARS_PER_TOKEN else None
         if tokens is None or len(tokens) <= limit + 2:
             tokens = basic_english(text)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import __version__, checkpoint
-from .batching import bucket_batches, collate, padding_share, sorted_batches, truncated_lengths
+from .batching import Cut, bucket_batches, collate, padding_share, sorted_batches, truncated_lengths
 from .config import Config, from_dict, to_dict
 from .device import resolve_device
 from .errors import CheckFailed, CheckpointError, Interrupted, LstmcliError
@@ -34,7 +34,7 @@ def log(msg: str, quiet: bool = False) -> None:
 
 
 def train_one_epoch(model, split: EncodedSplit, batches: list[torch.Tensor], optimizer, scheduler,
-                    device: torch.device, max_length: int, grad_clip: float, progress: EpochProgress,
+                    device: torch.device, cut: Cut, grad_clip: float, progress: EpochProgress,
                     should_stop: Callable[[], bool], bar: tqdm, epoch: int, log_every: int = 0) -> EpochProgress:
     """Train on `batches`, continuing from `progress.batches_done` and updating `progress` in place.
 
@@ -44,7 +44,7 @@ def train_one_epoch(model, split: EncodedSplit, batches: list[torch.Tensor], opt
     model.train()
     start = time.perf_counter() - progress.seconds
     for step in range(progress.batches_done + 1, len(batches) + 1):
-        batch = collate(split, batches[step - 1], max_length).to(device)
+        batch = collate(split, batches[step - 1], cut).to(device)
         logits = model(batch.ids, batch.lengths)
         loss = F.cross_entropy(logits, batch.labels)
         value = loss.item()
@@ -74,20 +74,24 @@ def train_one_epoch(model, split: EncodedSplit, batches: list[torch.Tensor], opt
 
 
 @torch.no_grad()
-def evaluate(model, split: EncodedSplit, device: torch.device, batch_size: int, max_length: int,
+def evaluate(model, split: EncodedSplit, device: torch.device, batch_size: int, cut: Cut,
              label_names: list[str]) -> dict:
     """Loss and classification metrics of `model` on every example of `split`."""
     model.eval()
-    lengths = truncated_lengths(split, max_length)
+    lengths = truncated_lengths(split, cut.length)
     preds, targets, loss_sum = [], [], 0.0
     for indices in sorted_batches(lengths, batch_size):
-        batch = collate(split, indices, max_length).to(device)
+        batch = collate(split, indices, cut).to(device)
         logits = model(batch.ids, batch.lengths)
         loss_sum += float(F.cross_entropy(logits, batch.labels, reduction="sum"))
         preds.append(logits.argmax(1).cpu())
         targets.append(batch.labels.cpu())
     n = max(len(split), 1)
     return classification_report(torch.cat(targets), torch.cat(preds), label_names, loss=loss_sum / n)
+
+
+def cut_of(cfg: Config) -> Cut:
+    return Cut(cfg.data.max_length, cfg.data.truncate.value)
 
 
 def default_out(cfg: Config) -> Path:
@@ -195,7 +199,7 @@ def _save_last(r: Run, val_report: dict | None) -> None:
 def _finish_epoch(r: Run, batches: list[torch.Tensor], lengths: torch.Tensor, quiet: bool) -> None:
     """Validate, record the epoch, save best/ and last/, step the plateau schedule, early stopping."""
     epoch, p, t = r.state.epoch, r.state.progress, r.cfg.train
-    val = evaluate(r.model, r.data.splits["val"], r.device, t.batch_size, r.cfg.data.max_length, r.data.label_names)
+    val = evaluate(r.model, r.data.splits["val"], r.device, t.batch_size, cut_of(r.cfg), r.data.label_names)
     stats = {"epoch": epoch, "train_loss": p.loss_sum / p.seen, "train_accuracy": p.correct / p.seen,
              "seconds": p.seconds, "tokens": p.tokens, "tokens_per_s": p.tokens / max(p.seconds, 1e-9),
              "padding": padding_share(batches, lengths), "lr": r.optimizer.param_groups[0]["lr"],
@@ -219,16 +223,16 @@ def _finish_epoch(r: Run, batches: list[torch.Tensor], lengths: torch.Tensor, qu
 
 def fit(r: Run, quiet: bool = False) -> dict:
     """Train `r` to its last epoch (or early stop), then report test metrics of best/."""
-    t, max_len = r.cfg.train, r.cfg.data.max_length
+    t, cut = r.cfg.train, cut_of(r.cfg)
     train = r.data.splits["train"]
-    lengths = truncated_lengths(train, max_len)
+    lengths = truncated_lengths(train, cut.length)
     with GracefulStop() as stop:
         while r.state.epoch <= t.epochs and not r.state.stopped_early:
             epoch = r.state.epoch
             batches = bucket_batches(lengths, t.batch_size, t.seed, epoch)
             with tqdm(total=len(batches), initial=r.state.progress.batches_done, desc=f"epoch {epoch}/{t.epochs}",
                       leave=False, disable=quiet or not sys.stderr.isatty()) as bar:
-                train_one_epoch(r.model, train, batches, r.optimizer, r.scheduler, r.device, max_len, t.grad_clip,
+                train_one_epoch(r.model, train, batches, r.optimizer, r.scheduler, r.device, cut, t.grad_clip,
                                 r.state.progress, stop, bar, epoch, 0 if quiet else t.log_every)
             if r.state.progress.batches_done < len(batches):
                 _save_last(r, None)
@@ -239,7 +243,7 @@ def fit(r: Run, quiet: bool = False) -> dict:
             if stop() and r.state.epoch <= t.epochs and not r.state.stopped_early:
                 raise Interrupted(f"interrupted after epoch {epoch}; continue with: lstmcli train --resume {r.run_dir}")
     best = checkpoint.load(r.run_dir / "best", str(r.device))
-    r.metrics["test"] = evaluate(best.model, r.data.splits["test"], r.device, t.batch_size, max_len, r.data.label_names)
+    r.metrics["test"] = evaluate(best.model, r.data.splits["test"], r.device, t.batch_size, cut, r.data.label_names)
     write_json(r.run_dir / "metrics.json", r.metrics)
     log(f"test accuracy of best/ (epoch {r.metrics['best_epoch']}): {r.metrics['test']['accuracy']:.4f} "
         f"(n={r.metrics['test']['n']})", quiet)

@@ -1,6 +1,6 @@
 import torch
 
-from lstmcli.batching import bucket_batches, collate, padding_share, sorted_batches
+from lstmcli.batching import Cut, bucket_batches, collate, padding_share, sorted_batches
 from lstmcli.prepare import EncodedSplit
 
 
@@ -38,7 +38,7 @@ def test_collate_pads_with_zero_and_truncates():
     assert batch.lengths.tolist() == [5, 1, 3]
     assert batch.ids.tolist() == [[201, 202, 203, 204, 205], [101, 0, 0, 0, 0], [1, 2, 3, 0, 0]]
     assert batch.labels.tolist() == [0, 1, 0]
-    short = collate(split, torch.tensor([2, 0]), max_length=2)
+    short = collate(split, torch.tensor([2, 0]), Cut(2))
     assert short.ids.tolist() == [[201, 202], [1, 2]] and short.lengths.tolist() == [2, 2]
 
 
@@ -46,3 +46,12 @@ def test_sorted_batches_cover_all():
     lengths = torch.tensor([5, 1, 3, 2])
     batches = sorted_batches(lengths, 3)
     assert [b.tolist() for b in batches] == [[1, 3, 2], [0]]
+
+
+def test_collate_head_tail_keeps_both_ends():
+    from lstmcli.batching import Cut
+    split = make_split([7, 3])
+    batch = collate(split, torch.tensor([0, 1]), Cut(5, "head_tail"))
+    # 7 tokens cut to 5: the first 3 and the last 2; a short text is left whole
+    assert batch.ids.tolist() == [[1, 2, 3, 6, 7], [101, 102, 103, 0, 0]]
+    assert batch.lengths.tolist() == [5, 3]

@@ -1,4 +1,4 @@
-"""TextClassifier: Embedding -> recurrent encoder -> pooling -> dropout -> Linear."""
+"""TextClassifier: Embedding -> dropout -> recurrent encoder -> pooling -> dropout -> Linear."""
 
 from __future__ import annotations
 
@@ -47,11 +47,12 @@ class TextClassifier(nn.Module):
     def __init__(self, vocab_size: int, num_classes: int, embedding_dim: int = 128, hidden_size: int = 128,
                  encoder: str = "lstm", impl: str = "builtin", num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, pooling: str = "last", pack: str = "auto",
-                 peephole: bool = False):
+                 peephole: bool = False, embedding_dropout: float = 0.0):
         super().__init__()
         _check("pooling", pooling, POOLINGS)
         self.pooling = pooling
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
+        self.embedding_dropout = nn.Dropout(embedding_dropout)
         self.encoder = build_encoder(impl, encoder, embedding_dim, hidden_size, num_layers,
                                      bidirectional, dropout, pack, peephole)
         self.dropout = nn.Dropout(dropout)
@@ -59,5 +60,5 @@ class TextClassifier(nn.Module):
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """ids (B, T) int64 0-padded, lengths (B,) >= 1 -> logits (B, C)."""
-        outputs, final = self.encoder(self.embedding(ids), lengths)
+        outputs, final = self.encoder(self.embedding_dropout(self.embedding(ids)), lengths)
         return self.head(self.dropout(pool(outputs, final, lengths, self.pooling)))
