@@ -120,6 +120,8 @@ class TrainConfig:
     plateau_patience: int = _f(1, "plateau: epochs without improvement before lowering the rate")
     patience: int = _f(0, "early stopping: stop after this many epochs without a better val accuracy (0 = off)")
     log_every: int = _f(0, "log a progress line to stderr every N steps (0 = only per epoch)")
+    embeddings: str = _f("", "pretrained vectors (GloVe / word2vec text) for the embedding rows of known tokens")
+    freeze_embeddings: bool = _f(False, "keep the embedding layer fixed during training")
     seed: int = _f(0, "seed of weights, dropout and batch order")
     device: Device = _f(Device.auto, "auto picks cuda, then mps, then cpu")
     out: str = _f("", "run folder (default runs/<dataset>-<encoder>-<timestamp>)")

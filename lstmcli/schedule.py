@@ -10,10 +10,12 @@ from .config import Config
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """Over the trainable parameters only (a frozen embedding is left out)."""
     t = cfg.train
+    params = [p for p in model.parameters() if p.requires_grad]
     if t.optimizer.value == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):

@@ -20,6 +20,7 @@ from . import __version__, checkpoint
 from .batching import Cut, bucket_batches, collate, padding_share, sorted_batches, truncated_lengths
 from .config import Config, from_dict, to_dict
 from .device import resolve_device
+from .embeddings import init_embeddings
 from .errors import CheckFailed, CheckpointError, Interrupted, LstmcliError
 from .fsutil import write_json
 from .metrics import classification_report
@@ -151,18 +152,24 @@ def _steps_per_epoch(cfg: Config, data: Prepared) -> int:
 
 
 def start(cfg: Config, quiet: bool = False) -> Run:
-    """A new run: data first (bad data must leave no run folder behind), then folder, model, optimizer."""
+    """A new run: data, model and vectors first (bad input must leave no run folder behind), then the folder."""
     device = resolve_device(cfg.train.device.value)
     data = _prepared(cfg, quiet)
-    run_dir = Path(cfg.train.out) if cfg.train.out else default_out(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", to_dict(cfg))
     torch.manual_seed(cfg.train.seed)
     model = checkpoint.build_model(cfg, len(data.vocab), len(data.label_names)).to(device)
-    optimizer = make_optimizer(model, cfg)
     metrics = {"data": {**{s: len(data.splits[s]) for s in data.splits}, "vocab": len(data.vocab),
                         "labels": data.label_names},
                "environment": environment(device), "history": [], "best_epoch": None}
+    if cfg.train.embeddings:
+        metrics["embeddings"] = init_embeddings(model.embedding, cfg.train.embeddings, data.vocab)
+        e = metrics["embeddings"]
+        log(f"embeddings: {e['found']:,} of {e['vocab']:,} vocabulary tokens ({e['coverage']:.1%}) found among "
+            f"{e['vectors_read']:,} vectors in {e['path']}", quiet)
+    model.embedding.weight.requires_grad_(not cfg.train.freeze_embeddings)
+    optimizer = make_optimizer(model, cfg)
+    run_dir = Path(cfg.train.out) if cfg.train.out else default_out(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", to_dict(cfg))
     log(f"run folder {run_dir}; {sum(p.numel() for p in model.parameters()):,} parameters on {device}", quiet)
     return Run(cfg, run_dir, data, device, model, optimizer,
                make_scheduler(optimizer, cfg, _steps_per_epoch(cfg, data)), TrainState(), metrics)
@@ -181,10 +188,11 @@ def reopen(run_dir: Path, quiet: bool = False) -> Run:
     last = checkpoint.load(run_dir / "last", str(device))
     if last.vocab != data.vocab or last.label_names != data.label_names:
         raise CheckpointError(f"cannot resume {run_dir}: its data has changed since the run started")
+    last.model.embedding.weight.requires_grad_(not cfg.train.freeze_embeddings)
     optimizer = make_optimizer(last.model, cfg)
     scheduler = make_scheduler(optimizer, cfg, _steps_per_epoch(cfg, data))
     state = load_state(run_dir / "last", optimizer, scheduler)
-    if state.epoch > cfg.train.epochs or state.stopped_early or "test" in metrics:
+    if "test" in metrics:  # (a run stopped after its last epoch but before testing resumes into the test)
         raise LstmcliError(f"run {run_dir} has already finished; nothing to resume")
     log(f"resuming {run_dir} in epoch {state.epoch} after {state.progress.batches_done} batches", quiet)
     return Run(cfg, run_dir, data, device, last.model, optimizer, scheduler, state, metrics)
