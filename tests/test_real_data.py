@@ -4,7 +4,6 @@ The longer run (all of IMDB) is marked `slow` and only runs on demand: `pytest -
 """
 
 import json
-import os
 from pathlib import Path
 
 import pytest

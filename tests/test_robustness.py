@@ -20,7 +20,7 @@ from lstmcli.predict import Predictor
 from lstmcli.schedule import make_optimizer, make_scheduler, step_per_batch, step_per_epoch
 from lstmcli.text import Vocab, basic_english
 
-from .conftest import sha256, write_sums
+from .conftest import write_sums
 
 TINY = Path(__file__).parents[1] / "configs" / "tiny.toml"
 
