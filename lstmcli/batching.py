@@ -38,6 +38,17 @@ class Cut:
     length: int = 0
     keep: str = "head"
 
+    @property
+    def head(self) -> int:
+        """How many leading tokens a cut text keeps (all `length` of them for `head`)."""
+        return (self.length + 1) // 2 if self.keep == "head_tail" else self.length
+
+    def apply(self, tokens: list) -> list:
+        """`tokens` cut as `collate` cuts an encoded text."""
+        if not self.length or len(tokens) <= self.length:
+            return tokens
+        return tokens[: self.head] + tokens[len(tokens) - (self.length - self.head):]
+
 
 def truncated_lengths(split: EncodedSplit, max_length: int) -> torch.Tensor:
     lengths = split.lengths
@@ -75,7 +86,7 @@ def collate(split: EncodedSplit, indices: torch.Tensor, cut: Cut = Cut()) -> Bat
     offsets = starts[:, None] + steps
     if cut.keep == "head_tail" and cut.length:
         # past the first half, jump over the middle of a long text to its last tokens
-        skip = (full - lengths)[:, None] * (steps >= (cut.length + 1) // 2)
+        skip = (full - lengths)[:, None] * (steps >= cut.head)
         offsets = offsets + skip
     pos = offsets.clamp(max=max(len(split.ids) - 1, 0))
     ids = torch.where(mask, split.ids[pos].long(), 0)

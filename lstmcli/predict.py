@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint
-from .batching import Batch
+from .batching import Batch, Cut
 from .text import basic_english
 
 DEFAULT_MAX_LENGTH = 2048
@@ -21,20 +21,18 @@ class Predictor:
         self.device = device
         # A text is cut to what the model was trained on; with no such limit, to DEFAULT_MAX_LENGTH,
         # so that a runaway input (a 10 MB line) costs milliseconds, not minutes.
-        self.max_length = max_length or self.ck.config.data.max_length or DEFAULT_MAX_LENGTH
+        self.cut = Cut(max_length or self.ck.config.data.max_length or DEFAULT_MAX_LENGTH,
+                       self.ck.config.data.truncate.value)
 
     def encode(self, text: str) -> list[int]:
-        """Ids of the first max_length tokens. A huge text is tokenized from a prefix that holds more
-        than enough whole tokens (a cut can only alter the two tokens it falls into), not in full."""
-        limit = self.max_length
-        if self.ck.config.data.truncate.value == "head_tail":  # both ends needed: tokenize it all
-            tokens = basic_english(text)
-            head = (limit + 1) // 2
-            return self.ck.vocab.encode(tokens if len(tokens) <= limit else tokens[:head] + tokens[len(tokens) - (limit - head):])
-        tokens = basic_english(text[: limit * PREFIX_CHARS_PER_TOKEN]) if len(text) > limit * PREFIX_CHARS_PER_TOKEN else None
-        if tokens is None or len(tokens) <= limit + 2:
-            tokens = basic_english(text)
-        return self.ck.vocab.encode(tokens[:limit])
+        """Ids of the text cut as in training. A huge text cut at its head is tokenized from a prefix
+        that holds more than enough whole tokens (a cut can only alter the two tokens it falls into)."""
+        limit = self.cut.length
+        if self.cut.keep == "head" and len(text) > limit * PREFIX_CHARS_PER_TOKEN:
+            tokens = basic_english(text[: limit * PREFIX_CHARS_PER_TOKEN])
+            if len(tokens) > limit + 2:
+                return self.ck.vocab.encode(tokens[:limit])
+        return self.ck.vocab.encode(self.cut.apply(basic_english(text)))
 
     @torch.no_grad()
     def predict(self, texts: list[str], top_k: int = 1, batch_size: int = 256) -> list[list[tuple[str, float]]]:
