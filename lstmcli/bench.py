@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from . import native
 from .device import resolve_device
 from .models import TextClassifier
 
@@ -69,6 +70,7 @@ def run_bench(encoders: list[str], impls: list[str], shape: BenchShape, device: 
     dev = resolve_device(device)
     if dev.type == "cpu":
         torch.set_num_threads(threads)
+    loops = "c++" if "scratch" in impls and native.ensure() else "python"
     batches = make_batches(shape, dev, seed)
     tokens = sum(int(lengths.sum()) for _, lengths in batches)
     results: dict[str, dict] = {}
@@ -94,7 +96,7 @@ def run_bench(encoders: list[str], impls: list[str], shape: BenchShape, device: 
             results[encoder]["ratio"] = {mode: results[encoder]["scratch"][mode] / results[encoder]["builtin"][mode]
                                          for mode in ("train", "infer")}
     return {"shape": asdict(shape), "device": str(dev), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "tokens_per_pass": tokens, "results": results}
+            "torch": torch.__version__, "scratch_loops": loops, "tokens_per_pass": tokens, "results": results}
 
 
 def format_bench(report: dict) -> str:
@@ -102,7 +104,8 @@ def format_bench(report: dict) -> str:
     lines = [f"tokens/s, median of {s['repeats']} x {s['batches']} batches: embedding {s['embedding_dim']}, "
              f"hidden {s['hidden_size']}, batch {s['batch_size']}, lengths {s['min_length']}-{s['max_length']}, "
              f"layers {s['num_layers']}{', bidirectional' if s['bidirectional'] else ''}; "
-             f"{report['device']}, {report['threads']} threads, torch {report['torch']}",
+             f"{report['device']}, {report['threads']} threads, torch {report['torch']}, "
+             f"scratch time loops in {report['scratch_loops']}",
              "", f"{'encoder':<8} {'impl':<8} {'train':>10} {'infer':>10}"]
     for encoder, by_impl in report["results"].items():
         for impl, r in by_impl.items():

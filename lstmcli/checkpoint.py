@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from .config import Config, apply, from_dict, to_dict
 from .errors import CheckpointError, ConfigError
 from .fsutil import replace_dir, temp_dir, write_json
+from . import native
 from .models import TextClassifier
 from .text import Vocab
 from .train_state import STATE_FILE
@@ -37,6 +38,8 @@ class Checkpoint:
 
 def build_model(cfg: Config, vocab_size: int, num_classes: int) -> TextClassifier:
     m = cfg.model
+    if m.impl.value == "scratch":
+        native.ensure()  # the C++ time loops when they build here; the Python ones otherwise
     return TextClassifier(vocab_size, num_classes, m.embedding_dim, m.hidden_size, m.encoder.value,
                           m.impl.value, m.num_layers, m.bidirectional, m.dropout, m.pooling.value, m.pack.value,
                           m.peephole, m.embedding_dropout)

@@ -5,12 +5,28 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from lstmcli.models import TextClassifier
+from lstmcli import native
+from lstmcli.models import TextClassifier, recurrence
 from lstmcli.models.recurrence import GRULayer, LSTMLayer, RNNLayer, peephole_lstm
 from lstmcli.models.scratch import ScratchRNN
 
 TORCH_RNN = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=["python", "native"])
+def loops(request):
+    """Run the test with the Python time loops, then with the C++ kernels (lstmcli/native)."""
+    if request.param == "native":
+        if not native.ensure():
+            pytest.fail("the C++ kernels did not build (the line above says why); LSTMCLI_NATIVE=0 skips them")
+        module = recurrence._native
+    else:
+        module = None
+    saved = recurrence._native
+    recurrence.use_native(module)
+    yield request.param
+    recurrence.use_native(saved)
 
 
 def reference(rnn, x, lengths):
@@ -26,13 +42,30 @@ def reference(rnn, x, lengths):
 @pytest.mark.parametrize("mode", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_equals_pytorch_outputs_states_and_gradients(mode, layers, bidirectional, device):
+def test_equals_pytorch_outputs_states_and_gradients(mode, layers, bidirectional, device, loops):
     torch.manual_seed(layers * 10 + bidirectional)
     ref = TORCH_RNN[mode](5, 7, num_layers=layers, bidirectional=bidirectional, batch_first=True).to(device)
     ours = ScratchRNN(mode, 5, 7, layers, bidirectional).to(device)
     ours.load_state_dict(ref.state_dict())
     lengths = torch.tensor([1, 9, 4, 9, 2, 6])  # unsorted, with length 1 and ties
     x = torch.randn(6, 9, 5, device=device)
+    _check_against_reference(ref, ours, x, lengths, mode)
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_equals_pytorch_when_rows_are_split_between_threads(mode, loops):
+    """300 rows of hidden 20 (not a multiple of the vector width): the C++ loop splits a step's rows
+    between threads and handles a partial vector at the end of each row."""
+    torch.manual_seed(3)
+    ref = TORCH_RNN[mode](4, 20, bidirectional=True, batch_first=True)
+    ours = ScratchRNN(mode, 4, 20, bidirectional=True)
+    ours.load_state_dict(ref.state_dict())
+    lengths = torch.randint(1, 12, (300,))
+    lengths[0] = 12
+    _check_against_reference(ref, ours, torch.randn(300, 12, 4), lengths, mode)
+
+
+def _check_against_reference(ref, ours, x, lengths, mode):
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     out1, h1, c1 = ours(x1, lengths)
     out2, h2, c2 = reference(ref, x2, lengths)
@@ -52,7 +85,7 @@ def test_equals_pytorch_outputs_states_and_gradients(mode, layers, bidirectional
         torch.testing.assert_close(p.grad, ref_params[name].grad, **tol, msg=name)
 
 
-def test_state_dict_moves_both_ways_through_the_classifier():
+def test_state_dict_moves_both_ways_through_the_classifier(loops):
     torch.manual_seed(0)
     kw = dict(embedding_dim=6, hidden_size=5, encoder="lstm", num_layers=2, bidirectional=True, pooling="max")
     builtin = TextClassifier(30, 3, impl="builtin", **kw).eval()
@@ -69,7 +102,7 @@ def _active(lengths, T):
     return (lengths[None, :] > torch.arange(T)[:, None]).sum(1).tolist()
 
 
-def test_gradcheck_hand_written_backwards():
+def test_gradcheck_hand_written_backwards(loops):
     torch.manual_seed(0)
     T, B, H = 4, 3, 2
     active = _active(torch.tensor([4, 3, 1]), T)
@@ -85,7 +118,7 @@ def test_gradcheck_hand_written_backwards():
     assert torch.autograd.gradcheck(lambda x, wi, b, w: RNNLayer.apply(x, wi, b, w, active), (xr, wir, br, wr))
 
 
-def test_gradcheck_whole_encoder_float64():
+def test_gradcheck_whole_encoder_float64(loops):
     torch.manual_seed(1)
     for mode in ("lstm", "gru", "rnn"):
         rnn = ScratchRNN(mode, 3, 2, num_layers=2, bidirectional=True).double()
@@ -138,3 +171,33 @@ def test_peephole_only_for_lstm():
         ScratchRNN("gru", 3, 3, peephole=True)
     with pytest.raises(ValueError, match="peephole"):
         TextClassifier(10, 2, impl="builtin", peephole=True)
+
+
+@pytest.fixture
+def fresh_native():
+    """native.ensure() is cached per process: clear it around a test, and restore the kernels after."""
+    saved = recurrence._native
+    native.ensure.cache_clear()
+    recurrence.use_native(None)
+    yield
+    native.ensure.cache_clear()
+    recurrence.use_native(saved)
+
+
+def test_failed_build_falls_back_to_the_python_loops_with_one_line(monkeypatch, capsys, fresh_native):
+    def broken_build():
+        raise RuntimeError("Error building extension 'lstmcli_recurrence':\nc++: command not found")
+
+    monkeypatch.setattr(native, "build", broken_build)
+    assert native.ensure() is False
+    assert recurrence._native is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("scratch encoders: C++ kernels unavailable (c++: command not found); using the Python loops")
+
+
+def test_lstmcli_native_0_skips_the_build(monkeypatch, capsys, fresh_native):
+    monkeypatch.setenv("LSTMCLI_NATIVE", "0")
+    monkeypatch.setattr(native, "build", lambda: pytest.fail("built although LSTMCLI_NATIVE=0"))
+    assert native.ensure() is False
+    assert recurrence._native is None and capsys.readouterr().err == ""

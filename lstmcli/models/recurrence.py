@@ -8,6 +8,11 @@ The equations are in scratch.py. What makes these fast on a CPU:
   * the forward keeps activations in preallocated (T, B, ·) buffers and, when training, also stores the
     backward's per-step factors while the step's values are in cache; the backward is then one matmul
     and a few fused element-wise ops per step, and the weight gradients are one matmul over all steps.
+The per-step loops exist twice with the same signatures: in Python here (_PythonLoops, the reference
+and the fallback) and in C++ (lstmcli/native/recurrence.cpp), where each step is one matmul plus one
+fused pass over its values instead of ~10 element-wise calls. lstmcli.native builds the C++ ones and
+installs them with `use_native`; the tests run both. The RNN has one element-wise op per step and
+stays in Python.
 Tensors are time-major: (T, B, features). `active[t]` is n_t, non-increasing.
 """
 
@@ -25,32 +30,24 @@ def _zero_tails(t: int, n: int, *buffers: torch.Tensor) -> None:
             buf[t, n:].zero_()
 
 
-class LSTMLayer(torch.autograd.Function):
-    """One direction of one LSTM layer. Gate order inside is (o, i, f, g): one sigmoid covers three.
-
-    While training, the forward also stores the backward's per-step factors, computed while the
-    step's activations are still in cache: dc_t = dc_{t+1} ⊙ f_{t+1} + dh_t ⊙ A_t, and the
-    pre-activation gradients are K_o ⊙ dh_t for o and K_{i,f,g} ⊙ dc_t for i, f, g.
-    """
+class _PythonLoops:
+    """The per-step loops in Python, the reference for (and fallback of) the C++ kernels in
+    lstmcli/native/recurrence.cpp, which have the same signatures and write the same buffers."""
 
     @staticmethod
-    def forward(ctx, x, w_ih, bias, w_hh, active):
-        # x (T, B, In); w_ih (4H, In); bias (4H,) = b_ih + b_hh; w_hh (4H, H); active: n_t per step
-        T, B = x.shape[:2]
-        G = w_ih.size(0)
+    def lstm_forward(acts, w_hh, active, hs, cs, K, A):
+        """acts (T, B, 4H) holds W_ih x + b, gate blocks (o, i, f, g); each step adds W_hh h in place
+        and applies its activations, so `acts` ends up holding σ(o), σ(i), σ(f), tanh(g)."""
+        T, B, G = acts.shape
         H = G // 4
-        train = any(ctx.needs_input_grad)
-        # the input projection of every step in one matmul; each step then adds W_hh h in place and
-        # applies its activations, so `acts` ends up holding σ(o), σ(i), σ(f), tanh(g)
-        acts = torch.addmm(bias, x.reshape(T * B, -1), w_ih.t()).view(T, B, G)
-        cs, tcs, hs, gs = (acts.new_empty(T, B, H) for _ in range(4))  # c, tanh(c), h, tanh(g)
-        K, A = (torch.empty_like(acts), acts.new_empty(T, B, H)) if train else (None, None)
+        train = K is not None
+        tcs, gs = acts.new_empty(T, B, H), acts.new_empty(T, B, H)  # tanh(c), tanh(g)
         one = acts.new_ones(())
         h = c = acts.new_zeros(B, H)
         w_t = w_hh.t()
         # per-step views made once (unbind is one call), sliced to the active rows only when needed
         steps = zip(*(buf.unbind(0) for buf in (acts, cs, tcs, hs, gs, *((K, A) if train else ()))))
-        for t, (n, views) in enumerate(zip(active, steps)):
+        for n, views in zip(active, steps):
             if n < B:
                 for v in views:
                     v[n:].zero_()  # ended rows: outputs 0, as pad_packed_sequence gives; no gradient
@@ -73,21 +70,16 @@ class LSTMLayer(torch.autograd.Function):
                 torch.addcmul(one, g, g, value=-1, out=k[:, 3 * H:]).mul_(i)
                 torch.addcmul(one, tc, tc, value=-1, out=A_t).mul_(o)
             h, c = h_t, c_t  # the batch only shrinks: the next step reads a prefix of these rows
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, w_ih, acts, K, A, hs, w_hh)
-        ctx.active = active
-        return hs, cs
 
     @staticmethod
-    def backward(ctx, d_hs, d_cs):
-        x, w_ih, acts, K, A, hs, w_hh = ctx.saved_tensors
+    def lstm_backward(d_hs, d_cs, acts, K, A, w_hh, active):
         T, B, G = acts.shape
         H = G // 4
-        f = acts[..., 2 * H: 3 * H]
+        f = acts[..., 2 * H: 3 * H]  # 0 at ended rows, so dc does not flow back past a sequence's end
         d_pre = torch.empty_like(acts)
         dc, dh_rec = acts.new_zeros(B, H), acts.new_zeros(B, H)  # rows >= n stay 0 until they start
         for t in range(T - 1, -1, -1):
-            n = ctx.active[t]
+            n = active[t]
             _zero_tails(t, n, d_pre)
             dh = dh_rec[:n] + d_hs[t, :n] if d_hs is not None else dh_rec[:n]
             dct = dc[:n]
@@ -99,6 +91,97 @@ class LSTMLayer(torch.autograd.Function):
             torch.mul(K[t, :n, :H], dh, out=d_pre[t, :n, :H])
             torch.mul(K[t, :n, H:].view(n, 3, H), dct[:, None, :], out=d_pre[t, :n, H:].view(n, 3, H))
             torch.mm(d_pre[t, :n], w_hh, out=dh_rec[:n])
+        return d_pre
+
+    @staticmethod
+    def gru_forward(xproj, w_hh, b_hh, active, hs, zs, K):
+        T, B, G = xproj.shape
+        H = G // 3
+        train = K is not None
+        hh = b_hh.expand_as(xproj).clone()  # W_hh h + b_hh, the matmul added in place per step
+        rz, ns = xproj.new_empty(T, B, 2 * H), xproj.new_empty(T, B, H)
+        one = xproj.new_ones(())
+        h, w_t = xproj.new_zeros(B, H), w_hh.t()
+        for t, n in enumerate(active):
+            _zero_tails(t, n, hh, rz, ns, hs, *((K,) if train else ()))
+            hh[t, :n].addmm_(h[:n], w_t)
+            torch.add(xproj[t, :n, : 2 * H], hh[t, :n, : 2 * H], out=rz[t, :n]).sigmoid_()
+            r, z = rz[t, :n].split(H, 1)
+            hn = hh[t, :n, 2 * H:]
+            nt = torch.addcmul(xproj[t, :n, 2 * H:], r, hn, out=ns[t, :n]).tanh_()
+            diff = h[:n] - nt
+            torch.addcmul(nt, z, diff, out=hs[t, :n])  # h' = n + z ⊙ (h - n)
+            if train:
+                k = torch.addcmul(rz[t, :n], rz[t, :n], rz[t, :n], value=-1, out=K[t, :n, : 2 * H])
+                k_r, k_z = k.split(H, 1)  # σ' = σ(1 - σ)
+                k_n = torch.addcmul(one, nt, nt, value=-1, out=K[t, :n, 2 * H: 3 * H])
+                k_n.addcmul_(k_n, z, value=-1)  # (1 - z)(1 - n²)
+                k_r.mul_(hn).mul_(k_n)
+                k_z.mul_(diff)
+                torch.mul(k_n, r, out=K[t, :n, 3 * H:])
+            h = hs[t]
+        if train:
+            zs.copy_(rz[..., H:])
+
+    @staticmethod
+    def gru_backward(d_hs, zs, K, w_hh, active):
+        T, B, H = zs.shape
+        d_x, d_hh = zs.new_empty(T, B, 3 * H), zs.new_empty(T, B, 3 * H)
+        dh_rec = zs.new_zeros(B, H)
+        for t in range(T - 1, -1, -1):
+            n = active[t]
+            _zero_tails(t, n, d_x, d_hh)
+            dh = dh_rec[:n] + d_hs[t, :n]
+            torch.mul(K[t, :n, : 3 * H].view(n, 3, H), dh[:, None, :], out=d_x[t, :n].view(n, 3, H))
+            d_hh[t, :n, : 2 * H] = d_x[t, :n, : 2 * H]
+            torch.mul(K[t, :n, 3 * H:], dh, out=d_hh[t, :n, 2 * H:])
+            torch.addmm(dh * zs[t, :n], d_hh[t, :n], w_hh, out=dh_rec[:n])
+        return d_x, d_hh
+
+
+_native = None  # the C++ kernels, once lstmcli.native has built them
+
+
+def use_native(module) -> None:
+    """Run the LSTM and GRU time loops of CPU tensors with `module` (lstmcli/native), or None for Python."""
+    global _native
+    _native = module
+
+
+def _loops(t: torch.Tensor):
+    return _native if _native is not None and t.device.type == "cpu" else _PythonLoops
+
+
+class LSTMLayer(torch.autograd.Function):
+    """One direction of one LSTM layer. Gate order inside is (o, i, f, g): one sigmoid covers three.
+
+    While training, the forward also stores the backward's per-step factors, computed while the
+    step's activations are still in cache: dc_t = dc_{t+1} ⊙ f_{t+1} + dh_t ⊙ A_t, and the
+    pre-activation gradients are K_o ⊙ dh_t for o and K_{i,f,g} ⊙ dc_t for i, f, g.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w_ih, bias, w_hh, active):
+        # x (T, B, In); w_ih (4H, In); bias (4H,) = b_ih + b_hh; w_hh (4H, H); active: n_t per step
+        T, B = x.shape[:2]
+        H = w_ih.size(0) // 4
+        train = any(ctx.needs_input_grad)
+        # the input projection of every step in one matmul; the loop adds W_hh h step by step
+        acts = torch.addmm(bias, x.reshape(T * B, -1), w_ih.t()).view(T, B, 4 * H)
+        hs, cs = acts.new_empty(T, B, H), acts.new_empty(T, B, H)
+        K, A = (torch.empty_like(acts), acts.new_empty(T, B, H)) if train else (None, None)
+        ctx.loops = _loops(x)
+        ctx.loops.lstm_forward(acts, w_hh, active, hs, cs, K, A)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, w_ih, acts, K, A, hs, w_hh)
+        ctx.active = active
+        return hs, cs
+
+    @staticmethod
+    def backward(ctx, d_hs, d_cs):
+        x, w_ih, acts, K, A, hs, w_hh = ctx.saved_tensors
+        d_hs, d_cs = (d if d is None else d.contiguous() for d in (d_hs, d_cs))
+        d_pre = ctx.loops.lstm_backward(d_hs, d_cs, acts, K, A, w_hh, ctx.active)
         return _input_grads(d_pre, x, w_ih) + (d_pre[1:].flatten(0, 1).t() @ hs[:-1].flatten(0, 1), None)
 
 
@@ -122,49 +205,18 @@ class GRULayer(torch.autograd.Function):
         T, B, G = xproj.shape
         H = G // 3
         train = any(ctx.needs_input_grad)
-        hh = b_hh.expand_as(xproj).clone()  # W_hh h + b_hh, the matmul added in place per step
-        rz = xproj.new_empty(T, B, 2 * H)
-        ns, hs = xproj.new_empty(T, B, H), xproj.new_empty(T, B, H)
-        K = xproj.new_empty(T, B, 4 * H) if train else None  # K_r, K_z, K_n, K_hn
-        one = xproj.new_ones(())
-        h, w_t = xproj.new_zeros(B, H), w_hh.t()
-        for t, n in enumerate(active):
-            _zero_tails(t, n, hh, rz, ns, hs, *((K,) if train else ()))
-            hh[t, :n].addmm_(h[:n], w_t)
-            torch.add(xproj[t, :n, : 2 * H], hh[t, :n, : 2 * H], out=rz[t, :n]).sigmoid_()
-            r, z = rz[t, :n].split(H, 1)
-            hn = hh[t, :n, 2 * H:]
-            nt = torch.addcmul(xproj[t, :n, 2 * H:], r, hn, out=ns[t, :n]).tanh_()
-            diff = h[:n] - nt
-            torch.addcmul(nt, z, diff, out=hs[t, :n])  # h' = n + z ⊙ (h - n)
-            if train:
-                k = torch.addcmul(rz[t, :n], rz[t, :n], rz[t, :n], value=-1, out=K[t, :n, : 2 * H])
-                k_r, k_z = k.split(H, 1)  # σ' = σ(1 - σ)
-                k_n = torch.addcmul(one, nt, nt, value=-1, out=K[t, :n, 2 * H: 3 * H])
-                k_n.addcmul_(k_n, z, value=-1)  # (1 - z)(1 - n²)
-                k_r.mul_(hn).mul_(k_n)
-                k_z.mul_(diff)
-                torch.mul(k_n, r, out=K[t, :n, 3 * H:])
-            h = hs[t]
-        ctx.save_for_backward(rz, K, hs, w_hh)
+        hs = xproj.new_empty(T, B, H)
+        zs, K = (xproj.new_empty(T, B, H), xproj.new_empty(T, B, 4 * H)) if train else (None, None)
+        ctx.loops = _loops(xproj)
+        ctx.loops.gru_forward(xproj, w_hh, b_hh, active, hs, zs, K)
+        ctx.save_for_backward(zs, K, hs, w_hh)
         ctx.active = active
         return hs
 
     @staticmethod
     def backward(ctx, d_hs):
-        rz, K, hs, w_hh = ctx.saved_tensors
-        T, B, H = hs.shape
-        z = rz[..., H:]
-        d_x, d_hh = hs.new_empty(T, B, 3 * H), hs.new_empty(T, B, 3 * H)
-        dh_rec = hs.new_zeros(B, H)
-        for t in range(T - 1, -1, -1):
-            n = ctx.active[t]
-            _zero_tails(t, n, d_x, d_hh)
-            dh = dh_rec[:n] + d_hs[t, :n]
-            torch.mul(K[t, :n, : 3 * H].view(n, 3, H), dh[:, None, :], out=d_x[t, :n].view(n, 3, H))
-            d_hh[t, :n, : 2 * H] = d_x[t, :n, : 2 * H]
-            torch.mul(K[t, :n, 3 * H:], dh, out=d_hh[t, :n, 2 * H:])
-            torch.addmm(dh * z[t, :n], d_hh[t, :n], w_hh, out=dh_rec[:n])
+        zs, K, hs, w_hh = ctx.saved_tensors
+        d_x, d_hh = ctx.loops.gru_backward(d_hs.contiguous(), zs, K, w_hh, ctx.active)
         d_w = d_hh[1:].flatten(0, 1).t() @ hs[:-1].flatten(0, 1)
         return d_x, d_w, d_hh.sum((0, 1)), None
 

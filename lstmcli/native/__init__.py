@@ -1,0 +1,58 @@
+"""Builds and installs the C++ time loops of the scratch LSTM and GRU (recurrence.cpp here).
+
+The scratch encoders run the Python loops of lstmcli/models/recurrence.py unless a kernel module has
+been handed to `recurrence.use_native`. `ensure()` builds that module with torch.utils.cpp_extension
+(a C++ compiler and ninja; about a minute the first time on 2 cores, then cached per machine in
+TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions) and hands it over. When it cannot be
+built, the Python loops run - same results, slower - and one line on stderr says why.
+LSTMCLI_NATIVE=0 skips the build.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from ..models import recurrence
+
+SOURCE = Path(__file__).with_name("recurrence.cpp")
+
+# ATen's Vectorized<T> picks its instruction set from these macros; torch exports the Sleef
+# exp/tanh routines it calls. The capability is the one torch itself dispatches to on this CPU.
+ISA_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma",
+               "-DCPU_CAPABILITY_AVX512", "-DCPU_CAPABILITY=AVX512"],
+    "AVX2": ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"],
+}
+
+
+@functools.cache
+def ensure() -> bool:
+    """Build (or load the cached build of) the kernels and install them; True when they are in use."""
+    if os.environ.get("LSTMCLI_NATIVE", "1") == "0":
+        return False
+    try:
+        module = build()
+    except Exception as e:  # no compiler, no ninja, a failed build: the Python loops still work
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        print(f"scratch encoders: C++ kernels unavailable ({reason[:200]}); using the Python loops "
+              f"(slower, same results; LSTMCLI_NATIVE=0 silences this)", file=sys.stderr)
+        return False
+    recurrence.use_native(module)
+    return True
+
+
+def build():
+    from torch.utils import cpp_extension  # imported here: it is slow to import and only needed now
+
+    # ninja may come from the virtual environment's bin folder, which is not on PATH unless activated
+    bin_dir = str(Path(sys.executable).parent)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    isa = torch.backends.cpu.get_cpu_capability()
+    return cpp_extension.load(name=f"lstmcli_recurrence_{isa.lower()}", sources=[str(SOURCE)],
+                              extra_cflags=["-O3", *ISA_FLAGS.get(isa, [])], verbose=False)
