@@ -2,7 +2,8 @@
 
 Bucketing keeps padding small (similar lengths share a batch) while the batch order is shuffled each
 epoch, deterministically for a seed: examples are shuffled, cut into pools of `pool` batches, each
-pool is sorted by length and cut into batches, and the batches are shuffled.
+pool is sorted by length and cut into batches, and the batches are shuffled. Each batch holds its
+longest text first, as PackedSequence wants and the scratch encoders use without moving rows.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def bucket_batches(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int
     batches: list[torch.Tensor] = []
     for chunk in order.split(batch_size * pool):
         # stable sort: ties keep their shuffled order, so equal lengths still mix across epochs
-        chunk = chunk[torch.sort(lengths[chunk], stable=True).indices]
+        chunk = chunk[torch.sort(lengths[chunk], descending=True, stable=True).indices]
         batches.extend(chunk.split(batch_size))
     perm = torch.randperm(len(batches), generator=g).tolist()
     return [batches[i] for i in perm]
@@ -71,7 +72,7 @@ def bucket_batches(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int
 
 def sorted_batches(lengths: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     """Every example once, batched by length (for evaluation: little padding, fixed order)."""
-    return list(torch.sort(lengths, stable=True).indices.split(batch_size))
+    return list(torch.sort(lengths, descending=True, stable=True).indices.split(batch_size))
 
 
 def collate(split: EncodedSplit, indices: torch.Tensor, cut: Cut = Cut()) -> Batch:

@@ -37,7 +37,7 @@ class BenchShape:
 def make_batches(shape: BenchShape, device: torch.device, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     n = shape.batch_size * shape.batches
-    lengths = torch.randint(shape.min_length, shape.max_length + 1, (n,), generator=g).sort().values
+    lengths = torch.randint(shape.min_length, shape.max_length + 1, (n,), generator=g).sort(descending=True).values
     batches = []
     for chunk in lengths.split(shape.batch_size):
         ids = torch.randint(2, shape.vocab_size, (len(chunk), int(chunk.max())), generator=g)

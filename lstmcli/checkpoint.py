@@ -15,10 +15,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from . import native
 from .config import Config, apply, from_dict, to_dict
 from .errors import CheckpointError, ConfigError
 from .fsutil import replace_dir, temp_dir, write_json
-from . import native
 from .models import TextClassifier
 from .text import Vocab
 from .train_state import STATE_FILE

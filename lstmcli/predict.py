@@ -38,7 +38,7 @@ class Predictor:
     def predict(self, texts: list[str], top_k: int = 1, batch_size: int = 256) -> list[list[tuple[str, float]]]:
         """For each text, its `top_k` (label, probability) pairs, most probable first."""
         encoded = [self.encode(t) for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+        order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))  # longest first, as in training
         k = max(1, min(top_k, len(self.ck.label_names)))
         results: list[list[tuple[str, float]]] = [[] for _ in texts]
         for start in range(0, len(order), batch_size):

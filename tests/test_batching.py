@@ -11,6 +11,12 @@ def make_split(lengths):
     return EncodedSplit(ids, offsets, torch.arange(len(lengths)) % 2)
 
 
+def test_bucketed_batches_hold_their_longest_text_first():
+    lengths = torch.randint(1, 50, (1000,), generator=torch.Generator().manual_seed(0))
+    for batch in bucket_batches(lengths, 16, seed=0, epoch=1):
+        assert lengths[batch].tolist() == sorted(lengths[batch].tolist(), reverse=True)
+
+
 def test_every_example_once_and_seeded_order():
     lengths = torch.randint(1, 300, (1000,), generator=torch.Generator().manual_seed(0))
     a = bucket_batches(lengths, 32, seed=7, epoch=1, pool=4)
@@ -45,7 +51,7 @@ def test_collate_pads_with_zero_and_truncates():
 def test_sorted_batches_cover_all():
     lengths = torch.tensor([5, 1, 3, 2])
     batches = sorted_batches(lengths, 3)
-    assert [b.tolist() for b in batches] == [[1, 3, 2], [0]]
+    assert [b.tolist() for b in batches] == [[0, 2, 3], [1]]  # longest first
 
 
 def test_collate_head_tail_keeps_both_ends():

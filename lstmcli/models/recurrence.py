@@ -35,11 +35,15 @@ class _PythonLoops:
     lstmcli/native/recurrence.cpp, which have the same signatures and write the same buffers."""
 
     @staticmethod
-    def lstm_forward(acts, w_hh, active, hs, cs, K, A):
-        """acts (T, B, 4H) holds W_ih x + b, gate blocks (o, i, f, g); each step adds W_hh h in place
-        and applies its activations, so `acts` ends up holding σ(o), σ(i), σ(f), tanh(g)."""
-        T, B, G = acts.shape
-        H = G // 4
+    def lstm_forward(x, w_ih, bias, w_hh, active, hs, c_last, acts, K, A):
+        """acts (T, B, 4H), gate blocks (o, i, f, g), receives W_ih x + b for all steps in one matmul
+        (a new tensor when not training); each step adds W_hh h in place and applies its activations,
+        so `acts` ends up holding σ(o), σ(i), σ(f), tanh(g). c_last (B, H) gets each row's final c."""
+        T, B = x.shape[:2]
+        H = w_hh.size(1)
+        cs = x.new_empty(T, B, H)
+        acts = torch.addmm(bias, x.reshape(T * B, -1), w_ih.t(), out=acts.view(T * B, -1) if acts is not None
+                           else None).view(T, B, 4 * H)
         train = K is not None
         tcs, gs = acts.new_empty(T, B, H), acts.new_empty(T, B, H)  # tanh(c), tanh(g)
         one = acts.new_ones(())
@@ -70,11 +74,16 @@ class _PythonLoops:
                 torch.addcmul(one, g, g, value=-1, out=k[:, 3 * H:]).mul_(i)
                 torch.addcmul(one, tc, tc, value=-1, out=A_t).mul_(o)
             h, c = h_t, c_t  # the batch only shrinks: the next step reads a prefix of these rows
+        c_last.copy_(cs[_last_steps(active, B), torch.arange(B)])
 
     @staticmethod
-    def lstm_backward(d_hs, d_cs, acts, K, A, w_hh, active):
+    def lstm_backward(d_hs, d_c_last, acts, K, A, w_hh, active):
         T, B, G = acts.shape
         H = G // 4
+        d_cs = None
+        if d_c_last is not None:  # the gradient of each row's final c enters at its last step
+            d_cs = acts.new_zeros(T, B, H)
+            d_cs[_last_steps(active, B), torch.arange(B)] = d_c_last
         f = acts[..., 2 * H: 3 * H]  # 0 at ended rows, so dc does not flow back past a sequence's end
         d_pre = torch.empty_like(acts)
         dc, dh_rec = acts.new_zeros(B, H), acts.new_zeros(B, H)  # rows >= n stay 0 until they start
@@ -139,6 +148,11 @@ class _PythonLoops:
         return d_x, d_hh
 
 
+def _last_steps(active: list[int], B: int) -> torch.Tensor:
+    """(B,) the last step of each row: how many steps it is active for, minus one."""
+    return (torch.tensor(active)[:, None] > torch.arange(B)).sum(0) - 1
+
+
 _native = None  # the C++ kernels, once lstmcli.native has built them
 
 
@@ -164,24 +178,25 @@ class LSTMLayer(torch.autograd.Function):
     def forward(ctx, x, w_ih, bias, w_hh, active):
         # x (T, B, In); w_ih (4H, In); bias (4H,) = b_ih + b_hh; w_hh (4H, H); active: n_t per step
         T, B = x.shape[:2]
-        H = w_ih.size(0) // 4
+        H = w_hh.size(1)
         train = any(ctx.needs_input_grad)
-        # the input projection of every step in one matmul; the loop adds W_hh h step by step
-        acts = torch.addmm(bias, x.reshape(T * B, -1), w_ih.t()).view(T, B, 4 * H)
-        hs, cs = acts.new_empty(T, B, H), acts.new_empty(T, B, H)
-        K, A = (torch.empty_like(acts), acts.new_empty(T, B, H)) if train else (None, None)
+        x = x.contiguous()
+        hs, c_last = x.new_empty(T, B, H), x.new_zeros(B, H)
+        # training keeps W_ih x + b and the activations of every step (acts), and the factors K, A
+        acts, K, A = (x.new_empty(T, B, 4 * H), x.new_empty(T, B, 4 * H), x.new_empty(T, B, H)) if train \
+            else (None, None, None)
         ctx.loops = _loops(x)
-        ctx.loops.lstm_forward(acts, w_hh, active, hs, cs, K, A)
+        ctx.loops.lstm_forward(x, w_ih, bias, w_hh, active, hs, c_last, acts, K, A)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, w_ih, acts, K, A, hs, w_hh)
         ctx.active = active
-        return hs, cs
+        return hs, c_last
 
     @staticmethod
-    def backward(ctx, d_hs, d_cs):
+    def backward(ctx, d_hs, d_c_last):
         x, w_ih, acts, K, A, hs, w_hh = ctx.saved_tensors
-        d_hs, d_cs = (d if d is None else d.contiguous() for d in (d_hs, d_cs))
-        d_pre = ctx.loops.lstm_backward(d_hs, d_cs, acts, K, A, w_hh, ctx.active)
+        d_hs, d_c_last = (d if d is None else d.contiguous() for d in (d_hs, d_c_last))
+        d_pre = ctx.loops.lstm_backward(d_hs, d_c_last, acts, K, A, w_hh, ctx.active)
         return _input_grads(d_pre, x, w_ih) + (d_pre[1:].flatten(0, 1).t() @ hs[:-1].flatten(0, 1), None)
 
 

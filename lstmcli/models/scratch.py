@@ -81,8 +81,8 @@ class ScratchRNN(nn.Module):
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
 
-    def _direction(self, seq: torch.Tensor, layer: int, sfx: str, active: list[int]):
-        """seq (T, B, In) -> hs (T, B, H), cs (T, B, H) or None."""
+    def _direction(self, seq: torch.Tensor, layer: int, sfx: str, active: list[int], lens: torch.Tensor):
+        """seq (T, B, In) -> hs (T, B, H), and for the LSTM each sequence's final c (B, H), else None."""
         p = {name: getattr(self, f"{name}_l{layer}{sfx}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
         T, B = seq.shape[:2]
         if self.mode == "gru":
@@ -93,7 +93,8 @@ class ScratchRNN(nn.Module):
         if self.peephole:
             xproj = torch.addmm(p["bias_ih"] + p["bias_hh"], seq.reshape(T * B, -1), p["weight_ih"].t()).view(T, B, -1)
             peep = [getattr(self, f"{name}_l{layer}{sfx}") for name in ("weight_ci", "weight_cf", "weight_co")]
-            return peephole_lstm(xproj, p["weight_hh"], *peep, active)
+            hs, cs = peephole_lstm(xproj, p["weight_hh"], *peep, active)
+            return hs, _time_major_last(cs, lens)
         order = self._lstm_order
         return LSTMLayer.apply(seq, p["weight_ih"][order], (p["bias_ih"] + p["bias_hh"])[order],
                                p["weight_hh"][order], active)
@@ -104,8 +105,11 @@ class ScratchRNN(nn.Module):
         order = lengths.argsort(descending=True, stable=True)
         lens = lengths[order]
         active = _steps_active(lens, x.size(1))
-        # one copy: batch-first -> time-major, longest sequence first
-        inp = x.transpose(0, 1).index_select(1, order.to(x.device))  # (T, B, In)
+        # lstmcli's batches come longest first: then no row needs moving, on the way in or out
+        in_order = bool((order == torch.arange(len(order))).all())
+        inp = x.transpose(0, 1)  # (T, B, In) time-major, longest sequence first
+        if not in_order:
+            inp = inp.index_select(1, order.to(x.device))
         h_n, c_n = [], []
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout and self.training:
@@ -113,15 +117,17 @@ class ScratchRNN(nn.Module):
             outs = []
             for d, sfx in enumerate(self.suffixes):
                 seq = inp if d == 0 else _time_major_reverse(inp, lens)
-                hs, cs = self._direction(seq, layer, sfx, active)
+                hs, c_last = self._direction(seq, layer, sfx, active, lens)
                 h_n.append(_time_major_last(hs, lens))
-                if cs is not None:
-                    c_n.append(_time_major_last(cs, lens))
+                if c_last is not None:
+                    c_n.append(c_last)
                 outs.append(hs if d == 0 else _time_major_reverse(hs, lens))
             inp = torch.cat(outs, 2) if len(outs) > 1 else outs[0]
-        back = order.argsort().to(x.device)
-        outputs = inp.index_select(1, back).transpose(0, 1)  # (B, T, D*H), a view
-        return outputs, torch.stack(h_n)[:, back], (torch.stack(c_n)[:, back] if c_n else None)
+        h_n, c_n = torch.stack(h_n), (torch.stack(c_n) if c_n else None)
+        if not in_order:
+            back = order.argsort().to(x.device)
+            inp, h_n, c_n = inp.index_select(1, back), h_n[:, back], (c_n[:, back] if c_n is not None else None)
+        return inp.transpose(0, 1), h_n, c_n  # outputs (B, T, D*H): a view of the time-major ones
 
 
 class ScratchEncoder(nn.Module):

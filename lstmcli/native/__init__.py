@@ -21,6 +21,7 @@ from ..models import recurrence
 
 SOURCE = Path(__file__).with_name("recurrence.cpp")
 
+# -fopenmp: at::parallel_for is a template, compiled here; without it a step's rows run on one thread.
 # ATen's Vectorized<T> picks its instruction set from these macros; torch exports the Sleef
 # exp/tanh routines it calls. The capability is the one torch itself dispatches to on this CPU.
 ISA_FLAGS = {
@@ -55,4 +56,5 @@ def build():
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     isa = torch.backends.cpu.get_cpu_capability()
     return cpp_extension.load(name=f"lstmcli_recurrence_{isa.lower()}", sources=[str(SOURCE)],
-                              extra_cflags=["-O3", *ISA_FLAGS.get(isa, [])], verbose=False)
+                              extra_cflags=["-O3", "-fopenmp", *ISA_FLAGS.get(isa, [])],
+                              extra_ldflags=["-fopenmp"], verbose=False)

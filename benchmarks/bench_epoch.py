@@ -1,0 +1,116 @@
+"""Benchmark: IMDB training tokens/s of one BiLSTM fed three ways.
+
+    LSTMCLI_MIRROR=../shared/datasets python benchmarks/bench_epoch.py [--config configs/imdb_best.toml]
+        [--examples 2000] [--threads 2] [--seed 0]
+
+  lstmcli         train_one_epoch as `lstmcli train` runs it: length-bucketed batches of the config's
+                  batch size, exact variable lengths on padded tensors (the built-in kernels per layer)
+  notebook padded random (unbucketed) batches of 16 padded to their longest text, nn.LSTM over the
+                  padding, the final state read at the last padded position - what the original
+                  notebooks did, and wrong for every text shorter than its batch's longest
+  notebook packed random batches of 16 through pack_padded_sequence (exact)
+
+All three train the same model (the config's, impl builtin) from the same weights on the same examples
+(a seeded sample of the training split, cut as the config says) for one pass, forward + backward + Adam
+step. Tokens/s counts real tokens only, never padding.
+"""
+
+import argparse
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+from tqdm import tqdm
+
+from lstmcli import checkpoint
+from lstmcli.batching import bucket_batches, collate, truncated_lengths
+from lstmcli.config import resolve
+from lstmcli.prepare import prepare
+from lstmcli.schedule import make_optimizer, make_scheduler
+from lstmcli.train import cut_of, train_one_epoch
+from lstmcli.train_state import EpochProgress
+
+
+class NotebookBiLSTM(nn.Module):
+    """The notebooks' model: embedding -> nn.LSTM -> final states of both directions -> linear."""
+
+    def __init__(self, reference: nn.Module, packed: bool):
+        super().__init__()
+        self.embedding, self.head, self.packed = reference.embedding, reference.head, packed
+        self.lstm = reference.encoder.rnn  # the same nn.LSTM (and weights) lstmcli trains
+        self.dropout = reference.dropout
+
+    def forward(self, ids, lengths):
+        x = self.embedding(ids)
+        if self.packed:
+            x = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        _, (h_n, _) = self.lstm(x)  # padded: h_n was read after the padding, not at each text's end
+        return self.head(self.dropout(torch.cat([h_n[-2], h_n[-1]], dim=-1)))
+
+
+def notebook_epoch(model, split, indices, cut, batch_size, seed):
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
+    batches = indices[torch.randperm(len(indices), generator=g)].split(batch_size)
+    model.train()
+    tokens = padded = 0
+    start = time.perf_counter()
+    for idx in batches:
+        b = collate(split, idx, cut)
+        loss = F.cross_entropy(model(b.ids, b.lengths), b.labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        tokens += b.num_tokens
+        padded += b.ids.numel()
+    return tokens, time.perf_counter() - start, 1 - tokens / padded
+
+
+def lstmcli_epoch(model, cfg, split, indices, cut, seed):
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, math.ceil(len(indices) / cfg.train.batch_size))
+    lengths = truncated_lengths(split, cut.length)
+    batches = [indices[b] for b in bucket_batches(lengths[indices], cfg.train.batch_size, seed, 1)]
+    progress = EpochProgress()
+    with tqdm(disable=True) as bar:
+        train_one_epoch(model, split, batches, optimizer, scheduler, torch.device("cpu"), cut,
+                        cfg.train.grad_clip, progress, lambda: False, bar, 1)
+    real = sum(int(lengths[b].sum()) for b in batches)
+    padded = sum(int(lengths[b].max()) * len(b) for b in batches)
+    return progress.tokens, progress.seconds, 1 - real / padded
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default="configs/imdb_best.toml")
+    parser.add_argument("--examples", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    cfg = resolve(args.config, {"impl": "builtin"})
+    data = prepare(cfg.data, quiet=True)
+    split, cut = data.splits["train"], cut_of(cfg)
+    indices = torch.randperm(len(split), generator=torch.Generator().manual_seed(args.seed))[: args.examples]
+    print(f"{len(indices)} IMDB training reviews, cut {cut.keep} {cut.length}; model of {args.config} "
+          f"(impl builtin); {torch.get_num_threads()} threads, torch {torch.__version__}")
+    results = {}
+    for name in ("lstmcli", "notebook padded", "notebook packed"):
+        torch.manual_seed(args.seed)
+        model = checkpoint.build_model(cfg, len(data.vocab), len(data.label_names))
+        if name == "lstmcli":
+            tokens, seconds, pad = lstmcli_epoch(model, cfg, split, indices, cut, args.seed)
+        else:
+            tokens, seconds, pad = notebook_epoch(NotebookBiLSTM(model, packed=name.endswith("packed")), split,
+                                                  indices, cut, 16, args.seed)
+        results[name] = tokens / seconds
+        print(f"{name:<16} {tokens:>10,} tokens {seconds:8.1f} s {tokens / seconds:>10,.0f} tok/s  "
+              f"padding {pad:.1%}  x{results['lstmcli'] / results[name]:.2f} slower than lstmcli", flush=True)
+
+
+if __name__ == "__main__":
+    main()
