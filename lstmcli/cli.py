@@ -150,11 +150,20 @@ def eval_(
 
 
 def read_texts(texts: list[str]) -> list[str]:
-    """The texts to classify: `-` reads one text per line from stdin (bad bytes replaced)."""
+    """The texts to classify: `-` reads one text per line from stdin (bad bytes replaced).
+
+    Lines end at "\n" (and a "\r" before it) only, as for `wc -l`: str.splitlines would also cut at
+    \x85, \u2028 and other separators that occur inside real texts (IMDB has \x85 in 176 reviews of
+    its first 5,000 test ones), and the outputs would no longer line up with the input lines.
+    """
     out: list[str] = []
     for text in texts:
         if text == "-":
-            out.extend(sys.stdin.buffer.read().decode("utf-8", errors="replace").splitlines())
+            data = sys.stdin.buffer.read().decode("utf-8", errors="replace")
+            lines = data.split("\n")
+            if lines[-1] == "":
+                lines.pop()  # the newline that ends the last line
+            out.extend(line.removesuffix("\r") for line in lines)
         else:
             out.append(text)
     return out

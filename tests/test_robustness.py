@@ -147,6 +147,12 @@ def test_predict_input_handling(trained):
     one_line(run("predict", "--checkpoint", "r/best", "-", input=""), 2, "no texts")
     result = run("predict", "--checkpoint", "r/best", "--json", "-", input=b"caf\xe9 great\n\x00\x1b[31m\n")
     assert result.exit_code == 0 and len(result.stdout.splitlines()) == 2
+    # one output per "\n"-ended line, whatever other separators the lines hold; CRLF and a missing
+    # final newline are fine
+    lines = ["good\x85 fun", "a\u2028b\x0cc\x1dd", "", "bad\r", "last"]
+    result = run("predict", "--checkpoint", "r/best", "--json", "-", input="\n".join(lines).encode())
+    assert result.exit_code == 0
+    assert [json.loads(x)["index"] for x in result.stdout.split("\n") if x] == [0, 1, 2, 3, 4]
     huge = "great superb film " * 600_000  # about 10 MB in one line
     result = run("predict", "--checkpoint", "r/best", "--json", "-", input=huge + "\n")
     assert result.exit_code == 0 and json.loads(result.stdout)["label"] in ("neg", "pos")
