@@ -201,3 +201,19 @@ def test_lstmcli_native_0_skips_the_build(monkeypatch, capsys, fresh_native):
     monkeypatch.setattr(native, "build", lambda: pytest.fail("built although LSTMCLI_NATIVE=0"))
     assert native.ensure() is False
     assert recurrence._native is None and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_inference_path_equals_pytorch(mode, loops):
+    """Under no_grad the loops take their inference path (the C++ LSTM projects a few steps at a time)."""
+    torch.manual_seed(4)
+    ref = TORCH_RNN[mode](5, 7, num_layers=2, bidirectional=True, batch_first=True)
+    ours = ScratchRNN(mode, 5, 7, 2, bidirectional=True)
+    ours.load_state_dict(ref.state_dict())
+    lengths = torch.randint(1, 40, (9,))
+    x = torch.randn(9, 40, 5)
+    with torch.no_grad():
+        got, want = ours(x, lengths), reference(ref, x, lengths)
+    for a, b in zip(got, want):
+        if b is not None:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
