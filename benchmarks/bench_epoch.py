@@ -26,7 +26,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from tqdm import tqdm
 
 from lstmcli import checkpoint
-from lstmcli.batching import bucket_batches, collate, truncated_lengths
+from lstmcli.batching import bucket_batches, collate, padding_share, truncated_lengths
 from lstmcli.config import resolve
 from lstmcli.prepare import prepare
 from lstmcli.schedule import make_optimizer, make_scheduler
@@ -56,7 +56,7 @@ def notebook_epoch(model, split, indices, cut, batch_size, seed):
     g = torch.Generator().manual_seed(seed)
     batches = indices[torch.randperm(len(indices), generator=g)].split(batch_size)
     model.train()
-    tokens = padded = 0
+    tokens = 0
     start = time.perf_counter()
     for idx in batches:
         b = collate(split, idx, cut)
@@ -65,8 +65,8 @@ def notebook_epoch(model, split, indices, cut, batch_size, seed):
         loss.backward()
         opt.step()
         tokens += b.num_tokens
-        padded += b.ids.numel()
-    return tokens, time.perf_counter() - start, 1 - tokens / padded
+    seconds = time.perf_counter() - start
+    return tokens, seconds, padding_share(batches, truncated_lengths(split, cut.length))
 
 
 def lstmcli_epoch(model, cfg, split, indices, cut, seed):
@@ -78,9 +78,7 @@ def lstmcli_epoch(model, cfg, split, indices, cut, seed):
     with tqdm(disable=True) as bar:
         train_one_epoch(model, split, batches, optimizer, scheduler, torch.device("cpu"), cut,
                         cfg.train.grad_clip, progress, lambda: False, bar, 1)
-    real = sum(int(lengths[b].sum()) for b in batches)
-    padded = sum(int(lengths[b].max()) * len(b) for b in batches)
-    return progress.tokens, progress.seconds, 1 - real / padded
+    return progress.tokens, progress.seconds, padding_share(batches, lengths)
 
 
 def main() -> None:

@@ -70,7 +70,8 @@ def run_bench(encoders: list[str], impls: list[str], shape: BenchShape, device: 
     dev = resolve_device(device)
     if dev.type == "cpu":
         torch.set_num_threads(threads)
-    loops = "c++" if "scratch" in impls and native.ensure() else "python"
+    # what ran the scratch time loops: the C++ kernels serve CPU tensors only
+    loops = ("c++" if dev.type == "cpu" and native.ensure() else "python") if "scratch" in impls else "none"
     batches = make_batches(shape, dev, seed)
     tokens = sum(int(lengths.sum()) for _, lengths in batches)
     results: dict[str, dict] = {}
@@ -104,8 +105,8 @@ def format_bench(report: dict) -> str:
     lines = [f"tokens/s, median of {s['repeats']} x {s['batches']} batches: embedding {s['embedding_dim']}, "
              f"hidden {s['hidden_size']}, batch {s['batch_size']}, lengths {s['min_length']}-{s['max_length']}, "
              f"layers {s['num_layers']}{', bidirectional' if s['bidirectional'] else ''}; "
-             f"{report['device']}, {report['threads']} threads, torch {report['torch']}, "
-             f"scratch time loops in {report['scratch_loops']}",
+             f"{report['device']}, {report['threads']} threads, torch {report['torch']}"
+             + (f", scratch time loops in {report['scratch_loops']}" if report["scratch_loops"] != "none" else ""),
              "", f"{'encoder':<8} {'impl':<8} {'train':>10} {'infer':>10}"]
     for encoder, by_impl in report["results"].items():
         for impl, r in by_impl.items():
