@@ -205,8 +205,8 @@ def test_lstmcli_native_0_skips_the_build(monkeypatch, capsys, fresh_native):
 
 @pytest.mark.parametrize("mode", ["lstm", "gru"])
 def test_inference_path_equals_pytorch(mode, loops):
-    """Under no_grad the loops take their inference path. At hidden 256 / batch 64 the C++ LSTM projects
-    4 steps at a time (about 1 MB): 11 steps make chunks of 4, 4 and 3."""
+    """Under no_grad the loops take their inference path. At hidden 256 / batch 64 on 2 threads the C++
+    LSTM gives each thread 128 units and projects 4 steps at a time: 11 steps make chunks of 4, 4 and 3."""
     torch.manual_seed(4)
     ref = TORCH_RNN[mode](5, 256, num_layers=2, bidirectional=True, batch_first=True)
     ours = ScratchRNN(mode, 5, 256, 2, bidirectional=True)
@@ -219,3 +219,25 @@ def test_inference_path_equals_pytorch(mode, loops):
     for a, b in zip(got, want):
         if b is not None:
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_lstm_inference_blocks_of_units_per_thread(threads, loops):
+    """The C++ LSTM's inference cuts the hidden units into one block per thread. Hidden 40 on 3 threads
+    makes blocks of 16, 16 and 8 units (the last a partial vector); on 1 thread one block of 40.
+    Rows end at different steps, so blocks zero their part of the ended rows' outputs."""
+    torch.manual_seed(5)
+    ref = nn.LSTM(3, 40, bidirectional=True, batch_first=True)
+    ours = ScratchRNN("lstm", 3, 40, bidirectional=True)
+    ours.load_state_dict(ref.state_dict())
+    lengths = torch.tensor([9, 9, 7, 5, 5, 2, 1])
+    x = torch.randn(7, 9, 3)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            got, want = ours(x, lengths), reference(ref, x, lengths)
+    finally:
+        torch.set_num_threads(saved)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

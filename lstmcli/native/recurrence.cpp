@@ -15,8 +15,10 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
+#include <omp.h>
 
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 using at::Tensor;
@@ -25,16 +27,45 @@ using V = at::vec::Vectorized<T>;
 
 namespace {
 
+// 1 / d. float: the hardware estimate (14 bits with AVX-512, 12 with AVX2) and one Newton step,
+// r' = r (2 - d r), which squares its relative error (2^-28 / 2^-24, i.e. float's own precision);
+// a division costs ~4x as much, and an LSTM step has five per unit. Other types divide.
+template <typename T>
+inline V<T> recip(V<T> d) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    const V<T> r(_mm512_rcp14_ps(d));
+    return r * (V<T>(T(2)) - d * r);
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float>) {
+    const V<T> r(_mm256_rcp_ps(d));
+    return r * (V<T>(T(2)) - d * r);
+  }
+#endif
+  return V<T>(T(1)) / d;
+}
+
+// e^x for x in [-80, 80] (the callers clamp): ATen's 5th-order polynomial for float (exp_u20, a few
+// 1e-7 relative), Sleef elsewhere. Clamping keeps exp finite, so the Newton step above never sees
+// inf · 0; σ(±80) and tanh(±40) are 0 / ±1 to float precision anyway. at::vec::clamp keeps NaN.
+template <typename T>
+inline V<T> exp_(V<T> x) {
+  x = at::vec::clamp(x, V<T>(T(-80)), V<T>(T(80)));
+  if constexpr (std::is_same_v<T, float>) return x.exp_u20();
+  return x.exp();
+}
+
 template <typename T>
 inline V<T> sigmoid(V<T> x) {
-  return V<T>(T(1)) / (V<T>(T(1)) + x.neg().exp());
+  return recip(V<T>(T(1)) + exp_(x.neg()));
 }
 
 // tanh x = 2 σ(2x) - 1: one exp, as sigmoid. Sleef's tanh (Vectorized::tanh) costs ~4x as much here
 // (1.66 vs 0.43 ns per float, AVX-512), and the absolute error stays ~1e-7.
 template <typename T>
 inline V<T> tanh_(V<T> x) {
-  return V<T>(T(2)) / (V<T>(T(1)) + (x * V<T>(T(-2))).exp()) - V<T>(T(1));
+  return V<T>(T(2)) * recip(V<T>(T(1)) + exp_(x * V<T>(T(-2)))) - V<T>(T(1));
 }
 
 // f(j, count) over the H units of a row, a vector register at a time; the last call may be partial.
@@ -69,7 +100,131 @@ void check(const Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), name, " must be a contiguous CPU tensor");
 }
 
+// MKL's packed GEMM, when the torch build carries MKL (x86 wheels do; its cblas symbols are exported by
+// libtorch_cpu). Declared weak: where they are absent the pointers are null and ATen's matmul runs.
+// The time loops multiply by the same weight matrix at every step; a plain sgemm re-packs it (1 MB at
+// hidden 256) into its internal layout on each call, ~25% of the step's matmul. Packing it once per
+// sequence batch removes that (oneDNN's RNN does the same). MKL_INT is int (LP64).
+extern "C" {
+size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k) __attribute__((weak));
+void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k, float alpha, const float* src,
+                      int ld, float* dest) __attribute__((weak));
+void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k, const float* a, int lda,
+                         const float* b, int ldb, float beta, float* c, int ldc) __attribute__((weak));
+}
+inline bool have_packed_gemm() { return cblas_sgemm_pack_get_size && cblas_sgemm_pack && cblas_sgemm_compute; }
+enum { kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162 };
+
+// out[0:m] (+)= a[0:m] · op(W), op(W) = W^T when `transposed` (W is N x K, as nn.Linear's weight),
+// else W (K x N). Rows of a and out are contiguous; m may change from call to call.
+class StepMatmul {
+ public:
+  StepMatmul(const Tensor& w, bool transposed) : w_(w), wt_(transposed ? w.t() : w) {
+    check(w, "weights");
+    K_ = wt_.size(0), N_ = wt_.size(1);
+    if (w.scalar_type() != at::kFloat || !have_packed_gemm()) return;
+    const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, 1, N_, K_);
+    packed_ = at::empty({static_cast<int64_t>(bytes)}, w.options().dtype(at::kByte));
+    cblas_sgemm_pack(kRowMajor, kBMatrix, transposed ? kTrans : kNoTrans, 1, N_, K_, 1.0f, w.data_ptr<float>(),
+                     w.size(1), reinterpret_cast<float*>(packed_.data_ptr()));
+  }
+  void operator()(const Tensor& a, Tensor out, bool accumulate) const {
+    const int64_t m = a.size(0);
+    if (m == 0) return;
+    if (!packed_.defined()) {
+      if (accumulate)
+        out.addmm_(a, wt_);
+      else
+        at::mm_out(out, a, wt_);
+      return;
+    }
+    TORCH_CHECK(a.is_contiguous() && out.is_contiguous(), "StepMatmul: rows must be contiguous");
+    cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, m, N_, K_, a.data_ptr<float>(), K_,
+                        reinterpret_cast<const float*>(packed_.data_ptr()), N_, accumulate ? 1.0f : 0.0f,
+                        out.data_ptr<float>(), N_);
+  }
+
+ private:
+  Tensor w_, wt_, packed_;
+  int64_t K_, N_;
+};
+
 }  // namespace
+
+// LSTM inference, float32 with MKL: one OpenMP region for the whole sequence. The hidden units are cut
+// into blocks, one or more per thread; a thread owns its blocks' rows of W_ih, W_hh and b (all four
+// gates), projects its blocks' inputs a few steps ahead, multiplies h_{t-1} by its block of W_hh
+// (single-threaded packed GEMM) and applies the gates to that block at once, while the block's
+// pre-activations, c and weights stay in that core's L2. The threads meet once per step (a barrier:
+// h_t is complete before step t + 1 reads it). The general loop below pays a fork/join for the
+// matmul and another for the gates, and its gate pass reads pre-activations the other core wrote.
+// A block's acts are (B, 4w) rows, gate blocks (o, i, f, g) of w units; ended rows are 0 in hs.
+void lstm_infer(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const Tensor& w_hh,
+                const std::vector<int64_t>& active, Tensor hs, Tensor c_last) {
+  const int64_t T = x.size(0), B = x.size(1), In = x.size(2), H = w_hh.size(1);
+  constexpr int64_t W = V<float>::size();
+  const int64_t nblocks = std::clamp<int64_t>(at::get_num_threads(), 1, std::max<int64_t>(1, H / W));
+  const int64_t per = (H + nblocks - 1) / nblocks, width = (per + W - 1) / W * W;  // units per block
+  struct Block {
+    int64_t u0, w, chunk;
+    Tensor w_ih, w_hh, bias, packed_ih, packed_hh, acts;
+  };
+  std::vector<Block> blocks;
+  for (int64_t u0 = 0; u0 < H; u0 += width) {
+    Block b{u0, std::min(width, H - u0)};
+    auto rows = at::cat({at::arange(u0, u0 + b.w), at::arange(H + u0, H + u0 + b.w),
+                         at::arange(2 * H + u0, 2 * H + u0 + b.w), at::arange(3 * H + u0, 3 * H + u0 + b.w)});
+    b.w_ih = w_ih.index_select(0, rows), b.w_hh = w_hh.index_select(0, rows), b.bias = bias.index_select(0, rows);
+    b.packed_ih = at::empty({static_cast<int64_t>(cblas_sgemm_pack_get_size(kBMatrix, 1, 4 * b.w, In))}, x.options().dtype(at::kByte));
+    b.packed_hh = at::empty({static_cast<int64_t>(cblas_sgemm_pack_get_size(kBMatrix, 1, 4 * b.w, H))}, x.options().dtype(at::kByte));
+    b.chunk = std::clamp<int64_t>((1 << 17) / (B * 4 * b.w), 1, T);  // ~512 KB of floats
+    b.acts = at::empty({b.chunk * B * 4 * b.w}, x.options());
+    blocks.push_back(std::move(b));
+  }
+  const Tensor x2 = x.reshape({T * B, In}).contiguous();
+  const float* xp = x2.data_ptr<float>();
+  float *h0 = hs.data_ptr<float>(), *c0 = c_last.data_ptr<float>();
+  const int64_t nb = static_cast<int64_t>(blocks.size());
+#pragma omp parallel num_threads(nb)
+  {
+    const int64_t tid = omp_get_thread_num(), nth = omp_get_num_threads();
+    auto mine = [&](const auto& f) { for (int64_t k = tid; k < nb; k += nth) f(blocks[k]); };
+    auto P = [](const Tensor& t) { return reinterpret_cast<float*>(t.data_ptr()); };
+    mine([&](Block& b) {  // packed by the thread that computes with it, as MKL advises
+      cblas_sgemm_pack(kRowMajor, kBMatrix, kTrans, 1, 4 * b.w, In, 1.0f, b.w_ih.data_ptr<float>(), In, P(b.packed_ih));
+      cblas_sgemm_pack(kRowMajor, kBMatrix, kTrans, 1, 4 * b.w, H, 1.0f, b.w_hh.data_ptr<float>(), H, P(b.packed_hh));
+    });
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t n = active[t];
+      float* h_t = h0 + t * B * H;
+      mine([&](Block& b) {
+        const int64_t w = b.w, u0 = b.u0;
+        float* acts = P(b.acts);
+        if (t % b.chunk == 0)  // W_ih x for steps t .. t + chunk - 1, this block's gates only
+          cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, std::min(b.chunk, T - t) * B, 4 * w, In,
+                              xp + t * B * In, In, P(b.packed_ih), 4 * w, 0.0f, acts, 4 * w);
+        float* a0 = acts + (t % b.chunk) * B * 4 * w;
+        if (t > 0)  // + W_hh h_{t-1}, active rows only
+          cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, n, 4 * w, H, h_t - B * H, H, P(b.packed_hh), 4 * w,
+                              1.0f, a0, 4 * w);
+        const float* bi = b.bias.data_ptr<float>();
+        for (int64_t r = 0; r < n; ++r) {
+          const float* a = a0 + r * 4 * w;
+          float *c = c0 + r * H + u0, *h = h_t + r * H + u0;
+          over_units<float>(w, [&](int64_t j, int64_t m) {
+            auto pre = [&](int64_t q) { return ld(a + q * w + j, m) + ld(bi + q * w + j, m); };
+            auto o = sigmoid(pre(0)), i = sigmoid(pre(1)), f = sigmoid(pre(2)), g = tanh_(pre(3));
+            auto cv = f * ld(c + j, m) + i * g;  // c' = f ⊙ c + i ⊙ g
+            st(cv, c + j, m);
+            st(o * tanh_(cv), h + j, m);  // h' = o ⊙ tanh(c')
+          });
+        }
+        for (int64_t r = n; r < B; ++r) std::fill_n(h_t + r * H + u0, w, 0.0f);
+      });
+#pragma omp barrier
+    }
+  }
+}
 
 // LSTM forward over x (T, B, In). hs (T, B, H) is written (0 at ended rows); c_last (B, H), zero on
 // entry, is the running cell state: rows that have ended are no longer touched, so it ends holding
@@ -84,7 +239,10 @@ void lstm_forward(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
   for (auto* t : {&hs, &c_last}) check(*t, "LSTM buffers");
   const int64_t T = x.size(0), B = x.size(1), H = w_hh.size(1);
   const bool train = K.has_value();
-  const Tensor x2 = x.reshape({T * B, -1}), w_t = w_hh.t(), wi_t = w_ih.t();
+  if (!train && x.scalar_type() == at::kFloat && have_packed_gemm() && !omp_in_parallel())
+    return lstm_infer(x, w_ih.contiguous(), bias.contiguous(), w_hh.contiguous(), active, hs, c_last);
+  const Tensor x2 = x.reshape({T * B, -1});
+  const StepMatmul proj(w_ih, true), rec(w_hh, true);  // · W_ih^T, · W_hh^T
   const int64_t chunk = train ? T : std::clamp<int64_t>((1 << 18) / (B * 4 * H), 1, T);  // ~1 MB of floats
   Tensor acts = train ? *acts_ : at::empty({chunk, B, 4 * H}, hs.options());
   if (train) check(acts, "LSTM buffers");
@@ -95,11 +253,12 @@ void lstm_forward(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
       if (t % chunk == 0) {  // W_ih x + b for steps t .. t + chunk - 1
         const int64_t steps = std::min(chunk, T - t);
         Tensor out = acts.narrow(0, 0, steps).view({steps * B, 4 * H});
-        at::addmm_out(out, bias, x2.narrow(0, t * B, steps * B), wi_t);
+        out.copy_(bias.expand_as(out));
+        proj(x2.narrow(0, t * B, steps * B), out, true);
       }
       const Tensor a_t = acts[t % chunk];
       if (n < B) hs[t].narrow(0, n, B - n).zero_();
-      if (t > 0) a_t.narrow(0, 0, n).addmm_(hs[t - 1].narrow(0, 0, n), w_t);
+      if (t > 0) rec(hs[t - 1].narrow(0, 0, n), a_t.narrow(0, 0, n), true);
       T_* a0 = a_t.data_ptr<T_>();
       T_ *c0 = c_last.data_ptr<T_>(), *h0 = hs[t].data_ptr<T_>();
       T_* k0 = train ? (*K)[t].data_ptr<T_>() : nullptr;
@@ -138,6 +297,7 @@ Tensor lstm_backward(std::optional<Tensor> d_hs, std::optional<Tensor> d_c_last,
                      const Tensor& A, const Tensor& w_hh, const std::vector<int64_t>& active) {
   const int64_t T = acts.size(0), B = acts.size(1), H = acts.size(2) / 4;
   Tensor d_pre = at::empty_like(acts), dc = at::zeros({B, H}, acts.options()), dh_rec = at::zeros({B, H}, acts.options());
+  const StepMatmul rec(w_hh, false);  // · W_hh
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_backward", [&] {
     using T_ = scalar_t;
     for (int64_t t = T - 1; t >= 0; --t) {
@@ -164,10 +324,7 @@ Tensor lstm_backward(std::optional<Tensor> d_hs, std::optional<Tensor> d_c_last,
           for (int64_t q = 1; q < 4; ++q) st(ld(k + q * H + j, m) * dcv, dp + q * H + j, m);
         });
       });
-      if (t > 0) {
-        Tensor out = dh_rec.narrow(0, 0, n);
-        at::mm_out(out, d_pre[t].narrow(0, 0, n), w_hh);
-      }
+      if (t > 0) rec(d_pre[t].narrow(0, 0, n), dh_rec.narrow(0, 0, n), false);
     }
   });
   return d_pre;
@@ -180,7 +337,8 @@ void gru_forward(const Tensor& xproj, const Tensor& w_hh, const Tensor& b_hh, co
   check(hs, "GRU buffers");
   const int64_t T = xproj.size(0), B = xproj.size(1), H = xproj.size(2) / 3;
   const bool train = K.has_value();
-  const Tensor zero = at::zeros({B, H}, xproj.options()), w_t = w_hh.t();
+  const Tensor zero = at::zeros({B, H}, xproj.options());
+  const StepMatmul rec(w_hh, true);  // · W_hh^T
   Tensor hh = at::empty({B, 3 * H}, xproj.options());  // W_hh h + b_hh of the current step
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "gru_forward", [&] {
     using T_ = scalar_t;
@@ -189,7 +347,8 @@ void gru_forward(const Tensor& xproj, const Tensor& w_hh, const Tensor& b_hh, co
       if (n < B) hs[t].narrow(0, n, B - n).zero_();
       const Tensor h_prev = t > 0 ? hs[t - 1] : zero;
       Tensor hh_n = hh.narrow(0, 0, n);
-      at::addmm_out(hh_n, b_hh, h_prev.narrow(0, 0, n), w_t);
+      hh_n.copy_(b_hh.expand_as(hh_n));
+      if (t > 0) rec(h_prev.narrow(0, 0, n), hh_n, true);  // h_0 = 0: W_hh h_0 + b_hh = b_hh
       const T_ *x0 = xproj[t].data_ptr<T_>(), *hh0 = hh.data_ptr<T_>(), *hp0 = h_prev.data_ptr<T_>();
       T_* h0 = hs[t].data_ptr<T_>();
       T_* z0 = train ? (*zs)[t].data_ptr<T_>() : nullptr;
@@ -226,6 +385,7 @@ std::vector<Tensor> gru_backward(const Tensor& d_hs, const Tensor& zs, const Ten
   const int64_t T = zs.size(0), B = zs.size(1), H = zs.size(2);
   Tensor d_x = at::empty({T, B, 3 * H}, zs.options()), d_hh = at::empty({T, B, 3 * H}, zs.options());
   Tensor dh_rec = at::zeros({B, H}, zs.options());
+  const StepMatmul rec(w_hh, false);  // · W_hh
   AT_DISPATCH_FLOATING_TYPES(zs.scalar_type(), "gru_backward", [&] {
     using T_ = scalar_t;
     for (int64_t t = T - 1; t >= 0; --t) {
@@ -251,7 +411,7 @@ std::vector<Tensor> gru_backward(const Tensor& d_hs, const Tensor& zs, const Ten
           st(dh * ld(z0 + b * H + j, m), dhr0 + b * H + j, m);  // the z ⊙ dh part; the matmul adds the rest
         });
       });
-      if (t > 0) dh_rec.narrow(0, 0, n).addmm_(d_hh[t].narrow(0, 0, n), w_hh);
+      if (t > 0) rec(d_hh[t].narrow(0, 0, n), dh_rec.narrow(0, 0, n), true);
     }
   });
   return {d_x, d_hh};
@@ -259,6 +419,8 @@ std::vector<Tensor> gru_backward(const Tensor& d_hs, const Tensor& zs, const Ten
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("packed_gemm", &have_packed_gemm,
+        "whether the float32 step matmuls go through MKL's packed GEMM (else ATen's matmul)");
   m.def("lstm_forward", &lstm_forward, nogil);
   m.def("lstm_backward", &lstm_backward, nogil);
   m.def("gru_forward", &gru_forward, nogil);
