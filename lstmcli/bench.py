@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from . import native
 from .device import resolve_device
-from .models import TextClassifier
+from .models import TextClassifier, recurrence
 
 
 @dataclass
@@ -72,6 +72,8 @@ def run_bench(encoders: list[str], impls: list[str], shape: BenchShape, device: 
         torch.set_num_threads(threads)
     # what ran the scratch time loops: the C++ kernels serve CPU tensors only
     loops = ("c++" if dev.type == "cpu" and native.ensure() else "python") if "scratch" in impls else "none"
+    if loops == "c++" and recurrence._native.packed_gemm():
+        loops += " (MKL packed GEMM)"
     batches = make_batches(shape, dev, seed)
     tokens = sum(int(lengths.sum()) for _, lengths in batches)
     results: dict[str, dict] = {}
