@@ -138,3 +138,52 @@ def test_prepare_key_changes_with_settings(mirror, workdir):
     a = prepare(DataConfig(dataset="ag_news", vocab_max_size=10), quiet=True)
     b = prepare(DataConfig(dataset="ag_news", vocab_max_size=20), quiet=True)
     assert len(a.vocab) == 10 and len(b.vocab) == 20
+
+
+def _tiny_splits():
+    from lstmcli.datasets import Split
+    rng = random.Random(0)
+    words = ["w%d" % i for i in range(40)] + ["<pad>", "<unk>", "Big", "big."]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randrange(0, 12))) for _ in range(101)]
+    return {"train": Split(texts[:60], [0] * 60), "val": Split(texts[60:70], [1] * 10),
+            "test": Split(texts[70:], [0] * 31)}
+
+
+def _encoded(monkeypatch, min_chars):
+    import lstmcli.prepare as prep
+    monkeypatch.setattr(prep, "PARALLEL_MIN_CHARS", min_chars)
+    vocab, enc = prep.encode_splits(_tiny_splits(), DataConfig(vocab_max_size=30))
+    return vocab, {name: (s.ids.tolist(), s.offsets.tolist()) for name, s in enc.items()}
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity") or len(__import__("os").sched_getaffinity(0)) < 2,
+                    reason="the two-process path needs 2 CPUs")
+def test_two_process_tokenizing_equals_one_process(monkeypatch):
+    """Above PARALLEL_MIN_CHARS a forked child tokenizes half the texts with its own provisional ids;
+    the merged result must be the one-process result exactly (vocabulary, ids, offsets)."""
+    import lstmcli.prepare as prep
+    pools = []
+
+    class Recorded(prep.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            pools.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(prep, "ProcessPoolExecutor", Recorded)
+    one = _encoded(monkeypatch, 10**12)
+    assert pools == []
+    two = _encoded(monkeypatch, 0)
+    assert len(pools) == 1 and two == one
+    assert prep._TEXTS == []  # the texts are not held after the child is done
+
+
+def test_tokenizing_falls_back_to_one_process_when_fork_fails(monkeypatch):
+    import lstmcli.prepare as prep
+    one = _encoded(monkeypatch, 10**12)
+
+    def no_fork(*args, **kwargs):
+        raise OSError("no semaphores here")
+
+    monkeypatch.setattr(prep, "ProcessPoolExecutor", no_fork)
+    monkeypatch.setattr(prep.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert _encoded(monkeypatch, 0) == one
