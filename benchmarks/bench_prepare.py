@@ -4,7 +4,8 @@
 
 Cold = the token cache is empty (the archive is already fetched and extracted, which happens once);
 warm = the cache holds the numericalized splits. Both are timed first, before the process has
-allocated anything else. Tokenizing runs in two processes on Linux with 2+ CPUs (lstmcli/prepare.py). Also times the tokenizer alone against the literal
+allocated anything else (as in `lstmcli train`); on Linux with 2+ CPUs two processes tokenize
+(lstmcli/prepare.py). Then times the tokenizer alone, in this process, against the literal
 twelve-regex torchtext implementation.
 """
 

@@ -60,15 +60,17 @@ class Prepared:
 
 def _provisional_ids(texts: list[str], table: defaultdict) -> tuple[array, array]:
     """Token ids in `table` (new tokens get the next id) and per-text lengths, as int64 arrays; an
-    empty text is one `<unk>`. Arrays of machine integers become tensors without a copy: a list of
-    13M Python ints takes ~0.5 s more to convert."""
+    empty text is one `<unk>`. Measured on 13.4M ids here: torch.tensor(list) takes 0.82 s, while
+    array("q", list) takes 0.28 s and becomes a tensor without a copy (extending an array id by id
+    instead of a list costs 0.5 s more)."""
     lookup = table.__getitem__
-    ids, lengths = array("q"), array("q")
+    ids: list[int] = []
+    lengths: list[int] = []
     for text in texts:
         tokens = basic_english(text) or [UNK]
         ids.extend(map(lookup, tokens))
         lengths.append(len(tokens))
-    return ids, lengths
+    return array("q", ids), array("q", lengths)
 
 
 def _tensor(*buffers: array) -> tuple[torch.Tensor, ...]:
