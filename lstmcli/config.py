@@ -100,6 +100,8 @@ class ModelConfig:
     bidirectional: bool = _f(False, "add a backward direction")
     dropout: float = _f(0.0, "dropout between layers and before the output layer")
     embedding_dropout: float = _f(0.0, "dropout on the word embeddings")
+    recurrent_dropout: float = _f(0.0, "DropConnect on the hidden-to-hidden weights (AWD-LSTM's weight drop): "
+                                  "one mask per batch, the same at every step")
     pooling: Pooling = _f(Pooling.last, "how encoder outputs become one vector: last state, mean or max")
     pack: Pack = _f(Pack.auto, "PackedSequence: auto packs on CUDA only; padded runs are exact too")
 
@@ -177,6 +179,7 @@ def _coerce(key: str, value: Any, typ: type) -> Any:
 # (low, high, inclusive high) for numeric fields that have bounds
 BOUNDS: dict[str, tuple[float, float, bool]] = {
     "val_fraction": (0, 1, False), "test_fraction": (0, 1, False), "dropout": (0, 1, False), "embedding_dropout": (0, 1, False),
+    "recurrent_dropout": (0, 1, False),
     "max_train_examples": (0, math.inf, True), "max_eval_examples": (0, math.inf, True),
     "vocab_max_size": (0, math.inf, True), "vocab_min_freq": (1, math.inf, True),
     "max_length": (0, math.inf, True), "embedding_dim": (1, math.inf, True), "hidden_size": (1, math.inf, True),

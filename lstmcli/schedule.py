@@ -15,7 +15,10 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer
     params = [p for p in model.parameters() if p.requires_grad]
     if t.optimizer.value == "sgd":
         return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    # The fused kernel: one pass per tensor instead of ~10 (measured on 2 CPU threads over imdb_best's
+    # 6.5M parameters: 22.7 ms -> 6.4 ms a step); same update rule, not bit-identical to the foreach one.
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, fused=fused)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):

@@ -66,3 +66,42 @@ def test_unknown_names_list_the_valid_ones():
         build_encoder("cudnn", "lstm", 4, 4)
     with pytest.raises(ValueError, match="last, mean, max"):
         TextClassifier(10, 2, pooling="attention")
+
+
+@pytest.mark.parametrize("impl,pack", [("builtin", "never"), ("builtin", "always"), ("scratch", "never")])
+def test_recurrent_dropout_drops_weight_hh_entries_only_while_training(impl, pack):
+    """AWD-LSTM's weight drop: in training, each direction runs with one dropped-out copy of weight_hh
+    (drawn forward first, then reverse); in eval mode the weights are used whole."""
+    p = 0.4
+    torch.manual_seed(0)
+    enc = build_encoder(impl, "lstm", 6, 5, 1, True, pack=pack, weight_drop=p)
+    ref = torch.nn.LSTM(6, 5, batch_first=True, bidirectional=True)
+    ref.load_state_dict({k.removeprefix("rnn."): v for k, v in enc.state_dict().items()})
+    lengths = torch.tensor([7, 1, 4, 7, 2])
+    x = torch.randn(5, 7, 6)
+    mask = real_mask(lengths, 7)
+
+    def run_ref():
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = ref(packed)
+        return torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=7)[0]
+
+    with torch.no_grad():
+        torch.testing.assert_close(enc.eval()(x, lengths)[0] * mask, run_ref(), atol=1e-6, rtol=1e-5)
+        torch.manual_seed(3)
+        dropped = {n: torch.nn.functional.dropout(getattr(ref, n), p, training=True)
+                   for n in ("weight_hh_l0", "weight_hh_l0_reverse")}
+        for n, w in dropped.items():
+            assert 0 < int((w == 0).sum()) < w.numel()
+            getattr(ref, n).copy_(w)
+    expected = run_ref()
+    expected.square().sum().backward()
+    torch.manual_seed(3)
+    out = enc.train()(x, lengths)[0] * mask
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)
+    out.square().sum().backward()
+    for n, w in dropped.items():
+        kept = w != 0  # d loss / d weight = mask / (1 - p) * d loss / d dropped weight
+        grad = dict(enc.named_parameters())[f"rnn.{n}"].grad
+        assert torch.equal(grad[~kept], torch.zeros_like(grad[~kept]))
+        torch.testing.assert_close(grad[kept], getattr(ref, n).grad[kept] / (1 - p), atol=1e-5, rtol=1e-5)

@@ -9,6 +9,9 @@ stay exact instead of packing:
 Layers run one at a time (the reversal must happen per layer) through torch.lstm / torch.gru /
 torch.rnn_tanh, the same kernels nn.LSTM calls, on the nn module's own parameters: the state_dict is
 nn.LSTM's (weight_ih_l0, ..._reverse), and `pack=True` runs the module itself on a PackedSequence.
+`weight_drop` > 0 is AWD-LSTM's recurrent dropout (Merity et al. 2017): while training, each weight_hh is
+replaced by a dropped-out copy (one mask per batch, shared by all steps), which the fused kernels accept
+as they are.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 RNN_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -41,9 +45,9 @@ class BuiltinEncoder(nn.Module):
     """Batch-first recurrent encoder: (B, T, E) + lengths -> outputs (B, T, D*H), final (B, D*H)."""
 
     def __init__(self, encoder: str, input_size: int, hidden_size: int, num_layers: int = 1,
-                 bidirectional: bool = False, dropout: float = 0.0, pack: str = "auto"):
+                 bidirectional: bool = False, dropout: float = 0.0, pack: str = "auto", weight_drop: float = 0.0):
         super().__init__()
-        self.kind, self.pack = encoder, pack
+        self.kind, self.pack, self.weight_drop = encoder, pack, weight_drop
         self.rnn = RNN_CLASSES[encoder](input_size, hidden_size, num_layers=num_layers, batch_first=True,
                                         bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0)
         self.num_directions = 2 if bidirectional else 1
@@ -53,9 +57,18 @@ class BuiltinEncoder(nn.Module):
         use_pack = self.pack == "always" or (self.pack == "auto" and x.is_cuda)
         return self._packed(x, lengths) if use_pack else self._padded(x, lengths)
 
+    def _weight_hh(self, name: str) -> torch.Tensor:
+        """The recurrent weight `name` as this batch uses it: dropped out while training (weight_drop)."""
+        w = getattr(self.rnn, name)
+        return F.dropout(w, self.weight_drop, training=True) if self.training and self.weight_drop else w
+
     def _packed(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, state = self.rnn(packed)
+        # one mask per weight_hh, drawn before the run (for one layer: as the padded path draws them)
+        dropped = {name: self._weight_hh(name) for layer in range(self.rnn.num_layers)
+                   for name in (f"weight_hh_l{layer}", f"weight_hh_l{layer}_reverse")[:self.num_directions]}
+        out, state = functional_call(self.rnn, dropped, (packed,)) if self.training and self.weight_drop \
+            else self.rnn(packed)
         h_n = state[0] if self.kind == "lstm" else state  # (L*D, B, H)
         outputs, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
         final = torch.cat(list(h_n[-self.num_directions:]), dim=-1)  # last layer, fwd then bwd
@@ -63,7 +76,8 @@ class BuiltinEncoder(nn.Module):
 
     def _run_direction(self, x: torch.Tensor, layer: int, suffix: str) -> torch.Tensor:
         rnn = self.rnn
-        params = [getattr(rnn, f"{name}_l{layer}{suffix}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        params = [getattr(rnn, f"weight_ih_l{layer}{suffix}"), self._weight_hh(f"weight_hh_l{layer}{suffix}"),
+                  getattr(rnn, f"bias_ih_l{layer}{suffix}"), getattr(rnn, f"bias_hh_l{layer}{suffix}")]
         h0 = x.new_zeros(1, x.size(0), rnn.hidden_size)
         hx = (h0, h0) if self.kind == "lstm" else h0
         # args: input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first

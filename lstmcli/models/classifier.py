@@ -9,7 +9,7 @@ from .builtin import BuiltinEncoder
 from .scratch import ScratchEncoder
 
 # impl name -> encoder class; every class takes (encoder, input_size, hidden_size, num_layers,
-# bidirectional, dropout, pack[, peephole]) and returns (outputs (B, T, D*H), final (B, D*H)).
+# bidirectional, dropout, pack[, peephole], weight_drop=) and returns (outputs (B, T, D*H), final (B, D*H)).
 ENCODER_IMPLS: dict[str, type[nn.Module]] = {"builtin": BuiltinEncoder, "scratch": ScratchEncoder}
 ENCODERS = ("lstm", "gru", "rnn")
 POOLINGS = ("last", "mean", "max")
@@ -22,14 +22,16 @@ def _check(kind: str, name: str, valid) -> None:
 
 def build_encoder(impl: str, encoder: str, input_size: int, hidden_size: int, num_layers: int = 1,
                   bidirectional: bool = False, dropout: float = 0.0, pack: str = "auto",
-                  peephole: bool = False) -> nn.Module:
+                  peephole: bool = False, weight_drop: float = 0.0) -> nn.Module:
     _check("impl", impl, ENCODER_IMPLS)
     _check("encoder", encoder, ENCODERS)
     if peephole:
         if impl != "scratch" or encoder != "lstm":
             raise ValueError("peephole connections need encoder 'lstm' with impl 'scratch'")
-        return ScratchEncoder(encoder, input_size, hidden_size, num_layers, bidirectional, dropout, pack, peephole)
-    return ENCODER_IMPLS[impl](encoder, input_size, hidden_size, num_layers, bidirectional, dropout, pack)
+        return ScratchEncoder(encoder, input_size, hidden_size, num_layers, bidirectional, dropout, pack, peephole,
+                              weight_drop=weight_drop)
+    return ENCODER_IMPLS[impl](encoder, input_size, hidden_size, num_layers, bidirectional, dropout, pack,
+                               weight_drop=weight_drop)
 
 
 def pool(outputs: torch.Tensor, final: torch.Tensor, lengths: torch.Tensor, how: str) -> torch.Tensor:
@@ -47,14 +49,14 @@ class TextClassifier(nn.Module):
     def __init__(self, vocab_size: int, num_classes: int, embedding_dim: int = 128, hidden_size: int = 128,
                  encoder: str = "lstm", impl: str = "builtin", num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, pooling: str = "last", pack: str = "auto",
-                 peephole: bool = False, embedding_dropout: float = 0.0):
+                 peephole: bool = False, embedding_dropout: float = 0.0, recurrent_dropout: float = 0.0):
         super().__init__()
         _check("pooling", pooling, POOLINGS)
         self.pooling = pooling
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         self.embedding_dropout = nn.Dropout(embedding_dropout)
         self.encoder = build_encoder(impl, encoder, embedding_dim, hidden_size, num_layers,
-                                     bidirectional, dropout, pack, peephole)
+                                     bidirectional, dropout, pack, peephole, recurrent_dropout)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.encoder.output_size, num_classes)
 

@@ -9,6 +9,9 @@ Equations (PyTorch's conventions, so weights move between `builtin` and `scratch
         n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))                h' = (1 - z) ⊙ n + z ⊙ h
   RNN   h' = tanh(W_ih x + b_ih + W_hh h + b_hh)
 
+Recurrent dropout (`weight_drop`, AWD-LSTM's DropConnect): while training, each W_h* above is a
+dropped-out copy of itself, one mask per batch, drawn as BuiltinEncoder draws it.
+
 How they are made fast is in recurrence.py, which holds the per-layer autograd Functions.
 """
 
@@ -54,12 +57,13 @@ class ScratchRNN(nn.Module):
     """
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
-                 bidirectional: bool = False, dropout: float = 0.0, peephole: bool = False):
+                 bidirectional: bool = False, dropout: float = 0.0, peephole: bool = False,
+                 weight_drop: float = 0.0):
         super().__init__()
         if peephole and mode != "lstm":
             raise ValueError(f"peephole connections are for the lstm encoder, not {mode!r}")
         self.mode, self.hidden_size, self.num_layers = mode, hidden_size, num_layers
-        self.dropout, self.peephole = dropout, peephole
+        self.dropout, self.peephole, self.weight_drop = dropout, peephole, weight_drop
         self.suffixes = ["", "_reverse"] if bidirectional else [""]
         gates = GATES[mode] * hidden_size
         for layer in range(num_layers):
@@ -84,6 +88,8 @@ class ScratchRNN(nn.Module):
     def _direction(self, seq: torch.Tensor, layer: int, sfx: str, active: list[int], lens: torch.Tensor):
         """seq (T, B, In) -> hs (T, B, H), and for the LSTM each sequence's final c (B, H), else None."""
         p = {name: getattr(self, f"{name}_l{layer}{sfx}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+        if self.training and self.weight_drop:
+            p["weight_hh"] = F.dropout(p["weight_hh"], self.weight_drop, training=True)
         T, B = seq.shape[:2]
         if self.mode == "gru":
             xproj = torch.addmm(p["bias_ih"], seq.reshape(T * B, -1), p["weight_ih"].t()).view(T, B, -1)
@@ -134,10 +140,11 @@ class ScratchEncoder(nn.Module):
     """The scratch counterpart of BuiltinEncoder: (B, T, E) + lengths -> outputs, final (B, D*H)."""
 
     def __init__(self, encoder: str, input_size: int, hidden_size: int, num_layers: int = 1,
-                 bidirectional: bool = False, dropout: float = 0.0, pack: str = "auto", peephole: bool = False):
+                 bidirectional: bool = False, dropout: float = 0.0, pack: str = "auto", peephole: bool = False,
+                 weight_drop: float = 0.0):
         super().__init__()
         self.rnn = ScratchRNN(encoder, input_size, hidden_size, num_layers, bidirectional,
-                              dropout if num_layers > 1 else 0.0, peephole)
+                              dropout if num_layers > 1 else 0.0, peephole, weight_drop)
         self.num_directions = len(self.rnn.suffixes)
         self.output_size = hidden_size * self.num_directions
 
