@@ -42,7 +42,8 @@ def build_model(cfg: Config, vocab_size: int, num_classes: int) -> TextClassifie
         native.ensure()  # the C++ time loops when they build here; the Python ones otherwise
     return TextClassifier(vocab_size, num_classes, m.embedding_dim, m.hidden_size, m.encoder.value,
                           m.impl.value, m.num_layers, m.bidirectional, m.dropout, m.pooling.value, m.pack.value,
-                          m.peephole, m.embedding_dropout, m.recurrent_dropout)
+                          m.peephole, m.embedding_dropout, m.recurrent_dropout,
+                          m.precision.value)
 
 
 def save(path: Path, cfg: Config, vocab: Vocab, label_names: list[str], model: TextClassifier,

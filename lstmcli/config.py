@@ -45,6 +45,11 @@ class Pack(str, Enum):
     never = "never"
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 class Optimizer(str, Enum):
     adam = "adam"
     sgd = "sgd"
@@ -104,6 +109,9 @@ class ModelConfig:
                                   "one mask per batch, the same at every step")
     pooling: Pooling = _f(Pooling.last, "how encoder outputs become one vector: last state, mean or max")
     pack: Pack = _f(Pack.auto, "PackedSequence: auto packs on CUDA only; padded runs are exact too")
+    precision: Precision = _f(Precision.fp32, "bf16: the model's matmuls and recurrent kernels run in bfloat16 "
+                              "under autocast (CUDA; CPUs with AMX/AVX-512-BF16); weights, optimizer and "
+                              "loss stay float32. builtin impl only")
 
 
 @dataclass
@@ -203,6 +211,9 @@ def validate(cfg: Config, source: str) -> Config:
     m = cfg.model
     if m.peephole and (m.impl is not Impl.scratch or m.encoder is not Encoder.lstm):
         raise ConfigError(f"{source}: config key 'model.peephole' needs encoder = \"lstm\" and impl = \"scratch\"")
+    if m.precision is Precision.bf16 and m.impl is Impl.scratch:
+        raise ConfigError(f"{source}: config key 'model.precision' = \"bf16\" needs impl = \"builtin\" "
+                          f"(the scratch kernels are float32/float64)")
     return cfg
 
 

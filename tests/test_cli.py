@@ -147,3 +147,16 @@ def test_bench_writes_a_table_and_json(workdir):
     assert set(report["results"]) == {"lstm", "gru"}
     assert report["results"]["lstm"]["scratch"]["train"] > 0 and "ratio" in report["results"]["gru"]
     one_line_error(run("bench", "--min-length", 10, "--max-length", 5), 2, "--min-length")
+
+
+def test_bf16_precision_through_the_cli(mirror, workdir):
+    """A bf16 run trains, records its precision, and eval/predict run the checkpoint at it."""
+    ok(run("train", "--config", TINY, "--dataset", "imdb", *FAST, "--precision", "bf16", "--out", "h"))
+    assert json.loads(Path("h/best/config.json").read_text())["model"]["precision"] == "bf16"
+    report = json.loads(ok(run("eval", "--checkpoint", "h/best", "--json")).stdout)
+    assert report["accuracy"] > 0.9
+    out = ok(run("predict", "--checkpoint", "h/best", "a great wonderful superb film")).stdout.split("\t")
+    assert out[0] == "pos"
+    one_line_error(run("eval", "--checkpoint", "h/best", "--impl", "scratch"), 2, "model.precision")
+    one_line_error(run("train", "--config", TINY, "--dataset", "imdb", "--impl", "scratch", "--precision", "bf16"),
+                   2, "model.precision", "builtin")

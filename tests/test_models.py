@@ -105,3 +105,25 @@ def test_recurrent_dropout_drops_weight_hh_entries_only_while_training(impl, pac
         grad = dict(enc.named_parameters())[f"rnn.{n}"].grad
         assert torch.equal(grad[~kept], torch.zeros_like(grad[~kept]))
         torch.testing.assert_close(grad[kept], getattr(ref, n).grad[kept] / (1 - p), atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_precision_runs_the_encoder_in_bfloat16_and_returns_float32_logits():
+    torch.manual_seed(0)
+    kw = dict(embedding_dim=8, hidden_size=6, bidirectional=True, pooling="max")
+    full = TextClassifier(40, 3, **kw)
+    half = TextClassifier(40, 3, precision="bf16", **kw)
+    half.load_state_dict(full.state_dict())
+    seen = []
+    half.encoder.register_forward_hook(lambda module, args, out: seen.append(out[0].dtype))
+    ids = torch.tensor([[3, 4, 5, 6, 7], [8, 9, 2, 0, 0]])
+    lengths = torch.tensor([5, 3])
+    logits = half(ids, lengths)
+    assert seen == [torch.bfloat16] and logits.dtype == torch.float32
+    torch.testing.assert_close(logits, full(ids, lengths), atol=3e-2, rtol=0)  # bfloat16: 8 mantissa bits
+    logits.sum().backward()
+    assert all(p.grad.dtype == torch.float32 for p in half.parameters() if p.grad is not None)
+    assert half.encoder.rnn.weight_hh_l0.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="needs impl 'builtin'"):
+        TextClassifier(40, 3, impl="scratch", precision="bf16")
+    with pytest.raises(ValueError, match="fp32, bf16"):
+        TextClassifier(40, 3, precision="fp16")

@@ -13,6 +13,7 @@ from .scratch import ScratchEncoder
 ENCODER_IMPLS: dict[str, type[nn.Module]] = {"builtin": BuiltinEncoder, "scratch": ScratchEncoder}
 ENCODERS = ("lstm", "gru", "rnn")
 POOLINGS = ("last", "mean", "max")
+PRECISIONS = ("fp32", "bf16")
 
 
 def _check(kind: str, name: str, valid) -> None:
@@ -49,10 +50,14 @@ class TextClassifier(nn.Module):
     def __init__(self, vocab_size: int, num_classes: int, embedding_dim: int = 128, hidden_size: int = 128,
                  encoder: str = "lstm", impl: str = "builtin", num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, pooling: str = "last", pack: str = "auto",
-                 peephole: bool = False, embedding_dropout: float = 0.0, recurrent_dropout: float = 0.0):
+                 peephole: bool = False, embedding_dropout: float = 0.0, recurrent_dropout: float = 0.0,
+                 precision: str = "fp32"):
         super().__init__()
         _check("pooling", pooling, POOLINGS)
-        self.pooling = pooling
+        _check("precision", precision, PRECISIONS)
+        if precision == "bf16" and impl != "builtin":
+            raise ValueError("precision 'bf16' needs impl 'builtin' (the scratch kernels are float32/float64)")
+        self.pooling, self.precision = pooling, precision
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         self.embedding_dropout = nn.Dropout(embedding_dropout)
         self.encoder = build_encoder(impl, encoder, embedding_dim, hidden_size, num_layers,
@@ -61,6 +66,14 @@ class TextClassifier(nn.Module):
         self.head = nn.Linear(self.encoder.output_size, num_classes)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """ids (B, T) int64 0-padded, lengths (B,) >= 1 -> logits (B, C)."""
+        """ids (B, T) int64 0-padded, lengths (B,) >= 1 -> logits (B, C), float32 at either precision."""
+        if self.precision == "bf16":
+            # autocast: the matmuls and the fused recurrent kernels take bfloat16 copies of the float32
+            # weights (their gradients come back float32); the loss is computed on float32 logits
+            with torch.autocast(ids.device.type, dtype=torch.bfloat16):
+                return self._logits(ids, lengths).float()
+        return self._logits(ids, lengths)
+
+    def _logits(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         outputs, final = self.encoder(self.embedding_dropout(self.embedding(ids)), lengths)
         return self.head(self.dropout(pool(outputs, final, lengths, self.pooling)))
