@@ -1,7 +1,7 @@
 """Benchmark: IMDB training tokens/s of one BiLSTM fed three ways.
 
     LSTMCLI_MIRROR=../shared/datasets python benchmarks/bench_epoch.py [--config configs/imdb_best.toml]
-        [--examples 2000] [--threads 2] [--seed 0]
+        [--examples 2000] [--threads 2] [--seed 0] [--precision fp32|bf16]
 
   lstmcli         train_one_epoch as `lstmcli train` runs it: length-bucketed batches of the config's
                   batch size, exact variable lengths on padded tensors (the built-in kernels per layer)
@@ -12,7 +12,8 @@
 
 All three train the same model (the config's, impl builtin) from the same weights on the same examples
 (a seeded sample of the training split, cut as the config says) for one pass, forward + backward + Adam
-step. Tokens/s counts real tokens only, never padding.
+step. Tokens/s counts real tokens only, never padding. With --precision bf16 all three run under the
+same bfloat16 autocast.
 """
 
 import argparse
@@ -42,8 +43,13 @@ class NotebookBiLSTM(nn.Module):
         self.embedding, self.head, self.packed = reference.embedding, reference.head, packed
         self.lstm = reference.encoder.rnn  # the same nn.LSTM (and weights) lstmcli trains
         self.dropout = reference.dropout
+        self.bf16 = reference.precision == "bf16"
 
     def forward(self, ids, lengths):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            return self._logits(ids, lengths).float()
+
+    def _logits(self, ids, lengths):
         x = self.embedding(ids)
         if self.packed:
             x = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
@@ -87,15 +93,16 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    cfg = resolve(args.config, {"impl": "builtin"})
+    cfg = resolve(args.config, {"impl": "builtin", "precision": args.precision})
     data = prepare(cfg.data, quiet=True)
     split, cut = data.splits["train"], cut_of(cfg)
     indices = torch.randperm(len(split), generator=torch.Generator().manual_seed(args.seed))[: args.examples]
     print(f"{len(indices)} IMDB training reviews, cut {cut.keep} {cut.length}; model of {args.config} "
-          f"(impl builtin); {torch.get_num_threads()} threads, torch {torch.__version__}")
+          f"(impl builtin, {args.precision}); {torch.get_num_threads()} threads, torch {torch.__version__}")
     results = {}
     for name in ("lstmcli", "notebook padded", "notebook packed"):
         torch.manual_seed(args.seed)
