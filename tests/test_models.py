@@ -4,6 +4,8 @@ import torch
 from lstmcli.models import TextClassifier, build_encoder
 from lstmcli.models.builtin import BuiltinEncoder, reverse_within_length
 
+from .test_scratch import reference
+
 
 def real_mask(lengths, T):
     return (torch.arange(T)[None, :] < lengths[:, None])[:, :, None]
@@ -80,21 +82,16 @@ def test_recurrent_dropout_drops_weight_hh_entries_only_while_training(impl, pac
     lengths = torch.tensor([7, 1, 4, 7, 2])
     x = torch.randn(5, 7, 6)
     mask = real_mask(lengths, 7)
-
-    def run_ref():
-        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        out, _ = ref(packed)
-        return torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=7)[0]
-
     with torch.no_grad():
-        torch.testing.assert_close(enc.eval()(x, lengths)[0] * mask, run_ref(), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(enc.eval()(x, lengths)[0] * mask, reference(ref, x, lengths)[0],
+                                   atol=1e-6, rtol=1e-5)
         torch.manual_seed(3)
         dropped = {n: torch.nn.functional.dropout(getattr(ref, n), p, training=True)
                    for n in ("weight_hh_l0", "weight_hh_l0_reverse")}
         for n, w in dropped.items():
             assert 0 < int((w == 0).sum()) < w.numel()
             getattr(ref, n).copy_(w)
-    expected = run_ref()
+    expected = reference(ref, x, lengths)[0]
     expected.square().sum().backward()
     torch.manual_seed(3)
     out = enc.train()(x, lengths)[0] * mask

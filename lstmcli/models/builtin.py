@@ -64,11 +64,13 @@ class BuiltinEncoder(nn.Module):
 
     def _packed(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        # one mask per weight_hh, drawn before the run (for one layer: as the padded path draws them)
-        dropped = {name: self._weight_hh(name) for layer in range(self.rnn.num_layers)
-                   for name in (f"weight_hh_l{layer}", f"weight_hh_l{layer}_reverse")[:self.num_directions]}
-        out, state = functional_call(self.rnn, dropped, (packed,)) if self.training and self.weight_drop \
-            else self.rnn(packed)
+        if self.training and self.weight_drop:
+            # one mask per weight_hh, drawn before the run (for one layer: as the padded path draws them)
+            dropped = {name: self._weight_hh(name) for layer in range(self.rnn.num_layers)
+                       for name in (f"weight_hh_l{layer}", f"weight_hh_l{layer}_reverse")[:self.num_directions]}
+            out, state = functional_call(self.rnn, dropped, (packed,))
+        else:
+            out, state = self.rnn(packed)
         h_n = state[0] if self.kind == "lstm" else state  # (L*D, B, H)
         outputs, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
         final = torch.cat(list(h_n[-self.num_directions:]), dim=-1)  # last layer, fwd then bwd
