@@ -1,6 +1,8 @@
 """The real CLI through Typer's CliRunner: train -> eval -> predict on tiny corpora in both formats."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,6 +65,23 @@ def test_train_eval_predict(mirror, workdir, dataset, labels):
     objs = [json.loads(line) for line in lines]
     assert [o["index"] for o in objs] == [0, 1, 2] and objs[0]["label"] == want
     assert all(o["label"] in labels and 0 <= o["probability"] <= 1 for o in objs)
+
+
+def test_the_process_flushes_its_output_and_keeps_the_exit_codes(mirror, workdir):
+    """`lstmcli` as a process (`python -m lstmcli` runs the same main()) leaves without the interpreter's
+    teardown: what it wrote to a pipe arrives whole, and the exit codes stay the commands' own."""
+    ok(run("train", "--config", TINY, "--dataset", "imdb", *FAST, "--out", "p"))
+    lstmcli = [sys.executable, "-m", "lstmcli", "predict"]
+    done = subprocess.run([*lstmcli, "--checkpoint", "p/best", "--json", "-"], capture_output=True, text=True,
+                          input="a great wonderful superb film\nanother one\nsomething dull\n")
+    assert done.returncode == 0, done.stderr
+    objs = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [o["index"] for o in objs] == [0, 1, 2] and objs[0]["label"] == "pos"
+    bad = subprocess.run([*lstmcli, "--checkpoint", "nowhere", "some text"], capture_output=True, text=True)
+    assert (bad.returncode, bad.stdout) == (2, "")
+    assert bad.stderr.startswith("lstmcli: error: no checkpoint at nowhere") and len(bad.stderr.splitlines()) == 1
+    usage = subprocess.run([*lstmcli, "--no-such-flag"], capture_output=True, text=True)
+    assert usage.returncode == 2 and "No such option" in usage.stderr
 
 
 def test_user_csv_dataset_and_eval_on_a_file(workdir, tmp_path):
