@@ -1,7 +1,7 @@
 """The command line: thin commands that resolve options and call one library function each.
 
-Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 130 interrupted. Results go to
-stdout, logs and errors to stderr; an error a user can cause is one line, and `--debug` adds the
+Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 130 interrupted, 141 stdout closed
+by its reader. Results go to stdout, logs and errors to stderr; an error a user can cause is one line, and `--debug` adds the
 traceback.
 """
 
@@ -19,9 +19,10 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .config import Device, Encoder, Impl, field_index, resolve
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, CheckFailed, LstmcliError
+from .errors import EXIT_INTERRUPTED, EXIT_PIPE, EXIT_USAGE, CheckFailed, LstmcliError
 
-EXIT_CODES = "Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 130 interrupted."
+EXIT_CODES = ("Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 130 interrupted, "
+              "141 stdout closed by its reader.")
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help=f"Train, evaluate and use recurrent text classifiers (LSTM, GRU, RNN).\n\n{EXIT_CODES}")
 DEBUG = {"on": False}
@@ -72,6 +73,8 @@ def user_errors(fn):
             fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             fail("interrupted", EXIT_INTERRUPTED)
+        except BrokenPipeError:  # `lstmcli predict - | head -1`: the reader has what it wanted; stop quietly
+            raise typer.Exit(EXIT_PIPE) from None
         except OSError as exc:  # a folder that cannot be written, a full disk, ...
             fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc), EXIT_USAGE)
     return wrapper
@@ -248,6 +251,8 @@ def main() -> None:
     try:  # click.echo flushes as it writes; this covers anything written another way
         sys.stdout.flush()
         sys.stderr.flush()
-    except OSError:  # the reader has gone (`lstmcli predict - | head -1`): non-zero, as Python exits
-        code = code or 1
+    except BrokenPipeError:
+        code = code or EXIT_PIPE
+    except OSError:  # e.g. a full disk under a redirected stdout
+        code = code or EXIT_USAGE
     os._exit(code)

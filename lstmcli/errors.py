@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_PIPE = 141  # the reader of stdout went away: what a shell reports for a process ended by SIGPIPE
 
 
 class LstmcliError(Exception):

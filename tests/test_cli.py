@@ -82,6 +82,14 @@ def test_the_process_flushes_its_output_and_keeps_the_exit_codes(mirror, workdir
     assert bad.stderr.startswith("lstmcli: error: no checkpoint at nowhere") and len(bad.stderr.splitlines()) == 1
     usage = subprocess.run([*lstmcli, "--no-such-flag"], capture_output=True, text=True)
     assert usage.returncode == 2 and "No such option" in usage.stderr
+    # `... | head -1`: ~400 KB of JSON lines, far more than a pipe holds; the reader leaves after one
+    proc = subprocess.Popen([*lstmcli, "--checkpoint", "p/best", "--json", "-"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdin.write("a great film\n" * 4000)
+    proc.stdin.close()
+    assert json.loads(proc.stdout.readline())["index"] == 0
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 141 and proc.stderr.read() == ""
 
 
 def test_user_csv_dataset_and_eval_on_a_file(workdir, tmp_path):
