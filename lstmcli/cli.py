@@ -1,8 +1,8 @@
 """The command line: thin commands that resolve options and call one library function each.
 
 Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 130 interrupted, 141 stdout closed
-by its reader. Results go to stdout, logs and errors to stderr; an error a user can cause is one line, and `--debug` adds the
-traceback.
+by its reader. Results go to stdout, logs and errors to stderr; an error a user can cause is one
+line, and `--debug` adds the traceback.
 """
 
 import functools
@@ -235,7 +235,7 @@ def bench(
 def main() -> None:
     """The console entry point: run the command, flush the output, and leave without the interpreter's
     teardown. Tearing torch down after inference (its allocators, thread pools, thousands of modules)
-    took 0.35-0.55 s here, a third of a one-text `predict`. Every command has closed (and renamed into
+    took 0.35-0.55 s here, up to a third of a one-text `predict`. Every command has closed (and renamed into
     place) what it wrote by the time it returns, so once stdout and stderr are flushed there is nothing
     left for the teardown to do. An exception that escapes a command still ends the usual way."""
     try:
