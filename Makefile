@@ -27,8 +27,15 @@ demo: $(BIN)/.installed
 	  "A moving, beautifully acted film. I loved every minute of it." \
 	  "Dull, predictable and far too long; a waste of two hours."
 
+# The suite runs twice: on this CPU as it is, then as an AVX2-only x86-64 CPU (most users' machines):
+# ATen dispatches to its AVX2 kernels (and the scratch C++ kernels are built for AVX2), oneDNN stops
+# at AVX2 and so refuses bfloat16 recurrent kernels as such a CPU does, and MKL is asked for its AVX2
+# code (honoured on Intel CPUs; on AMD ones MKL picks its own path either way).
+AVX2_ONLY := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+	$(AVX2_ONLY) $(BIN)/python -m pytest
 
 bench-prepare: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench_prepare.py

@@ -16,10 +16,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import native
-from .config import Config, apply, from_dict, to_dict
+from .config import Config, Impl, Precision, apply, from_dict, to_dict
 from .errors import CheckpointError, ConfigError
 from .fsutil import replace_dir, temp_dir, write_json
 from .models import TextClassifier
+from .precision import for_inference
 from .text import Vocab
 from .train_state import STATE_FILE
 
@@ -34,6 +35,7 @@ class Checkpoint:
     label_names: list[str]
     model: TextClassifier
     metrics: dict
+    note: str | None = None  # why it runs at another precision than it was trained at (for stderr)
 
 
 def build_model(cfg: Config, vocab_size: int, num_classes: int) -> TextClassifier:
@@ -73,10 +75,12 @@ def _read_json(path: Path):
         raise CheckpointError(f"broken checkpoint: cannot read {path} ({exc})") from None
 
 
-def load(path: Path, device: str = "cpu", impl: str | None = None) -> Checkpoint:
+def load(path: Path, device: str = "cpu", impl: str | None = None, precision: str | None = None) -> Checkpoint:
     """Load a checkpoint folder; anything missing or malformed is a CheckpointError.
 
-    `impl` runs the weights in another encoder implementation (builtin <-> scratch share a state_dict).
+    `impl` runs the weights in another encoder implementation (builtin <-> scratch share a state_dict);
+    `precision` (auto, fp32, bf16) overrides the one it was trained at, which otherwise runs where the
+    device runs it natively (see precision.for_inference). The returned config says how it runs.
     """
     path = Path(path)
     if not path.is_dir():
@@ -93,11 +97,14 @@ def load(path: Path, device: str = "cpu", impl: str | None = None) -> Checkpoint
     if not isinstance(labels, list) or len(labels) < 2:
         raise CheckpointError(f"broken checkpoint: {path / 'labels.json'} is not a list of label names")
     metrics = _read_json(path / "metrics.json") if (path / "metrics.json").is_file() else {}
-    if impl is not None and impl != cfg.model.impl.value:
-        try:
-            cfg = apply(cfg, {"model": {"impl": impl}}, f"--impl {impl} for {path}")
-        except ConfigError as exc:
-            raise CheckpointError(str(exc)) from None
+    run_impl = Impl(impl) if impl is not None else cfg.model.impl
+    run_precision, note = for_inference(cfg.model.precision, Precision(precision) if precision else None,
+                                        run_impl, torch.device(device))
+    try:
+        cfg = apply(cfg, {"model": {"impl": run_impl.value, "precision": run_precision.value}},
+                    f"--impl {run_impl.value} for {path}")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
     model = build_model(cfg, len(vocab), len(labels))
     try:
         state = load_file(str(path / "model.safetensors"), device=device)
@@ -106,4 +113,4 @@ def load(path: Path, device: str = "cpu", impl: str | None = None) -> Checkpoint
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"broken checkpoint: {path / 'model.safetensors'} ({first})") from None
     model.to(device).eval()
-    return Checkpoint(path, cfg, vocab, [str(x) for x in labels], model, metrics)
+    return Checkpoint(path, cfg, vocab, [str(x) for x in labels], model, metrics, note)

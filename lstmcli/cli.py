@@ -18,7 +18,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .config import Device, Encoder, Impl, field_index, resolve
+from .config import Device, Encoder, Impl, Precision, field_index, resolve
 from .errors import EXIT_INTERRUPTED, EXIT_PIPE, EXIT_USAGE, CheckFailed, LstmcliError
 
 EXIT_CODES = ("Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 130 interrupted, "
@@ -35,6 +35,8 @@ def main_options(
     DEBUG["on"] = debug
 
 DEFAULT_CHECKPOINT = Path("runs/latest/best")
+PRECISION_HELP = ("run the checkpoint at this precision (default: the one it was trained at, but fp32 where "
+                  "the device has no native bf16, said on stderr)")
 
 
 class Metric(str, Enum):
@@ -134,6 +136,7 @@ def eval_(
     batch_size: Annotated[Optional[int], typer.Option(help="examples per batch")] = None,
     device: Annotated[Device, typer.Option(help="device")] = Device.auto,
     impl: Annotated[Optional[Impl], typer.Option(help="run the weights in this implementation")] = None,
+    precision: Annotated[Optional[Precision], typer.Option(help=PRECISION_HELP)] = None,
     fail_under: Annotated[Optional[float], typer.Option(help="exit 1 when --metric is below this (a CI gate)")] = None,
     metric: Annotated[Metric, typer.Option(help="the metric --fail-under checks")] = Metric.accuracy,
     json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
@@ -143,7 +146,7 @@ def eval_(
     from .evaluation import run_eval
     from .metrics import format_report
     report, written = run_eval(checkpoint, split.value, dataset, data_dir, batch_size, device.value, quiet,
-                               impl.value if impl else None)
+                               impl.value if impl else None, precision.value if precision else None)
     if json_out:
         typer.echo(json.dumps(report))
     else:
@@ -182,6 +185,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(min=1, help="texts per batch")] = 256,
     device: Annotated[Device, typer.Option(help="device")] = Device.cpu,
     impl: Annotated[Optional[Impl], typer.Option(help="run the weights in this implementation")] = None,
+    precision: Annotated[Optional[Precision], typer.Option(help=PRECISION_HELP)] = None,
     max_length: Annotated[Optional[int], typer.Option(min=1, help="tokens kept per text (default: the "
                           "checkpoint's max_length, else 2048)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per input line")] = False,
@@ -192,7 +196,8 @@ def predict(
     inputs = read_texts(texts)
     if not inputs:
         raise LstmcliError("no texts to classify (standard input was empty)")
-    predictor = Predictor(checkpoint, resolve_device(device.value), impl.value if impl else None, max_length)
+    predictor = Predictor(checkpoint, resolve_device(device.value), impl.value if impl else None, max_length,
+                          precision.value if precision else None)
     for i, ranked in enumerate(predictor.predict(inputs, top_k, batch_size)):
         if json_out:
             typer.echo(json.dumps({"index": i, "label": ranked[0][0], "probability": ranked[0][1],

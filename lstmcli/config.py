@@ -46,6 +46,7 @@ class Pack(str, Enum):
 
 
 class Precision(str, Enum):
+    auto = "auto"
     fp32 = "fp32"
     bf16 = "bf16"
 
@@ -109,9 +110,10 @@ class ModelConfig:
                                   "one mask per batch, the same at every step")
     pooling: Pooling = _f(Pooling.last, "how encoder outputs become one vector: last state, mean or max")
     pack: Pack = _f(Pack.auto, "PackedSequence: auto packs on CUDA only; padded runs are exact too")
-    precision: Precision = _f(Precision.fp32, "bf16: the model's matmuls and recurrent kernels run in bfloat16 "
-                              "under autocast (CUDA; CPUs with AMX/AVX-512-BF16); weights, optimizer and "
-                              "loss stay float32. builtin impl only")
+    precision: Precision = _f(Precision.fp32, "bf16: matmuls and recurrent kernels run in bfloat16 under "
+                              "autocast, weights, optimizer and loss stay float32 (builtin impl only; needs "
+                              "CUDA or a CPU with AVX-512-BF16/AMX to pay); auto: bf16 where the device runs "
+                              "it natively, else fp32")
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -16,8 +17,10 @@ PREFIX_CHARS_PER_TOKEN = 64
 
 class Predictor:
     def __init__(self, checkpoint_dir: Path, device: torch.device, impl: str | None = None,
-                 max_length: int | None = None):
-        self.ck = checkpoint.load(checkpoint_dir, str(device), impl)
+                 max_length: int | None = None, precision: str | None = None):
+        self.ck = checkpoint.load(checkpoint_dir, str(device), impl, precision)
+        if self.ck.note:
+            print(f"lstmcli: {self.ck.note}", file=sys.stderr)
         self.device = device
         # A text is cut to what the model was trained on; with no such limit, to DEFAULT_MAX_LENGTH,
         # so that a runaway input (a 10 MB line) costs milliseconds, not minutes.

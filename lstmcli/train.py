@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import platform
@@ -18,12 +19,13 @@ from tqdm import tqdm
 
 from . import __version__, checkpoint
 from .batching import Cut, bucket_batches, collate, padding_share, sorted_batches, truncated_lengths
-from .config import Config, from_dict, to_dict
+from .config import Config, Precision, from_dict, to_dict
 from .device import resolve_device
 from .embeddings import init_embeddings
 from .errors import CheckFailed, CheckpointError, Interrupted, LstmcliError
 from .fsutil import write_json
 from .metrics import classification_report
+from .precision import bf16_support, for_training
 from .prepare import EncodedSplit, Prepared, prepare
 from .schedule import make_optimizer, make_scheduler, step_per_batch, step_per_epoch
 from .train_state import EpochProgress, GracefulStop, TrainState, load_state, state_dict
@@ -109,9 +111,17 @@ def point_latest(run_dir: Path) -> None:
     tmp.replace(link)
 
 
-def environment(device: torch.device) -> dict:
+def environment(device: torch.device, precision: Precision) -> dict:
     return {"lstmcli": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "device": str(device), "threads": torch.get_num_threads()}
+            "device": str(device), "threads": torch.get_num_threads(), "precision": precision.value,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16": bf16_support(device.type).level}
+
+
+def _precision(cfg: Config, device: torch.device) -> tuple[Precision, str, Config]:
+    """The precision this run trains at on `device`, why, and the config its checkpoints record: `cfg`
+    with that precision in place of the request, so that eval/predict know what the weights saw."""
+    precision, why = for_training(cfg.model.precision, cfg.model.impl, device)
+    return precision, why, dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, precision=precision))
 
 
 def _prepared(cfg: Config, quiet: bool) -> Prepared:
@@ -137,6 +147,7 @@ class Run:
     """Everything a run carries from epoch to epoch."""
 
     cfg: Config
+    ck_cfg: Config  # what checkpoints record: cfg with the precision resolved for this device
     run_dir: Path
     data: Prepared
     device: torch.device
@@ -154,12 +165,13 @@ def _steps_per_epoch(cfg: Config, data: Prepared) -> int:
 def start(cfg: Config, quiet: bool = False) -> Run:
     """A new run: data, model and vectors first (bad input must leave no run folder behind), then the folder."""
     device = resolve_device(cfg.train.device.value)
+    precision, why, ck_cfg = _precision(cfg, device)  # before the data: a bf16 this device lacks fails at once
     data = _prepared(cfg, quiet)
     torch.manual_seed(cfg.train.seed)
-    model = checkpoint.build_model(cfg, len(data.vocab), len(data.label_names)).to(device)
+    model = checkpoint.build_model(ck_cfg, len(data.vocab), len(data.label_names)).to(device)
     metrics = {"data": {**{s: len(data.splits[s]) for s in data.splits}, "vocab": len(data.vocab),
                         "labels": data.label_names},
-               "environment": environment(device), "history": [], "best_epoch": None}
+               "environment": environment(device, precision), "history": [], "best_epoch": None}
     if cfg.train.embeddings:
         metrics["embeddings"] = init_embeddings(model.embedding, cfg.train.embeddings, data.vocab)
         e = metrics["embeddings"]
@@ -170,8 +182,9 @@ def start(cfg: Config, quiet: bool = False) -> Run:
     run_dir = Path(cfg.train.out) if cfg.train.out else default_out(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", to_dict(cfg))
-    log(f"run folder {run_dir}; {sum(p.numel() for p in model.parameters()):,} parameters on {device}", quiet)
-    return Run(cfg, run_dir, data, device, model, optimizer,
+    log(f"run folder {run_dir}; {sum(p.numel() for p in model.parameters()):,} parameters on {device}, "
+        f"precision {why}", quiet)
+    return Run(cfg, ck_cfg, run_dir, data, device, model, optimizer,
                make_scheduler(optimizer, cfg, _steps_per_epoch(cfg, data)), TrainState(), metrics)
 
 
@@ -184,8 +197,10 @@ def reopen(run_dir: Path, quiet: bool = False) -> Run:
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot resume {run_dir}: not a run folder ({exc})") from None
     device = resolve_device(cfg.train.device.value)
+    precision, why, ck_cfg = _precision(cfg, device)
+    metrics["environment"] = environment(device, precision)  # where it runs from now on
     data = _prepared(cfg, quiet)
-    last = checkpoint.load(run_dir / "last", str(device))
+    last = checkpoint.load(run_dir / "last", str(device), precision=precision.value)
     if last.vocab != data.vocab or last.label_names != data.label_names:
         raise CheckpointError(f"cannot resume {run_dir}: its data has changed since the run started")
     last.model.embedding.weight.requires_grad_(not cfg.train.freeze_embeddings)
@@ -194,12 +209,13 @@ def reopen(run_dir: Path, quiet: bool = False) -> Run:
     state = load_state(run_dir / "last", optimizer, scheduler)
     if "test" in metrics:  # (a run stopped after its last epoch but before testing resumes into the test)
         raise LstmcliError(f"run {run_dir} has already finished; nothing to resume")
-    log(f"resuming {run_dir} in epoch {state.epoch} after {state.progress.batches_done} batches", quiet)
-    return Run(cfg, run_dir, data, device, last.model, optimizer, scheduler, state, metrics)
+    log(f"resuming {run_dir} in epoch {state.epoch} after {state.progress.batches_done} batches, "
+        f"precision {why}", quiet)
+    return Run(cfg, ck_cfg, run_dir, data, device, last.model, optimizer, scheduler, state, metrics)
 
 
 def _save_last(r: Run, val_report: dict | None) -> None:
-    checkpoint.save(r.run_dir / "last", r.cfg, r.data.vocab, r.data.label_names, r.model,
+    checkpoint.save(r.run_dir / "last", r.ck_cfg, r.data.vocab, r.data.label_names, r.model,
                     {"epoch": r.state.epoch - (r.state.progress.batches_done == 0), "val": val_report},
                     state_dict(r.state, r.optimizer, r.scheduler))
 
@@ -219,7 +235,7 @@ def _finish_epoch(r: Run, batches: list[torch.Tensor], lengths: torch.Tensor, qu
     r.state = TrainState(epoch + 1, EpochProgress(), val["accuracy"] if improved else r.state.best_val,
                          epoch if improved else r.state.best_epoch, bad, bool(t.patience and bad >= t.patience))
     if improved:
-        checkpoint.save(r.run_dir / "best", r.cfg, r.data.vocab, r.data.label_names, r.model, {"epoch": epoch, "val": val})
+        checkpoint.save(r.run_dir / "best", r.ck_cfg, r.data.vocab, r.data.label_names, r.model, {"epoch": epoch, "val": val})
     _save_last(r, val)
     r.metrics["best_epoch"] = r.state.best_epoch
     if r.state.stopped_early:
@@ -250,7 +266,7 @@ def fit(r: Run, quiet: bool = False) -> dict:
             _finish_epoch(r, batches, lengths, quiet)
             if stop() and r.state.epoch <= t.epochs and not r.state.stopped_early:
                 raise Interrupted(f"interrupted after epoch {epoch}; continue with: lstmcli train --resume {r.run_dir}")
-    best = checkpoint.load(r.run_dir / "best", str(r.device))
+    best = checkpoint.load(r.run_dir / "best", str(r.device), precision=r.ck_cfg.model.precision.value)
     r.metrics["test"] = evaluate(best.model, r.data.splits["test"], r.device, t.batch_size, cut, r.data.label_names)
     write_json(r.run_dir / "metrics.json", r.metrics)
     log(f"test accuracy of best/ (epoch {r.metrics['best_epoch']}): {r.metrics['test']['accuracy']:.4f} "

@@ -1,18 +1,85 @@
 """Fixtures: tiny corpora written in both real formats (AG_NEWS CSV, the aclImdb tarball), served
-from a local mirror folder with its own SHA256SUMS, and an isolated working folder per test."""
+from a local mirror folder with its own SHA256SUMS, and an isolated working folder per test; float32
+comparisons against float64 references; what the CPU does with bfloat16."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
 import io
+import os
 import random
 import tarfile
 from pathlib import Path
 
 import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from lstmcli import precision
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+F32_EPS = torch.finfo(torch.float32).eps  # 2^-23
+
+# Tests that run bf16 where the device runs it natively, and are skipped elsewhere (AVX2-only CPUs, and
+# the suite's AVX2 emulation, fail with oneDNN's "could not create a primitive descriptor").
+_BF16 = precision.bf16_support("cpu")
+needs_native_bf16 = pytest.mark.skipif(_BF16.level != precision.NATIVE,
+                                       reason=f"needs native bfloat16; this is a {_BF16.why}")
+
+
+def pytest_report_header(config):
+    flags = " ".join(f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+                                                       "MKL_ENABLE_INSTRUCTIONS") if k in os.environ)
+    return (f"lstmcli: torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+            f"bfloat16 {_BF16.level} ({_BF16.why}){'; emulating: ' + flags if flags else ''}")
+
+
+def assert_float32_close(ours: torch.Tensor, theirs: torch.Tensor, exact: torch.Tensor, msg: str = "") -> None:
+    """`ours` and `theirs` are float32 computations of what `exact` holds (the same computation in
+    float64): ours must err by at most 4x what PyTorch's own float32 result errs by, on this CPU, and
+    is never asked to be closer than 32 float32 ulps of the largest magnitude.
+
+    A float32 sum of n terms errs by about eps * sqrt(n) times its magnitude, and which terms a CPU's
+    kernels add first (vector width, MKL's blocking, oneDNN's path) decides the last digits; a fixed
+    tolerance therefore passes on one CPU and fails on another, while this bound moves with the CPU."""
+    exact = exact.detach().double()
+    scale = exact.abs().max().item() if exact.numel() else 0.0
+    err_ours = (ours.detach().double() - exact).abs().max().item() if exact.numel() else 0.0
+    err_theirs = (theirs.detach().double() - exact).abs().max().item() if exact.numel() else 0.0
+    bound = max(4 * err_theirs, 32 * F32_EPS * scale)
+    assert err_ours <= bound, (f"{msg}: error {err_ours:.3g} against float64, above {bound:.3g} "
+                               f"(PyTorch's float32 errs by {err_theirs:.3g}; largest magnitude {scale:.3g})")
+
+
+def float32_tolerance(terms: int, scale: float = 1.0, dtype: torch.dtype = torch.float32) -> float:
+    """A bound on the error of a quantity of magnitude `scale` built from `terms` products and sums
+    rounded to `dtype` (eps * sqrt(terms) is the typical size; 8x that leaves room for bad luck)."""
+    return 8 * torch.finfo(dtype).eps * terms ** 0.5 * scale
+
+
+def reference(rnn, x, lengths):
+    """nn.LSTM/GRU/RNN on a PackedSequence: the exact variable-length semantics we must equal."""
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    out, state = rnn(packed)
+    out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
+    h_n, c_n = state if isinstance(state, tuple) else (state, None)
+    return out, h_n, c_n
+
+
+@pytest.fixture
+def bf16_level(monkeypatch):
+    """Make lstmcli see this CPU's bfloat16 support as the level the test passes in, e.g.
+    `bf16_level(precision.UNAVAILABLE)` for an AVX2-only CPU (the suite's AVX2 emulation, where
+    oneDNN is capped at AVX2, shows that the real detection says the same)."""
+    def set_level(level: str) -> None:
+        why = {precision.NATIVE: "CPU with AMX", precision.UNAVAILABLE: "CPU (AVX2) without bfloat16 support in oneDNN",
+               precision.NOT_NATIVE: "CPU (AVX512) without AVX-512-BF16 or AMX"}[level]
+        monkeypatch.setattr(precision, "_cpu_support", lambda: precision.Bf16Support(level, why))
+        precision.bf16_support.cache_clear()
+
+    yield set_level
+    precision.bf16_support.cache_clear()
 
 POS_WORDS = ["great", "wonderful", "superb", "moving", "brilliant", "loved"]
 NEG_WORDS = ["awful", "boring", "terrible", "dull", "waste", "hated"]

@@ -1,6 +1,7 @@
 """The real CLI through Typer's CliRunner: train -> eval -> predict on tiny corpora in both formats."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,9 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from lstmcli import precision
 from lstmcli.cli import app
 
-from .conftest import write_sums
+from .conftest import needs_native_bf16, write_sums
 
 TINY = Path(__file__).parents[1] / "configs" / "tiny.toml"
 FAST = ["--epochs", "3", "--max-train-examples", "0", "--max-eval-examples", "0", "--lr", "0.02",
@@ -176,14 +178,55 @@ def test_bench_writes_a_table_and_json(workdir):
     one_line_error(run("bench", "--min-length", 10, "--max-length", 5), 2, "--min-length")
 
 
+@needs_native_bf16
 def test_bf16_precision_through_the_cli(mirror, workdir):
-    """A bf16 run trains, records its precision, and eval/predict run the checkpoint at it."""
-    ok(run("train", "--config", TINY, "--dataset", "imdb", *FAST, "--precision", "bf16", "--out", "h"))
+    """Where bf16 is native: a bf16 run trains at it, records it, and eval/predict run the checkpoint at it."""
+    result = ok(run("train", "--config", TINY, "--dataset", "imdb", *FAST[:-1], "--precision", "bf16", "--out", "h"))
+    assert "precision bf16 (as configured; CPU with" in result.stderr
     assert json.loads(Path("h/best/config.json").read_text())["model"]["precision"] == "bf16"
+    assert json.loads(Path("h/metrics.json").read_text())["environment"]["precision"] == "bf16"
     report = json.loads(ok(run("eval", "--checkpoint", "h/best", "--json")).stdout)
-    assert report["accuracy"] > 0.9
-    out = ok(run("predict", "--checkpoint", "h/best", "a great wonderful superb film")).stdout.split("\t")
-    assert out[0] == "pos"
-    one_line_error(run("eval", "--checkpoint", "h/best", "--impl", "scratch"), 2, "model.precision")
+    assert report["accuracy"] > 0.9 and report["precision"] == "bf16"
+    out = ok(run("predict", "--checkpoint", "h/best", "a great wonderful superb film"))
+    assert out.stdout.split("\t")[0] == "pos" and out.stderr == ""
     one_line_error(run("train", "--config", TINY, "--dataset", "imdb", "--impl", "scratch", "--precision", "bf16"),
                    2, "model.precision", "builtin")
+
+
+@pytest.mark.parametrize("level", [precision.UNAVAILABLE, precision.NOT_NATIVE])
+def test_auto_trains_in_fp32_where_bf16_is_not_native(mirror, workdir, bf16_level, level):
+    bf16_level(level)
+    result = ok(run("train", "--config", TINY, "--dataset", "imdb", *FAST[:-1], "--precision", "auto", "--out", "a"))
+    assert "precision fp32 (auto: CPU (" in result.stderr
+    assert json.loads(Path("a/config.json").read_text())["model"]["precision"] == "auto"  # the request
+    assert json.loads(Path("a/best/config.json").read_text())["model"]["precision"] == "fp32"  # what ran
+    env = json.loads(Path("a/metrics.json").read_text())["environment"]
+    assert (env["precision"], env["bf16"]) == ("fp32", level)
+
+
+def test_bf16_on_a_cpu_without_it(mirror, workdir, bf16_level):
+    """An AVX2-only CPU: an explicit bf16 run stops before it starts; a checkpoint trained in bf16
+    elsewhere evaluates and predicts in fp32 with one line on stderr, exactly as its fp32 twin does."""
+    bf16_level(precision.UNAVAILABLE)
+    one_line_error(run("train", "--config", TINY, "--dataset", "imdb", "--precision", "bf16", "--out", "x"), 2,
+                   "precision bf16 cannot run on this CPU (AVX2)", "use --precision fp32")
+    assert not Path("x").exists()
+    ok(run("train", "--config", TINY, "--dataset", "imdb", *FAST, "--out", "f"))
+    shutil.copytree("f/best", "b16")  # the weights are float32 at either precision: only the config differs
+    config = json.loads(Path("b16/config.json").read_text())
+    config["model"]["precision"] = "bf16"
+    Path("b16/config.json").write_text(json.dumps(config))
+    twin = json.loads(ok(run("eval", "--checkpoint", "f/best", "--json")).stdout)
+    result = ok(run("eval", "--checkpoint", "b16", "--json"))
+    note = "lstmcli: this checkpoint was trained in bf16; running it in fp32 (CPU (AVX2)"
+    assert result.stderr.startswith(note) and len(result.stderr.splitlines()) == 1
+    report = json.loads(result.stdout)
+    assert report["precision"] == "fp32" and report["confusion"] == twin["confusion"] and report["loss"] == twin["loss"]
+    texts = "a great wonderful superb film\nawful dull waste\n"
+    result = ok(run("predict", "--checkpoint", "b16", "--json", "-", input=texts))
+    assert result.stderr.startswith(note) and len(result.stderr.splitlines()) == 1
+    assert result.stdout == ok(run("predict", "--checkpoint", "f/best", "--json", "-", input=texts)).stdout
+    assert ok(run("eval", "--checkpoint", "b16", "--precision", "fp32", "--json")).stderr == ""
+    one_line_error(run("eval", "--checkpoint", "b16", "--precision", "bf16"), 2, "use --precision fp32")
+    result = ok(run("eval", "--checkpoint", "b16", "--impl", "scratch", "--json"))
+    assert "running it in fp32 (impl scratch is float32)" in result.stderr

@@ -4,14 +4,16 @@ The longer run (all of IMDB) is marked `slow` and only runs on demand: `pytest -
 """
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from lstmcli.cli import app
 
-from .conftest import SHARED_DATASETS
+from .conftest import SHARED_DATASETS, needs_native_bf16
 
 pytestmark = pytest.mark.skipif(not (SHARED_DATASETS / "SHA256SUMS").is_file(),
                                 reason=f"no local mirror at {SHARED_DATASETS}")
@@ -55,6 +57,32 @@ def test_ag_news_train_file_is_not_in_the_mirror(real_mirror):
     result = CliRunner().invoke(app, ["train", "--dataset", "ag_news"])
     assert result.exit_code == 2
     assert "ag_news_csv/train.csv" in result.stderr and "LSTMCLI_MIRROR" in result.stderr
+
+
+@needs_native_bf16
+def test_a_bf16_checkpoint_answers_the_same_in_fp32(real_mirror):
+    """What eval/predict do with a bf16-trained checkpoint on a CPU without native bf16: run it in fp32.
+    On 500 real test reviews the probabilities stay within bfloat16's epsilon (2^-7) of the bf16 run's,
+    and the labels agree wherever the fp32 probability is farther than that from the 0.5 boundary."""
+    run_dir, _ = train("--dataset", "imdb", "--max-train-examples", 2000, "--max-eval-examples", 500,
+                       "--max-length", 200, *SMALL, "--precision", "bf16", "--out", "b16")
+    root = Path("data/aclImdb/test")
+    reviews = [(root / label / name).read_text(encoding="utf-8") for label in ("neg", "pos")
+               for name in sorted(os.listdir(root / label))[:250]]
+    assert not any("\n" in r for r in reviews)
+    runs = {}
+    for precision in ("bf16", "fp32"):
+        out = CliRunner().invoke(app, ["predict", "--checkpoint", run_dir / "best", "--precision", precision,
+                                       "--json", "--top-k", "2", "-"], input="\n".join(reviews) + "\n")
+        assert out.exit_code == 0 and out.stderr == "", out.output
+        runs[precision] = [{t["label"]: t["probability"] for t in json.loads(line)["top_k"]}
+                           for line in out.stdout.splitlines()]
+    assert len(runs["fp32"]) == len(reviews) == 500
+    eps = torch.finfo(torch.bfloat16).eps
+    for a, b in zip(runs["bf16"], runs["fp32"]):
+        assert abs(a["pos"] - b["pos"]) <= eps, (a, b)
+        if abs(b["pos"] - 0.5) > eps:
+            assert (a["pos"] > 0.5) == (b["pos"] > 0.5), (a, b)
 
 
 @pytest.mark.slow

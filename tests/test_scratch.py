@@ -1,14 +1,20 @@
 """The scratch encoders against PyTorch's: outputs, final states and every gradient, plus gradcheck."""
 
+import copy
+import re
+import shutil
+import subprocess
+
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lstmcli import native
 from lstmcli.models import TextClassifier, recurrence
 from lstmcli.models.recurrence import GRULayer, LSTMLayer, RNNLayer, peephole_lstm
 from lstmcli.models.scratch import ScratchRNN
+
+from .conftest import assert_float32_close, float32_tolerance, reference
 
 TORCH_RNN = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -27,15 +33,6 @@ def loops(request):
     recurrence.use_native(module)
     yield request.param
     recurrence.use_native(saved)
-
-
-def reference(rnn, x, lengths):
-    """nn.LSTM/GRU/RNN on a PackedSequence: the exact variable-length semantics we must equal."""
-    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-    out, state = rnn(packed)
-    out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
-    h_n, c_n = state if isinstance(state, tuple) else (state, None)
-    return out, h_n, c_n
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -65,24 +62,31 @@ def test_equals_pytorch_when_rows_are_split_between_threads(mode, loops):
     _check_against_reference(ref, ours, torch.randn(300, 12, 4), lengths, mode)
 
 
+def _run(fn, x, lengths, weights):
+    """Outputs, states and the gradients of x and every parameter of a fixed weighted sum of them."""
+    x = x.clone().requires_grad_()
+    out, h, c = fn(x, lengths)
+    w_out, w_h = (w.to(out.dtype) for w in weights)
+    ((out * w_out).sum() + (h * w_h).sum() + (c.sum() if c is not None else 0)).backward()
+    return {"output": out, "h_n": h, "c_n": c, "x.grad": x.grad}
+
+
 def _check_against_reference(ref, ours, x, lengths, mode):
-    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out1, h1, c1 = ours(x1, lengths)
-    out2, h2, c2 = reference(ref, x2, lengths)
-    tol = dict(atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out1, out2, **tol)
-    torch.testing.assert_close(h1, h2, **tol)
-    if mode == "lstm":
-        torch.testing.assert_close(c1, c2, **tol)
-    w_out, w_h = torch.randn_like(out2), torch.randn_like(h2)
-    loss1 = (out1 * w_out).sum() + (h1 * w_h).sum() + (c1.sum() if c1 is not None else 0)
-    loss2 = (out2 * w_out).sum() + (h2 * w_h).sum() + (c2.sum() if c2 is not None else 0)
-    loss1.backward()
-    loss2.backward()
-    torch.testing.assert_close(x1.grad, x2.grad, **tol)
-    ref_params = dict(ref.named_parameters())
+    """Ours (float32) against nn.LSTM/GRU/RNN in float32 and, as the exact answer, in float64."""
+    exact = copy.deepcopy(ref).double()
+    g = torch.Generator().manual_seed(0)
+    out_shape = (x.size(0), x.size(1), ref.hidden_size * (2 if ref.bidirectional else 1))
+    h_shape = (ref.num_layers * (2 if ref.bidirectional else 1), x.size(0), ref.hidden_size)
+    weights = [torch.randn(out_shape, generator=g).to(x.device), torch.randn(h_shape, generator=g).to(x.device)]
+    got = _run(ours, x, lengths, weights)
+    want = _run(lambda x, lens: reference(ref, x, lens), x, lengths, weights)
+    best = _run(lambda x, lens: reference(exact, x, lens), x.double(), lengths, weights)
+    for key in ("output", "h_n", "c_n", "x.grad"):
+        if best[key] is not None:
+            assert_float32_close(got[key], want[key], best[key], f"{mode} {key}")
+    theirs, truth = dict(ref.named_parameters()), dict(exact.named_parameters())
     for name, p in ours.named_parameters():
-        torch.testing.assert_close(p.grad, ref_params[name].grad, **tol, msg=name)
+        assert_float32_close(p.grad, theirs[name].grad, truth[name].grad, f"{mode} {name}.grad")
 
 
 def test_state_dict_moves_both_ways_through_the_classifier(loops):
@@ -94,7 +98,8 @@ def test_state_dict_moves_both_ways_through_the_classifier(loops):
     scratch.load_state_dict(builtin.state_dict())
     ids = torch.tensor([[3, 4, 5, 6], [7, 8, 0, 0]])
     lengths = torch.tensor([4, 2])
-    torch.testing.assert_close(scratch(ids, lengths), builtin(ids, lengths), atol=1e-6, rtol=1e-5)
+    exact = copy.deepcopy(builtin).double()
+    assert_float32_close(scratch(ids, lengths), builtin(ids, lengths), exact(ids, lengths), "logits")
     builtin.load_state_dict(scratch.state_dict())
 
 
@@ -162,8 +167,9 @@ def test_peephole_gradcheck_and_padding():
     seq = torch.randn(1, 3, 3)
     alone = rnn(seq, torch.tensor([3]))
     padded = rnn(torch.cat([torch.cat([seq, torch.randn(1, 4, 3)], 1), torch.randn(1, 7, 3)]), torch.tensor([3, 7]))
-    torch.testing.assert_close(padded[0][0, :3], alone[0][0])
-    torch.testing.assert_close(padded[1][:, 0], alone[1][:, 0])
+    tol = float32_tolerance(2 * 3 * (3 + 4))  # the same float32 sums in another batch: 2 layers, 3 steps
+    torch.testing.assert_close(padded[0][0, :3], alone[0][0], atol=tol, rtol=0)
+    torch.testing.assert_close(padded[1][:, 0], alone[1][:, 0], atol=tol, rtol=0)
 
 
 def test_peephole_only_for_lstm():
@@ -216,9 +222,10 @@ def test_inference_path_equals_pytorch(mode, loops):
     x = torch.randn(64, 11, 5)
     with torch.no_grad():
         got, want = ours(x, lengths), reference(ref, x, lengths)
-    for a, b in zip(got, want):
-        if b is not None:
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        exact = reference(copy.deepcopy(ref).double(), x.double(), lengths)
+    for name, a, b, c in zip(("output", "h_n", "c_n"), got, want, exact):
+        if c is not None:
+            assert_float32_close(a, b, c, name)
 
 
 @pytest.mark.parametrize("threads", [1, 3])
@@ -237,7 +244,37 @@ def test_lstm_inference_blocks_of_units_per_thread(threads, loops):
     try:
         with torch.no_grad():
             got, want = ours(x, lengths), reference(ref, x, lengths)
+            exact = reference(copy.deepcopy(ref).double(), x.double(), lengths)
     finally:
         torch.set_num_threads(saved)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for name, a, b, c in zip(("output", "h_n", "c_n"), got, want, exact):
+        assert_float32_close(a, b, c, name)
+
+
+def test_builds_are_named_for_what_they_were_compiled_for():
+    """A build cache shared between machines must never hand one CPU a build for another: each
+    instruction set (and torch version) gets its own module name, and none is -march=native."""
+    specs = {isa: native.build_spec(isa) for isa in ("AVX512", "AVX2", "DEFAULT")}
+    names = {name for name, _ in specs.values()}
+    assert len(names) == 3 and specs["AVX2"][0].startswith("lstmcli_recurrence_avx2_")
+    assert "-mavx2" in specs["AVX2"][1] and not any("avx512" in f for f in specs["AVX2"][1] + specs["DEFAULT"][1])
+    assert not any(f.startswith("-march") for _, flags in specs.values() for f in flags)
+
+
+AVX512_REGISTERS = re.compile(r"%zmm|%k[1-7]\b|%[xy]mm(1[6-9]|2\d|3[01])\b")  # EVEX-only: any use is AVX-512
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="needs objdump (binutils)")
+def test_the_build_uses_the_instructions_of_its_isa_and_no_others():
+    """Disassemble the kernels this process loaded: an AVX2 (or plain) build holds no AVX-512
+    instruction, so it runs on every AVX2 CPU; an AVX-512 build does use them (its flags took)."""
+    isa = torch.backends.cpu.get_cpu_capability()
+    module = native.build()  # the module ensure() loads (built once per process and cache)
+    assert module.__name__ == native.build_spec()[0] and module.__name__.startswith(f"lstmcli_recurrence_{isa.lower()}_")
+    text = subprocess.run(["objdump", "-d", "--no-show-raw-insn", module.__file__], capture_output=True,
+                          text=True, check=True).stdout
+    avx512 = len(AVX512_REGISTERS.findall(text))
+    if isa == "AVX512":
+        assert avx512 > 0
+    else:
+        assert avx512 == 0, f"{avx512} AVX-512 register uses in the {isa} build {module.__file__}"

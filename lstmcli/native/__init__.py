@@ -2,15 +2,22 @@
 
 The scratch encoders run the Python loops of lstmcli/models/recurrence.py unless a kernel module has
 been handed to `recurrence.use_native`. `ensure()` builds that module with torch.utils.cpp_extension
-(a C++ compiler and ninja; about a minute the first time on 2 cores, then cached per machine in
+(a C++ compiler and ninja; about a minute the first time on 2 cores, then cached in
 TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions) and hands it over. When it cannot be
 built, the Python loops run - same results, slower - and one line on stderr says why.
 LSTMCLI_NATIVE=0 skips the build.
+
+The build is compiled for the instruction set torch itself dispatches to on this CPU (AVX512, AVX2,
+or none of those: plain x86-64), never -march=native, and its cache folder is named for that
+instruction set and a digest of the flags and torch version. So a cache shared between machines (a
+home folder on NFS, a CI cache, a Docker layer) never hands an AVX-512 build to an AVX2 CPU, and a
+torch upgrade rebuilds instead of loading a module built against another ABI.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -47,6 +54,14 @@ def ensure() -> bool:
     return True
 
 
+def build_spec(isa: str | None = None) -> tuple[str, list[str]]:
+    """(module name, compiler flags) of the build for `isa` (default: what torch dispatches to here)."""
+    isa = isa or torch.backends.cpu.get_cpu_capability()
+    flags = ["-O3", "-fopenmp", *ISA_FLAGS.get(isa, [])]
+    digest = hashlib.sha256(" ".join([torch.__version__, *flags]).encode()).hexdigest()[:10]
+    return f"lstmcli_recurrence_{isa.lower()}_{digest}", flags
+
+
 def build():
     from torch.utils import cpp_extension  # imported here: it is slow to import and only needed now
 
@@ -54,7 +69,6 @@ def build():
     bin_dir = str(Path(sys.executable).parent)
     if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
-    isa = torch.backends.cpu.get_cpu_capability()
-    return cpp_extension.load(name=f"lstmcli_recurrence_{isa.lower()}", sources=[str(SOURCE)],
-                              extra_cflags=["-O3", "-fopenmp", *ISA_FLAGS.get(isa, [])],
+    name, flags = build_spec()
+    return cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags,
                               extra_ldflags=["-fopenmp"], verbose=False)
