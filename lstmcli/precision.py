@@ -74,8 +74,8 @@ def bf16_support(device_type: str) -> Bf16Support:
 def _bf16_or_refuse(device: torch.device, impl: Impl, what: str) -> tuple[Precision, str]:
     """An explicit bf16 request: refused where it cannot run, allowed with a warning where it is slow."""
     if impl is not Impl.builtin:
-        raise LstmcliError(f"precision bf16 needs impl builtin (the scratch kernels are float32); "
-                           f"use --precision fp32")
+        raise LstmcliError("precision bf16 needs impl builtin (the scratch kernels are float32); "
+                           "use --precision fp32")
     support = bf16_support(device.type)
     if support.level == UNAVAILABLE:
         raise LstmcliError(f"precision bf16 cannot run on this {support.why}; use --precision fp32, "
