@@ -34,6 +34,7 @@ demo: $(BIN)/.installed
 AVX2_ONLY := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 
 test: $(BIN)/.installed
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 	$(AVX2_ONLY) $(BIN)/python -m pytest
 

@@ -24,14 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
-from tqdm import tqdm
 
-from lstmcli import checkpoint
-from lstmcli.batching import bucket_batches, collate, padding_share, truncated_lengths
+from lstmcli.batching import Cut, bucket_batches, collate, padding_share, truncated_lengths
+from lstmcli.build import build_model
 from lstmcli.config import resolve
 from lstmcli.prepare import prepare
 from lstmcli.schedule import make_optimizer, make_scheduler
-from lstmcli.train import cut_of, train_one_epoch
+from lstmcli.train import train_one_epoch
 from lstmcli.train_state import EpochProgress
 
 
@@ -43,7 +42,7 @@ class NotebookBiLSTM(nn.Module):
         self.embedding, self.head, self.packed = reference.embedding, reference.head, packed
         self.lstm = reference.encoder.rnn  # the same nn.LSTM (and weights) lstmcli trains
         self.dropout = reference.dropout
-        self.bf16 = reference.precision == "bf16"
+        self.bf16 = reference.spec.precision == "bf16"
 
     def forward(self, ids, lengths):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
@@ -81,9 +80,8 @@ def lstmcli_epoch(model, cfg, split, indices, cut, seed):
     lengths = truncated_lengths(split, cut.length)
     batches = [indices[b] for b in bucket_batches(lengths[indices], cfg.train.batch_size, seed, 1)]
     progress = EpochProgress()
-    with tqdm(disable=True) as bar:
-        train_one_epoch(model, split, batches, optimizer, scheduler, torch.device("cpu"), cut,
-                        cfg.train.grad_clip, progress, lambda: False, bar, 1)
+    train_one_epoch(model, split, batches, optimizer, scheduler, torch.device("cpu"), cut,
+                    cfg.train.grad_clip, progress, should_stop=lambda: False)
     return progress.tokens, progress.seconds, padding_share(batches, lengths)
 
 
@@ -98,20 +96,20 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     cfg = resolve(args.config, {"impl": "builtin", "precision": args.precision})
-    data = prepare(cfg.data, quiet=True)
-    split, cut = data.splits["train"], cut_of(cfg)
+    data = prepare(cfg.data)
+    split, cut = data.splits["train"], Cut.of(cfg.data)
     indices = torch.randperm(len(split), generator=torch.Generator().manual_seed(args.seed))[: args.examples]
-    print(f"{len(indices)} IMDB training reviews, cut {cut.keep} {cut.length}; model of {args.config} "
+    print(f"{len(indices)} IMDB training reviews, cut {cut.keep.value} {cut.length}; model of {args.config} "
           f"(impl builtin, {args.precision}); {torch.get_num_threads()} threads, torch {torch.__version__}")
     results = {}
     for name in ("lstmcli", "notebook padded", "notebook packed"):
         torch.manual_seed(args.seed)
-        model = checkpoint.build_model(cfg, len(data.vocab), len(data.label_names))
+        model = build_model(cfg.model, len(data.vocab), len(data.label_names))
         if name == "lstmcli":
             tokens, seconds, pad = lstmcli_epoch(model, cfg, split, indices, cut, args.seed)
         else:
-            tokens, seconds, pad = notebook_epoch(NotebookBiLSTM(model, packed=name.endswith("packed")), split,
-                                                  indices, cut, 16, args.seed)
+            notebook = NotebookBiLSTM(model, packed=name.endswith("packed"))
+            tokens, seconds, pad = notebook_epoch(notebook, split, indices, cut, 16, args.seed)
         results[name] = tokens / seconds
         print(f"{name:<16} {tokens:>10,} tokens {seconds:8.1f} s {tokens / seconds:>10,.0f} tok/s  "
               f"padding {pad:.1%}  x{results['lstmcli'] / results[name]:.2f} slower than lstmcli", flush=True)

@@ -34,8 +34,8 @@ def main() -> None:
     load_splits(cfg)  # fetch + extract once, outside the timings
     # prepare first, in a process that has done nothing else yet, as `lstmcli train` would
     shutil.rmtree(Path(args.data_dir) / "cache", ignore_errors=True)
-    _, t_cold = timed(lambda: prepare(cfg, quiet=True))
-    _, t_warm = timed(lambda: prepare(cfg, quiet=True))
+    _, t_cold = timed(lambda: prepare(cfg))
+    _, t_warm = timed(lambda: prepare(cfg))
     (_, splits), t_read = timed(lambda: load_splits(cfg))
     texts = [t for s in splits.values() for t in s.texts]
     n_tok = sum(len(basic_english(t)) for t in texts)

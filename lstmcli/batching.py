@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import DataConfig, Truncate
 from .prepare import EncodedSplit
 
 
@@ -37,12 +38,16 @@ class Cut:
     and last halves (`head_tail`: a review's verdict is often in its closing lines)."""
 
     length: int = 0
-    keep: str = "head"
+    keep: Truncate = Truncate.head
+
+    @classmethod
+    def of(cls, cfg: DataConfig) -> Cut:
+        return cls(cfg.max_length, cfg.truncate)
 
     @property
     def head(self) -> int:
         """How many leading tokens a cut text keeps (all `length` of them for `head`)."""
-        return (self.length + 1) // 2 if self.keep == "head_tail" else self.length
+        return (self.length + 1) // 2 if self.keep is Truncate.head_tail else self.length
 
     def apply(self, tokens: list) -> list:
         """`tokens` cut as `collate` cuts an encoded text."""
@@ -85,7 +90,7 @@ def collate(split: EncodedSplit, indices: torch.Tensor, cut: Cut = Cut()) -> Bat
     steps = torch.arange(width)
     mask = steps < lengths[:, None]
     offsets = starts[:, None] + steps
-    if cut.keep == "head_tail" and cut.length:
+    if cut.keep is Truncate.head_tail and cut.length:
         # past the first half, jump over the middle of a long text to its last tokens
         skip = (full - lengths)[:, None] * (steps >= cut.head)
         offsets = offsets + skip

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from . import native
 from .device import resolve_device
-from .models import TextClassifier, recurrence
+from .models.classifier import TextClassifier
+from .models.spec import ModelSpec
 
 
 @dataclass
@@ -34,10 +35,12 @@ class BenchShape:
     vocab_size: int = 20000
 
 
-def make_batches(shape: BenchShape, device: torch.device, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def make_batches(shape: BenchShape, device: torch.device,
+                 seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     n = shape.batch_size * shape.batches
-    lengths = torch.randint(shape.min_length, shape.max_length + 1, (n,), generator=g).sort(descending=True).values
+    lengths = torch.randint(shape.min_length, shape.max_length + 1, (n,), generator=g)
+    lengths = lengths.sort(descending=True).values
     batches = []
     for chunk in lengths.split(shape.batch_size):
         ids = torch.randint(2, shape.vocab_size, (len(chunk), int(chunk.max())), generator=g)
@@ -53,7 +56,8 @@ def _time_pass(model, batches, optimizer, train: bool) -> float:
     start = time.perf_counter()
     for ids, lengths in batches:
         if train:
-            loss = F.cross_entropy(model(ids, lengths), torch.zeros(len(lengths), dtype=torch.long, device=ids.device))
+            targets = torch.zeros(len(lengths), dtype=torch.long, device=ids.device)
+            loss = F.cross_entropy(model(ids, lengths), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -72,7 +76,7 @@ def run_bench(encoders: list[str], impls: list[str], shape: BenchShape, device: 
         torch.set_num_threads(threads)
     # what ran the scratch time loops: the C++ kernels serve CPU tensors only
     loops = ("c++" if dev.type == "cpu" and native.ensure() else "python") if "scratch" in impls else "none"
-    if loops == "c++" and recurrence._native.packed_gemm():
+    if loops == "c++" and native.uses_packed_gemm():
         loops += " (MKL packed GEMM)"
     batches = make_batches(shape, dev, seed)
     tokens = sum(int(lengths.sum()) for _, lengths in batches)
@@ -81,12 +85,14 @@ def run_bench(encoders: list[str], impls: list[str], shape: BenchShape, device: 
         models = {}
         for impl in impls:
             torch.manual_seed(seed)
-            model = TextClassifier(shape.vocab_size, 2, shape.embedding_dim, shape.hidden_size, encoder, impl,
-                                   shape.num_layers, shape.bidirectional).to(dev)
+            spec = ModelSpec(vocab_size=shape.vocab_size, num_classes=2, encoder=encoder, impl=impl,
+                             embedding_dim=shape.embedding_dim, hidden_size=shape.hidden_size,
+                             num_layers=shape.num_layers, bidirectional=shape.bidirectional)
+            model = TextClassifier(spec).to(dev)
             models[impl] = (model, torch.optim.Adam(model.parameters(), lr=1e-3))
         times = {(impl, mode): [] for impl in impls for mode in ("train", "infer")}
         for mode in ("train", "infer"):
-            for impl, (model, opt) in models.items():  # warm-up
+            for model, opt in models.values():  # warm-up
                 model.train(mode == "train")
                 _time_pass(model, batches[:1], opt, mode == "train")
             for _ in range(shape.repeats):
@@ -96,8 +102,9 @@ def run_bench(encoders: list[str], impls: list[str], shape: BenchShape, device: 
         results[encoder] = {impl: {mode: tokens / statistics.median(times[(impl, mode)])
                                    for mode in ("train", "infer")} for impl in impls}
         if {"builtin", "scratch"} <= set(impls):
-            results[encoder]["ratio"] = {mode: results[encoder]["scratch"][mode] / results[encoder]["builtin"][mode]
-                                         for mode in ("train", "infer")}
+            by_impl = results[encoder]
+            by_impl["ratio"] = {mode: by_impl["scratch"][mode] / by_impl["builtin"][mode]
+                                for mode in ("train", "infer")}
     return {"shape": asdict(shape), "device": str(dev), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "scratch_loops": loops, "tokens_per_pass": tokens, "results": results}
 
@@ -105,10 +112,11 @@ def run_bench(encoders: list[str], impls: list[str], shape: BenchShape, device: 
 def format_bench(report: dict) -> str:
     s = report["shape"]
     lines = [f"tokens/s, median of {s['repeats']} x {s['batches']} batches: embedding {s['embedding_dim']}, "
-             f"hidden {s['hidden_size']}, batch {s['batch_size']}, lengths {s['min_length']}-{s['max_length']}, "
+             f"hidden {s['hidden_size']}, batch {s['batch_size']}, "
+             f"lengths {s['min_length']}-{s['max_length']}, "
              f"layers {s['num_layers']}{', bidirectional' if s['bidirectional'] else ''}; "
              f"{report['device']}, {report['threads']} threads, torch {report['torch']}"
-             + (f", scratch time loops in {report['scratch_loops']}" if report["scratch_loops"] != "none" else ""),
+             + (f", scratch time loops in {loops}" if (loops := report["scratch_loops"]) != "none" else ""),
              "", f"{'encoder':<8} {'impl':<8} {'train':>10} {'infer':>10}"]
     for encoder, by_impl in report["results"].items():
         for impl, r in by_impl.items():

@@ -15,11 +15,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from . import native
+from .build import build_model
 from .config import Config, Impl, Precision, apply, from_dict, to_dict
 from .errors import CheckpointError, ConfigError
 from .fsutil import replace_dir, temp_dir, write_json
-from .models import TextClassifier
+from .models.classifier import TextClassifier
 from .precision import for_inference
 from .text import Vocab
 from .train_state import STATE_FILE
@@ -36,16 +36,6 @@ class Checkpoint:
     model: TextClassifier
     metrics: dict
     note: str | None = None  # why it runs at another precision than it was trained at (for stderr)
-
-
-def build_model(cfg: Config, vocab_size: int, num_classes: int) -> TextClassifier:
-    m = cfg.model
-    if m.impl.value == "scratch":
-        native.ensure()  # the C++ time loops when they build here; the Python ones otherwise
-    return TextClassifier(vocab_size, num_classes, m.embedding_dim, m.hidden_size, m.encoder.value,
-                          m.impl.value, m.num_layers, m.bidirectional, m.dropout, m.pooling.value, m.pack.value,
-                          m.peephole, m.embedding_dropout, m.recurrent_dropout,
-                          m.precision.value)
 
 
 def save(path: Path, cfg: Config, vocab: Vocab, label_names: list[str], model: TextClassifier,
@@ -75,7 +65,8 @@ def _read_json(path: Path):
         raise CheckpointError(f"broken checkpoint: cannot read {path} ({exc})") from None
 
 
-def load(path: Path, device: str = "cpu", impl: str | None = None, precision: str | None = None) -> Checkpoint:
+def load(path: Path, device: str = "cpu", impl: str | None = None,
+         precision: str | None = None) -> Checkpoint:
     """Load a checkpoint folder; anything missing or malformed is a CheckpointError.
 
     `impl` runs the weights in another encoder implementation (builtin <-> scratch share a state_dict);
@@ -105,7 +96,7 @@ def load(path: Path, device: str = "cpu", impl: str | None = None, precision: st
                     f"--impl {run_impl.value} for {path}")
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
-    model = build_model(cfg, len(vocab), len(labels))
+    model = build_model(cfg.model, len(vocab), len(labels))
     try:
         state = load_file(str(path / "model.safetensors"), device=device)
         model.load_state_dict(state)

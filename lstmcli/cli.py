@@ -5,6 +5,7 @@ by its reader. Results go to stdout, logs and errors to stderr; an error a user 
 line, and `--debug` adds the traceback.
 """
 
+import contextlib
 import functools
 import inspect
 import json
@@ -14,29 +15,32 @@ import sys
 import traceback
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
-from .config import Device, Encoder, Impl, Precision, field_index, resolve
+from .config import Device, Encoder, Impl, Precision, env_data_dir, field_index, resolve
 from .errors import EXIT_INTERRUPTED, EXIT_PIPE, EXIT_USAGE, CheckFailed, LstmcliError
+from .logs import setup_logging
+from .registry import REGISTRY
 
 EXIT_CODES = ("Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 130 interrupted, "
               "141 stdout closed by its reader.")
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help=f"Train, evaluate and use recurrent text classifiers (LSTM, GRU, RNN).\n\n{EXIT_CODES}")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help=f"Train, evaluate and use recurrent text classifiers (LSTM, GRU, RNN).\n\n{EXIT_CODES}")
 DEBUG = {"on": False}
+DEFAULT_CHECKPOINT = Path("runs/latest/best")
+QUIET_HELP = "warnings only: no progress bars or logs"
+PRECISION_HELP = ("run the checkpoint at this precision (default: the one it was trained at, but fp32 where "
+                  "the device has no native bf16, said on stderr)")
 
 
 @app.callback()
 def main_options(
-    debug: Annotated[bool, typer.Option("--debug", help="show the traceback of an error")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="debug logs, and the traceback of an error")] = False,
 ) -> None:
     DEBUG["on"] = debug
-
-DEFAULT_CHECKPOINT = Path("runs/latest/best")
-PRECISION_HELP = ("run the checkpoint at this precision (default: the one it was trained at, but fp32 where "
-                  "the device has no native bf16, said on stderr)")
 
 
 class Metric(str, Enum):
@@ -44,7 +48,7 @@ class Metric(str, Enum):
     macro_f1 = "macro_f1"
 
 
-class Split(str, Enum):
+class SplitName(str, Enum):
     test = "test"
     val = "val"
     train = "train"
@@ -65,10 +69,9 @@ def user_errors(fn):
     """Turn user-caused errors into one line on stderr and their exit code; Ctrl-C into 130."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
+        setup_logging(quiet=bool(kwargs.get("quiet")), debug=DEBUG["on"])
+        with contextlib.suppress(ValueError):  # not the main thread (an embedding program's worker)
             signal.signal(signal.SIGTERM, _sigterm)
-        except ValueError:  # not the main thread (an embedding program's worker): leave it alone
-            pass
         try:
             return fn(*args, **kwargs)
         except LstmcliError as exc:
@@ -86,12 +89,14 @@ def with_config_options(fn):
     """Add one `--<field>` option per config field (help from the dataclass) to a `**fields` command."""
     sig = inspect.signature(fn, eval_str=True)
     params = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
+    extra = {"dataset": f"; built in: {', '.join(REGISTRY)}"}
     for name, info in field_index().items():
         default = info.default.value if isinstance(info.default, Enum) else info.default
-        option = typer.Option(help=f"{info.help} (default: {default!r})", rich_help_panel=f"{info.section} options",
-                              show_default=False)
-        annotation = Annotated[Optional[info.type], option]
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
+        option = typer.Option(help=f"{info.help}{extra.get(name, '')} (default: {default!r})",
+                              rich_help_panel=f"{info.section} options", show_default=False)
+        annotation = Annotated[info.type | None, option]
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=annotation))
     fn.__signature__ = sig.replace(parameters=params)
     fn.__annotations__ = {p.name: p.annotation for p in params}
     return fn
@@ -101,10 +106,10 @@ def with_config_options(fn):
 @with_config_options
 @user_errors
 def train(
-    config: Annotated[Optional[Path], typer.Option(help="TOML config; flags override its values")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="continue a stopped run folder, with its own config")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or logs")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="print the run's metrics.json (and run_dir) as JSON")] = False,
+    config: Annotated[Path | None, typer.Option(help="TOML config; flags override its values")] = None,
+    resume: Annotated[Path | None, typer.Option(help="continue a stopped run folder")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="print metrics.json and run_dir as JSON")] = False,
     **fields: Any,
 ) -> None:
     """Train a classifier; writes a run folder (config.json, metrics.json, best/, last/) and prints its path.
@@ -116,12 +121,14 @@ def train(
     if resume is not None:
         given = sorted(k for k, v in fields.items() if v is not None) + (["config"] if config else [])
         if given:
-            raise LstmcliError(f"--resume continues a run with its own config; drop --{given[0].replace('_', '-')}")
-        run_dir = training.resume(resume, quiet=quiet)
+            flag = given[0].replace("_", "-")
+            raise LstmcliError(f"--resume continues a run with its own config; drop --{flag}")
+        run_dir = training.resume(resume)
     else:
-        run_dir = training.run(resolve(config, fields), quiet=quiet)
+        run_dir = training.run(resolve(config, fields))
     if json_out:
-        typer.echo(json.dumps({"run_dir": str(run_dir), **json.loads((run_dir / "metrics.json").read_text())}))
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        typer.echo(json.dumps({"run_dir": str(run_dir), **metrics}))
     else:
         typer.echo(str(run_dir))
 
@@ -130,27 +137,29 @@ def train(
 @user_errors
 def eval_(
     checkpoint: Annotated[Path, typer.Option(help="checkpoint folder")] = DEFAULT_CHECKPOINT,
-    split: Annotated[Split, typer.Option(help="split to evaluate")] = Split.test,
-    dataset: Annotated[Optional[str], typer.Option(help="evaluate other data: a dataset name, or a file (all its rows)")] = None,
-    data_dir: Annotated[Optional[str], typer.Option(help="dataset cache folder")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="examples per batch")] = None,
+    split: Annotated[SplitName, typer.Option(help="split to evaluate")] = SplitName.test,
+    dataset: Annotated[str | None, typer.Option(help="other data: a dataset, or a file (all rows)")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="dataset cache folder (default: $LSTMCLI_DATA_DIR, "
+                                                    "else the one the checkpoint was trained from)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="examples per batch")] = None,
     device: Annotated[Device, typer.Option(help="device")] = Device.auto,
-    impl: Annotated[Optional[Impl], typer.Option(help="run the weights in this implementation")] = None,
-    precision: Annotated[Optional[Precision], typer.Option(help=PRECISION_HELP)] = None,
-    fail_under: Annotated[Optional[float], typer.Option(help="exit 1 when --metric is below this (a CI gate)")] = None,
+    impl: Annotated[Impl | None, typer.Option(help="run the weights in this implementation")] = None,
+    precision: Annotated[Precision | None, typer.Option(help=PRECISION_HELP)] = None,
+    fail_under: Annotated[float | None, typer.Option(help="exit 1 when --metric is below this")] = None,
     metric: Annotated[Metric, typer.Option(help="the metric --fail-under checks")] = Metric.accuracy,
     json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ) -> None:
     """Accuracy, loss, macro-F1, per-class P/R/F1 and the confusion matrix of a checkpoint."""
     from .evaluation import run_eval
     from .metrics import format_report
-    report, written = run_eval(checkpoint, split.value, dataset, data_dir, batch_size, device.value, quiet,
-                               impl.value if impl else None, precision.value if precision else None)
+    report, written = run_eval(checkpoint, split.value, dataset, data_dir or env_data_dir(), batch_size,
+                               device.value, impl and impl.value, precision and precision.value)
     if json_out:
         typer.echo(json.dumps(report))
     else:
-        typer.echo(format_report(report, f"{report['dataset']} [{report['split']}] with {report['checkpoint']}"))
+        title = f"{report['dataset']} [{report['split']}] with {report['checkpoint']}"
+        typer.echo(format_report(report, title))
         typer.echo(f"\nwritten to {written}", err=True)
     if fail_under is not None and report[metric.value] < fail_under:
         raise CheckFailed(f"{metric.value} {report[metric.value]:.4f} is below --fail-under {fail_under}")
@@ -184,9 +193,9 @@ def predict(
     top_k: Annotated[int, typer.Option(min=1, help="how many labels to show per text")] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="texts per batch")] = 256,
     device: Annotated[Device, typer.Option(help="device")] = Device.cpu,
-    impl: Annotated[Optional[Impl], typer.Option(help="run the weights in this implementation")] = None,
-    precision: Annotated[Optional[Precision], typer.Option(help=PRECISION_HELP)] = None,
-    max_length: Annotated[Optional[int], typer.Option(min=1, help="tokens kept per text (default: the "
+    impl: Annotated[Impl | None, typer.Option(help="run the weights in this implementation")] = None,
+    precision: Annotated[Precision | None, typer.Option(help=PRECISION_HELP)] = None,
+    max_length: Annotated[int | None, typer.Option(min=1, help="tokens kept per text (default: the "
                           "checkpoint's max_length, else 2048)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per input line")] = False,
 ) -> None:
@@ -209,7 +218,7 @@ def predict(
 @app.command()
 @user_errors
 def bench(
-    encoder: Annotated[list[Encoder], typer.Option(help="encoders to measure (repeat the option)")] = list(Encoder),
+    encoder: Annotated[list[Encoder], typer.Option(help="encoders to measure (repeat it)")] = list(Encoder),
     impl: Annotated[list[Impl], typer.Option(help="implementations to measure")] = list(Impl),
     embedding_dim: Annotated[int, typer.Option(min=1, help="embedding size")] = 128,
     hidden_size: Annotated[int, typer.Option(min=1, help="recurrent state size")] = 256,
@@ -235,6 +244,25 @@ def bench(
     report = run_bench([e.value for e in encoder], [i.value for i in impl], shape, device.value, threads)
     write_json(out, report)
     typer.echo(json.dumps(report) if json_out else format_bench(report))
+
+
+@app.command("datasets")
+@user_errors
+def datasets_(
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON object per dataset")] = False,
+) -> None:
+    """The built-in datasets: name, classes, what they hold, and the upstream files (LSTMCLI_MIRROR
+    replaces their host with a folder or URL of your own)."""
+    from .registry import REGISTRY
+    for ds in REGISTRY.values():
+        files = {role: {"name": f.name, "url": f.url, "md5": f.md5} for role, f in ds.files.items()}
+        if json_out:
+            typer.echo(json.dumps({"name": ds.name, "labels": list(ds.label_names), "about": ds.about,
+                                   "files": files}))
+        else:
+            typer.echo(f"{ds.name}: {', '.join(ds.label_names)}; {ds.about}")
+            for f in ds.files.values():
+                typer.echo(f"  {f.url} (md5 {f.md5})")
 
 
 def main() -> None:

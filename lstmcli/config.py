@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .models.spec import model_problem
 
 
 class Encoder(str, Enum):
@@ -80,9 +81,11 @@ def _f(default: Any, help: str) -> Any:
 
 @dataclass
 class DataConfig:
-    dataset: str = _f("imdb", "ag_news, imdb, or a path to a CSV/TSV/JSONL file or a folder of them")
+    dataset: str = _f("imdb", "a built-in dataset (lstmcli datasets lists them) or a path to a CSV/TSV/JSONL "
+                              "file or a folder of them")
     data_dir: str = _f("data", "dataset and token cache folder (env LSTMCLI_DATA_DIR)")
-    text_column: str = _f("text", "user data: text column(s), comma-separated to join; digits = headerless CSV/TSV")
+    text_column: str = _f("text", "user data: text column(s), comma-separated to join; digits = headerless "
+                                  "CSV/TSV")
     label_column: str = _f("label", "user data: label column (a name, or an index for headerless files)")
     val_fraction: float = _f(0.05, "share of the training split held out for validation")
     test_fraction: float = _f(0.1, "share held out for test when the data has no test split")
@@ -92,13 +95,15 @@ class DataConfig:
     vocab_max_size: int = _f(30000, "largest vocabulary, <pad> and <unk> included (0 = no limit)")
     vocab_min_freq: int = _f(1, "least count for a token to enter the vocabulary")
     max_length: int = _f(0, "truncate texts to this many tokens (0 = no limit)")
-    truncate: Truncate = _f(Truncate.head, "what max_length keeps: the head, or head_tail (first and last halves)")
+    truncate: Truncate = _f(Truncate.head, "what max_length keeps: the head, or head_tail (first and last "
+                                           "halves)")
 
 
 @dataclass
 class ModelConfig:
     encoder: Encoder = _f(Encoder.lstm, "recurrent cell")
-    impl: Impl = _f(Impl.builtin, "builtin: PyTorch's nn.LSTM/GRU/RNN; scratch: ours (lstmcli/models/scratch.py)")
+    impl: Impl = _f(Impl.builtin, "builtin: PyTorch's nn.LSTM/GRU/RNN; scratch: ours "
+                                  "(lstmcli/models/scratch.py)")
     peephole: bool = _f(False, "peephole connections (Gers & Schmidhuber 2000); lstm with impl scratch only")
     embedding_dim: int = _f(128, "embedding size")
     hidden_size: int = _f(128, "recurrent state size per direction")
@@ -106,8 +111,8 @@ class ModelConfig:
     bidirectional: bool = _f(False, "add a backward direction")
     dropout: float = _f(0.0, "dropout between layers and before the output layer")
     embedding_dropout: float = _f(0.0, "dropout on the word embeddings")
-    recurrent_dropout: float = _f(0.0, "DropConnect on the hidden-to-hidden weights (AWD-LSTM's weight drop): "
-                                  "one mask per batch, the same at every step")
+    recurrent_dropout: float = _f(0.0, "DropConnect on the hidden-to-hidden weights (AWD-LSTM's weight "
+                                       "drop): one mask per batch, the same at every step")
     pooling: Pooling = _f(Pooling.last, "how encoder outputs become one vector: last state, mean or max")
     pack: Pack = _f(Pack.auto, "PackedSequence: auto packs on CUDA only; padded runs are exact too")
     precision: Precision = _f(Precision.fp32, "bf16: matmuls and recurrent kernels run in bfloat16 under "
@@ -125,14 +130,17 @@ class TrainConfig:
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(0.0, "L2 weight decay")
     grad_clip: float = _f(1.0, "clip the gradient norm to this (0 = off)")
-    scheduler: Scheduler = _f(Scheduler.constant, "learning rate schedule: constant, cosine (to 0 by the last "
-                              "step) or plateau (multiply by plateau_factor when val accuracy stalls)")
+    scheduler: Scheduler = _f(Scheduler.constant, "learning rate schedule: constant, cosine (to 0 by the "
+                                                  "last step) or plateau (multiply by plateau_factor when "
+                                                  "val accuracy stalls)")
     warmup_steps: int = _f(0, "linear warm-up steps for constant and cosine")
     plateau_factor: float = _f(0.5, "plateau: factor applied to the learning rate")
     plateau_patience: int = _f(1, "plateau: epochs without improvement before lowering the rate")
-    patience: int = _f(0, "early stopping: stop after this many epochs without a better val accuracy (0 = off)")
+    patience: int = _f(0, "early stopping: stop after this many epochs without a better val accuracy "
+                          "(0 = off)")
     log_every: int = _f(0, "log a progress line to stderr every N steps (0 = only per epoch)")
-    embeddings: str = _f("", "pretrained vectors (GloVe / word2vec text) for the embedding rows of known tokens")
+    embeddings: str = _f("", "pretrained vectors (GloVe / word2vec text) for the embedding rows of known "
+                             "tokens")
     freeze_embeddings: bool = _f(False, "keep the embedding layer fixed during training")
     seed: int = _f(0, "seed of weights, dropout and batch order")
     device: Device = _f(Device.auto, "auto picks cuda, then mps, then cpu")
@@ -182,21 +190,24 @@ def _coerce(key: str, value: Any, typ: type) -> Any:
         str: isinstance(value, str),
     }[typ]
     if not ok:
-        raise ConfigError(f"config key '{key}': expected {typ.__name__}, got {type(value).__name__} {value!r}")
+        got = f"{type(value).__name__} {value!r}"
+        raise ConfigError(f"config key '{key}': expected {typ.__name__}, got {got}")
     return float(value) if typ is float else value
 
 
 # (low, high, inclusive high) for numeric fields that have bounds
 BOUNDS: dict[str, tuple[float, float, bool]] = {
-    "val_fraction": (0, 1, False), "test_fraction": (0, 1, False), "dropout": (0, 1, False), "embedding_dropout": (0, 1, False),
-    "recurrent_dropout": (0, 1, False),
+    "val_fraction": (0, 1, False), "test_fraction": (0, 1, False), "dropout": (0, 1, False),
+    "embedding_dropout": (0, 1, False), "recurrent_dropout": (0, 1, False),
     "max_train_examples": (0, math.inf, True), "max_eval_examples": (0, math.inf, True),
     "vocab_max_size": (0, math.inf, True), "vocab_min_freq": (1, math.inf, True),
-    "max_length": (0, math.inf, True), "embedding_dim": (1, math.inf, True), "hidden_size": (1, math.inf, True),
+    "max_length": (0, math.inf, True), "embedding_dim": (1, math.inf, True),
+    "hidden_size": (1, math.inf, True),
     "num_layers": (1, math.inf, True), "epochs": (1, math.inf, True), "batch_size": (1, math.inf, True),
     "lr": (0, math.inf, True), "momentum": (0, 1, True), "weight_decay": (0, math.inf, True),
     "grad_clip": (0, math.inf, True), "warmup_steps": (0, math.inf, True), "plateau_factor": (0, 1, False),
-    "plateau_patience": (0, math.inf, True), "patience": (0, math.inf, True), "log_every": (0, math.inf, True),
+    "plateau_patience": (0, math.inf, True), "patience": (0, math.inf, True),
+    "log_every": (0, math.inf, True),
 }
 
 
@@ -207,15 +218,15 @@ def validate(cfg: Config, source: str) -> Config:
         value = getattr(getattr(cfg, index[name].section), name)
         if value < low or value > high or (value == high and not inclusive):
             upper = "" if high == math.inf else f" and {'<=' if inclusive else '<'} {high}"
-            raise ConfigError(f"{source}: config key '{index[name].section}.{name}' must be >= {low}{upper}, got {value}")
+            key = f"{index[name].section}.{name}"
+            raise ConfigError(f"{source}: config key '{key}' must be >= {low}{upper}, got {value}")
     if cfg.train.warmup_steps and cfg.train.scheduler is Scheduler.plateau:
-        raise ConfigError(f"{source}: config key 'train.warmup_steps' applies to the constant and cosine schedules")
+        raise ConfigError(f"{source}: config key 'train.warmup_steps' applies to the constant and cosine "
+                          "schedules")
     m = cfg.model
-    if m.peephole and (m.impl is not Impl.scratch or m.encoder is not Encoder.lstm):
-        raise ConfigError(f"{source}: config key 'model.peephole' needs encoder = \"lstm\" and impl = \"scratch\"")
-    if m.precision is Precision.bf16 and m.impl is Impl.scratch:
-        raise ConfigError(f"{source}: config key 'model.precision' = \"bf16\" needs impl = \"builtin\" "
-                          f"(the scratch kernels are float32/float64)")
+    problem = model_problem(m.encoder.value, m.impl.value, m.peephole, m.precision.value)
+    if problem:
+        raise ConfigError(f"{source}: config key 'model.{problem[0]}': {problem[1]}")
     return cfg
 
 
@@ -225,7 +236,8 @@ def apply(cfg: Config, values: dict[str, Any], source: str) -> Config:
     updates: dict[str, dict[str, Any]] = {}
     for section, table in values.items():
         if section not in SECTIONS:
-            raise ConfigError(f"{source}: unknown section '{section}' (expected one of {', '.join(SECTIONS)})")
+            expected = ", ".join(SECTIONS)
+            raise ConfigError(f"{source}: unknown section '{section}' (expected one of {expected})")
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: '{section}' must be a table")
         for key, value in table.items():
@@ -262,11 +274,16 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
+def env_data_dir() -> str | None:
+    """$LSTMCLI_DATA_DIR, the dataset cache folder for every command, when set."""
+    return os.environ.get("LSTMCLI_DATA_DIR") or None
+
+
 def resolve(config_file: str | Path | None = None, flags: dict[str, Any] | None = None) -> Config:
     """Defaults -> LSTMCLI_DATA_DIR -> TOML file -> flags."""
     cfg = Config()
-    if os.environ.get("LSTMCLI_DATA_DIR"):
-        cfg.data.data_dir = os.environ["LSTMCLI_DATA_DIR"]
+    if env_data_dir():
+        cfg.data.data_dir = env_data_dir()
     if config_file is not None:
         cfg = apply(cfg, load_toml(config_file), str(config_file))
     return apply_flags(cfg, flags or {})

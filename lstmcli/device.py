@@ -9,8 +9,9 @@ from .errors import LstmcliError
 
 def resolve_device(name: str) -> torch.device:
     """The torch device for `name`; an explicit device that is absent is a usage error."""
+    mps = getattr(torch.backends, "mps", None)
     available = {"cpu": True, "cuda": torch.cuda.is_available(),
-                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+                 "mps": mps is not None and mps.is_available()}
     if name not in available and name != "auto":
         raise LstmcliError(f"unknown device '{name}' (expected auto, {', '.join(available)})")
     if name == "auto":

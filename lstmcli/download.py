@@ -8,24 +8,23 @@ and extraction makes concurrent processes download once: the second waits, then 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import sys
 import tarfile
 import urllib.error
-import urllib.request
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
-
-import portalocker
-from tqdm import tqdm
+from typing import BinaryIO
 
 from .errors import DatasetError
 from .fsutil import temp_dir, temp_file
 
+log = logging.getLogger(__name__)
 MIRROR_ENV = "LSTMCLI_MIRROR"
 CHUNK = 1 << 20
 
@@ -45,6 +44,8 @@ def cache_lock(cache: Path, key: str, timeout: float = 3600) -> Iterator[None]:
     """Exclusive lock on `cache/.locks/<key>.lock` for fetching or extracting `key`."""
     lock_dir = cache / ".locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
+    import portalocker  # here, not at the top: every command imports this module, few fetch
+
     # non-blocking attempts every 0.1 s until `timeout`: a stuck holder ends in an error, not a hang
     try:
         lock = portalocker.Lock(str(lock_dir / f"{key}.lock"), mode="a", timeout=timeout, check_interval=0.1)
@@ -78,6 +79,8 @@ def _join(base: str, name: str) -> str:
 
 def _open_source(location: str) -> BinaryIO:
     if "://" in location and not location.startswith("file://"):
+        import urllib.request  # 40 ms to import: only when a file really comes over the network
+
         return urllib.request.urlopen(location, timeout=60)  # noqa: S310 (http(s) by design)
     return open(location.removeprefix("file://"), "rb")
 
@@ -92,12 +95,14 @@ def _size_of(handle: BinaryIO, location: str) -> int | None:
         return None
 
 
-def _copy_hashing(location: str, dest: BinaryIO, algo: str, label: str, quiet: bool) -> str:
-    """Stream `location` into `dest`, showing a bar on a terminal; returns the hex digest."""
+def _copy_hashing(location: str, dest: BinaryIO, algo: str, label: str) -> str:
+    """Stream `location` into `dest`, showing a bar on a terminal (unless quiet); returns the hex digest."""
     digest = hashlib.new(algo)
+    from tqdm import tqdm
+
     with _open_source(location) as src, tqdm(
         total=_size_of(src, location), unit="B", unit_scale=True, desc=label, leave=False,
-        disable=quiet or not sys.stderr.isatty(),
+        disable=not (log.isEnabledFor(logging.INFO) and sys.stderr.isatty()),
     ) as bar:
         while chunk := src.read(CHUNK):
             digest.update(chunk)
@@ -106,7 +111,7 @@ def _copy_hashing(location: str, dest: BinaryIO, algo: str, label: str, quiet: b
     return digest.hexdigest()
 
 
-def fetch(remote: RemoteFile, cache: Path, quiet: bool = False) -> Path:
+def fetch(remote: RemoteFile, cache: Path) -> Path:
     """Path of `remote` in `cache`, downloading and verifying it first if needed."""
     target = cache / remote.name
     if target.is_file():
@@ -124,7 +129,7 @@ def fetch(remote: RemoteFile, cache: Path, quiet: bool = False) -> Path:
         fd, tmp = temp_file(target)
         try:
             with os.fdopen(fd, "wb") as out:
-                actual = _copy_hashing(source, out, algo, remote.name, quiet)
+                actual = _copy_hashing(source, out, algo, remote.name)
             if actual != expected:
                 raise DatasetError(
                     f"dataset '{remote.dataset}': checksum mismatch for {source} "

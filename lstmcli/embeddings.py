@@ -36,7 +36,8 @@ def load_vectors(path: str | Path, vocab: Vocab, dim: int) -> tuple[torch.Tensor
                     try:
                         rows.append([float(v) for v in parts[1:]])
                     except ValueError:
-                        raise LstmcliError(f"{path} line {number}: not a number in the vector of {parts[0]!r}") from None
+                        raise LstmcliError(f"{path} line {number}: not a number in the vector of "
+                                           f"{parts[0]!r}") from None
                     ids.append(token_id)
                     seen.add(token_id)
     except FileNotFoundError:

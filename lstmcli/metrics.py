@@ -41,16 +41,18 @@ def format_report(report: dict, title: str = "") -> str:
     width = max(8, *(len(n) for n in names))
     lines = [title] if title else []
     loss = f"  loss {report['loss']:.4f}" if "loss" in report else ""
-    lines.append(f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}{loss}  (n={report['n']})")
+    lines.append(f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}{loss}  "
+                 f"(n={report['n']})")
     lines.append("")
     lines.append(f"{'class':<{width}}  precision  recall      f1  support")
     for name in names:
         c = report["per_class"][name]
-        lines.append(f"{name:<{width}}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:6.4f}  {c['support']:7d}")
+        lines.append(f"{name:<{width}}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:6.4f}  "
+                     f"{c['support']:7d}")
     lines.append("")
     lines.append("confusion (rows: true, columns: predicted)")
     cell = max(7, *(len(str(v)) for row in report["confusion"] for v in row))
     lines.append(" " * width + "  " + " ".join(f"{n[:cell]:>{cell}}" for n in names))
-    for name, row in zip(names, report["confusion"]):
+    for name, row in zip(names, report["confusion"], strict=True):
         lines.append(f"{name:<{width}}  " + " ".join(f"{v:>{cell}}" for v in row))
     return "\n".join(lines)

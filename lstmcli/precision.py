@@ -68,7 +68,8 @@ def bf16_support(device_type: str) -> Bf16Support:
         if torch.cuda.is_bf16_supported(including_emulation=True):
             return Bf16Support(NOT_NATIVE, f"GPU {name} without native bfloat16 (emulated, slower than fp32)")
         return Bf16Support(UNAVAILABLE, f"GPU {name} without bfloat16")
-    return Bf16Support(NOT_NATIVE, f"{device_type} device, not known to run bfloat16 recurrent kernels natively")
+    return Bf16Support(NOT_NATIVE, f"{device_type} device, not known to run bfloat16 recurrent kernels "
+                                   f"natively")
 
 
 def _bf16_or_refuse(device: torch.device, impl: Impl, what: str) -> tuple[Precision, str]:
@@ -109,7 +110,7 @@ def for_inference(trained: Precision, requested: Precision | None, impl: Impl,
         reason = support.why if impl is Impl.builtin else f"impl {impl.value} is float32"
         insist = "; --precision bf16 to run it in bf16 anyway" if support.level == NOT_NATIVE else ""
         return Precision.fp32, f"this checkpoint was trained in bf16; running it in fp32 ({reason}){insist}"
-    if requested is None or requested is Precision.auto:  # (trained is fp32, or auto in a hand-written config)
+    if requested is None or requested is Precision.auto:  # trained: fp32, or auto in a hand-written config
         return for_training(requested or trained, impl, device)[0], None
     if requested is Precision.bf16:
         return _bf16_or_refuse(device, impl, "--precision bf16")[0], None

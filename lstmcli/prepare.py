@@ -27,8 +27,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import DataConfig
-from .datasets import Split, load_splits, open_source, read_user_file, to_split
+from .datasets import RawSplit, load_splits, open_source, to_split
 from .fsutil import temp_dir
+from .readers import read_user_file
 from .text import PAD, UNK, UNK_ID, Vocab, basic_english
 
 TOKENIZER_VERSION = "basic_english-1"
@@ -117,7 +118,7 @@ def _tokenize(texts: list[str], table: defaultdict) -> tuple[torch.Tensor, torch
     return torch.cat([ids, to_ours[child_ids]]), torch.cat([lengths, child_lengths])
 
 
-def encode_splits(splits: dict[str, Split], cfg: DataConfig,
+def encode_splits(splits: dict[str, RawSplit], cfg: DataConfig,
                   vocab: Vocab | None = None) -> tuple[Vocab, dict[str, EncodedSplit]]:
     """Numericalize `splits`, building the vocabulary from the training split unless one is given."""
     table: defaultdict[str, int] = defaultdict()
@@ -126,11 +127,13 @@ def encode_splits(splits: dict[str, Split], cfg: DataConfig,
         table[special]
     ids, lengths = _tokenize([text for split in splits.values() for text in split.texts], table)
     per_split = lengths.split([len(split) for split in splits.values()])
-    raw = dict(zip(splits, zip(ids.split([int(n.sum()) for n in per_split]), per_split)))  # (ids, lengths)
+    split_ids = ids.split([int(n.sum()) for n in per_split])
+    raw = dict(zip(splits, zip(split_ids, per_split, strict=True), strict=True))  # name -> (ids, lengths)
     tokens = list(table)  # provisional id -> token
     if vocab is None:
         counts = torch.bincount(raw["train"][0], minlength=len(tokens))
-        vocab = Vocab.from_counts(dict(zip(tokens, counts.tolist())), cfg.vocab_max_size, cfg.vocab_min_freq)
+        token_counts = dict(zip(tokens, counts.tolist(), strict=True))
+        vocab = Vocab.from_counts(token_counts, cfg.vocab_max_size, cfg.vocab_min_freq)
     stoi = {**vocab.stoi, PAD: UNK_ID}
     remap = torch.tensor([stoi.get(tok, UNK_ID) for tok in tokens], dtype=torch.int32)
     encoded = {}
@@ -155,14 +158,13 @@ def cache_key(cfg: DataConfig, fingerprint: str, vocab: Vocab | None = None,
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def prepare(cfg: DataConfig, vocab: Vocab | None = None, label_names: list[str] | None = None,
-            quiet: bool = False) -> Prepared:
+def prepare(cfg: DataConfig, vocab: Vocab | None = None, label_names: list[str] | None = None) -> Prepared:
     """Encoded train/val/test splits for `cfg`, from the cache when it holds them.
 
     With a `vocab` (and `label_names`) from a checkpoint, the entry its training run cached is reused
     when it holds exactly that vocabulary; otherwise the splits are encoded with the given one.
     """
-    source = open_source(cfg, quiet)
+    source = open_source(cfg)
     cache = Path(cfg.data_dir) / "cache"
     trained = cache / cache_key(cfg, source.fingerprint)
     if (trained / "meta.json").is_file():
@@ -172,7 +174,7 @@ def prepare(cfg: DataConfig, vocab: Vocab | None = None, label_names: list[str] 
     folder = cache / cache_key(cfg, source.fingerprint, vocab, label_names)
     if vocab is not None and (folder / "meta.json").is_file():
         return _load(folder)
-    names, splits = load_splits(cfg, quiet, label_names)
+    names, splits = load_splits(cfg, label_names)
     vocab, encoded = encode_splits(splits, cfg, vocab)
     prepared = Prepared(vocab, names, encoded)
     _save(prepared, folder)

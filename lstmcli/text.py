@@ -78,8 +78,8 @@ class Vocab:
     @classmethod
     def from_counts(cls, counts: Mapping[str, int], max_size: int = 0, min_freq: int = 1) -> Vocab:
         """As `build`, from token counts. The specials are never counted as tokens."""
-        ranked = sorted((item for item in counts.items() if item[1] >= min_freq and item[0] not in (PAD, UNK)),
-                        key=lambda item: (-item[1], item[0]))
+        kept = (item for item in counts.items() if item[1] >= min_freq and item[0] not in (PAD, UNK))
+        ranked = sorted(kept, key=lambda item: (-item[1], item[0]))
         if max_size:
             ranked = ranked[: max(max_size - 2, 0)]
         return cls([PAD, UNK] + [tok for tok, _ in ranked])

@@ -1,45 +1,45 @@
-"""Training: train_one_epoch, evaluate, and a run folder's life: start, epochs, checkpoints, stop, resume."""
+"""Training: train_one_epoch, and a run's life: start, epochs, checkpoints, stop, resume, test."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
-import platform
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from . import __version__, checkpoint
-from .batching import Cut, bucket_batches, collate, padding_share, sorted_batches, truncated_lengths
+from . import checkpoint
+from .batching import Cut, bucket_batches, collate, padding_share, truncated_lengths
+from .build import build_model
 from .config import Config, Precision, from_dict, to_dict
 from .device import resolve_device
 from .embeddings import init_embeddings
 from .errors import CheckFailed, CheckpointError, Interrupted, LstmcliError
+from .evaluation import evaluate
 from .fsutil import write_json
-from .metrics import classification_report
-from .precision import bf16_support, for_training
+from .precision import for_training
 from .prepare import EncodedSplit, Prepared, prepare
+from .progress import EpochReporter
+from .rundir import default_out, environment, point_latest
 from .schedule import make_optimizer, make_scheduler, step_per_batch, step_per_epoch
 from .train_state import EpochProgress, GracefulStop, TrainState, load_state, state_dict
 
-
-def log(msg: str, quiet: bool = False) -> None:
-    if not quiet:
-        print(msg, file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
+StepCallback = Callable[[int, EpochProgress], None]
 
 
 def train_one_epoch(model, split: EncodedSplit, batches: list[torch.Tensor], optimizer, scheduler,
                     device: torch.device, cut: Cut, grad_clip: float, progress: EpochProgress,
-                    should_stop: Callable[[], bool], bar: tqdm, epoch: int, log_every: int = 0) -> EpochProgress:
-    """Train on `batches`, continuing from `progress.batches_done` and updating `progress` in place.
+                    should_stop: Callable[[], bool], on_step: StepCallback | None = None,
+                    epoch: int = 1) -> EpochProgress:
+    """Train on `batches`, continuing from `progress.batches_done` and updating `progress` in place;
+    `on_step(step, progress)` after each step.
 
     Returns early, between two batches, once `should_stop()` says so. A non-finite loss or gradient
     raises CheckFailed before the optimizer step, so the weights stay the last good ones.
@@ -65,56 +65,11 @@ def train_one_epoch(model, split: EncodedSplit, batches: list[torch.Tensor], opt
         p.correct += int((logits.argmax(1) == batch.labels).sum())
         p.tokens += batch.num_tokens
         p.seconds = time.perf_counter() - start
-        bar.update(1)
-        bar.set_postfix(loss=f"{p.loss_sum / p.seen:.4f}", acc=f"{p.correct / p.seen:.4f}",
-                        tok_s=f"{p.tokens / p.seconds:,.0f}")
-        if log_every and step % log_every == 0:
-            log(f"epoch {epoch} step {step}/{len(batches)}: loss {p.loss_sum / p.seen:.4f} "
-                f"acc {p.correct / p.seen:.4f}, {p.tokens / p.seconds:,.0f} tok/s")
+        if on_step is not None:
+            on_step(step, p)
         if should_stop():
             break
     return progress
-
-
-@torch.no_grad()
-def evaluate(model, split: EncodedSplit, device: torch.device, batch_size: int, cut: Cut,
-             label_names: list[str]) -> dict:
-    """Loss and classification metrics of `model` on every example of `split`."""
-    model.eval()
-    lengths = truncated_lengths(split, cut.length)
-    preds, targets, loss_sum = [], [], 0.0
-    for indices in sorted_batches(lengths, batch_size):
-        batch = collate(split, indices, cut).to(device)
-        logits = model(batch.ids, batch.lengths)
-        loss_sum += float(F.cross_entropy(logits, batch.labels, reduction="sum"))
-        preds.append(logits.argmax(1).cpu())
-        targets.append(batch.labels.cpu())
-    n = max(len(split), 1)
-    return classification_report(torch.cat(targets), torch.cat(preds), label_names, loss=loss_sum / n)
-
-
-def cut_of(cfg: Config) -> Cut:
-    return Cut(cfg.data.max_length, cfg.data.truncate.value)
-
-
-def default_out(cfg: Config) -> Path:
-    name = Path(cfg.data.dataset).stem if cfg.data.dataset not in ("imdb", "ag_news") else cfg.data.dataset
-    return Path("runs") / f"{name}-{cfg.model.encoder.value}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-def point_latest(run_dir: Path) -> None:
-    """`<parent>/latest` -> run_dir, replaced atomically."""
-    link = run_dir.parent / "latest"
-    tmp = run_dir.parent / f".latest.{run_dir.name}"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(run_dir.name)
-    tmp.replace(link)
-
-
-def environment(device: torch.device, precision: Precision) -> dict:
-    return {"lstmcli": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "device": str(device), "threads": torch.get_num_threads(), "precision": precision.value,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16": bf16_support(device.type).level}
 
 
 def _precision(cfg: Config, device: torch.device) -> tuple[Precision, str, Config]:
@@ -124,22 +79,23 @@ def _precision(cfg: Config, device: torch.device) -> tuple[Precision, str, Confi
     return precision, why, dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, precision=precision))
 
 
-def _prepared(cfg: Config, quiet: bool) -> Prepared:
+def _prepared(cfg: Config) -> Prepared:
     start = time.perf_counter()
-    data = prepare(cfg.data, quiet=quiet)
+    data = prepare(cfg.data)
     n = {s: len(data.splits[s]) for s in ("train", "val", "test")}
     if not n["train"] or not n["val"]:
         raise LstmcliError(f"dataset {cfg.data.dataset}: {n['train']} training and {n['val']} validation "
                            "examples; both need at least one (check val_fraction and max_*_examples)")
-    log(f"{n['train']} train / {n['val']} val / {n['test']} test examples, vocabulary {len(data.vocab)} "
-        f"(ready in {time.perf_counter() - start:.1f}s)", quiet)
+    log.info(f"{n['train']} train / {n['val']} val / {n['test']} test examples, vocabulary {len(data.vocab)} "
+             f"(ready in {time.perf_counter() - start:.1f}s)")
     return data
 
 
 def _epoch_line(stats: dict, epochs: int, improved: bool) -> str:
-    return (f"epoch {stats['epoch']}/{epochs}: train loss {stats['train_loss']:.4f} acc {stats['train_accuracy']:.4f}"
-            f" | val loss {stats['val_loss']:.4f} acc {stats['val_accuracy']:.4f} | {stats['seconds']:.1f}s "
-            f"{stats['tokens_per_s']:,.0f} tok/s, padding {stats['padding']:.1%}{'  *best' if improved else ''}")
+    s = stats
+    return (f"epoch {s['epoch']}/{epochs}: train loss {s['train_loss']:.4f} acc {s['train_accuracy']:.4f}"
+            f" | val loss {s['val_loss']:.4f} acc {s['val_accuracy']:.4f} | {s['seconds']:.1f}s "
+            f"{s['tokens_per_s']:,.0f} tok/s, padding {s['padding']:.1%}{'  *best' if improved else ''}")
 
 
 @dataclass
@@ -162,44 +118,45 @@ def _steps_per_epoch(cfg: Config, data: Prepared) -> int:
     return math.ceil(len(data.splits["train"]) / cfg.train.batch_size)
 
 
-def start(cfg: Config, quiet: bool = False) -> Run:
-    """A new run: data, model and vectors first (bad input must leave no run folder behind), then the folder."""
+def start(cfg: Config) -> Run:
+    """A new run: data, model and vectors first (bad input leaves no run folder behind), then the folder."""
     device = resolve_device(cfg.train.device.value)
-    precision, why, ck_cfg = _precision(cfg, device)  # before the data: a bf16 this device lacks fails at once
-    data = _prepared(cfg, quiet)
+    precision, why, ck_cfg = _precision(cfg, device)  # before the data: a bf16 it cannot run fails at once
+    data = _prepared(cfg)
     torch.manual_seed(cfg.train.seed)
-    model = checkpoint.build_model(ck_cfg, len(data.vocab), len(data.label_names)).to(device)
+    model = build_model(ck_cfg.model, len(data.vocab), len(data.label_names)).to(device)
     metrics = {"data": {**{s: len(data.splits[s]) for s in data.splits}, "vocab": len(data.vocab),
                         "labels": data.label_names},
                "environment": environment(device, precision), "history": [], "best_epoch": None}
     if cfg.train.embeddings:
         metrics["embeddings"] = init_embeddings(model.embedding, cfg.train.embeddings, data.vocab)
         e = metrics["embeddings"]
-        log(f"embeddings: {e['found']:,} of {e['vocab']:,} vocabulary tokens ({e['coverage']:.1%}) found among "
-            f"{e['vectors_read']:,} vectors in {e['path']}", quiet)
+        log.info(f"embeddings: {e['found']:,} of {e['vocab']:,} vocabulary tokens ({e['coverage']:.1%}) "
+                 f"found among {e['vectors_read']:,} vectors in {e['path']}")
     model.embedding.weight.requires_grad_(not cfg.train.freeze_embeddings)
     optimizer = make_optimizer(model, cfg)
     run_dir = Path(cfg.train.out) if cfg.train.out else default_out(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", to_dict(cfg))
-    log(f"run folder {run_dir}; {sum(p.numel() for p in model.parameters()):,} parameters on {device}, "
-        f"precision {why}", quiet)
+    log.info(f"run folder {run_dir}; {sum(p.numel() for p in model.parameters()):,} parameters on {device}, "
+             f"precision {why}")
     return Run(cfg, ck_cfg, run_dir, data, device, model, optimizer,
                make_scheduler(optimizer, cfg, _steps_per_epoch(cfg, data)), TrainState(), metrics)
 
 
-def reopen(run_dir: Path, quiet: bool = False) -> Run:
+def reopen(run_dir: Path) -> Run:
     """A stopped run, exactly as it was when it stopped: weights, optimizer, schedule, RNG, position."""
     run_dir = Path(run_dir)
     try:
-        cfg = from_dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")), str(run_dir / "config.json"))
+        config_file = run_dir / "config.json"
+        cfg = from_dict(json.loads(config_file.read_text(encoding="utf-8")), str(config_file))
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot resume {run_dir}: not a run folder ({exc})") from None
     device = resolve_device(cfg.train.device.value)
     precision, why, ck_cfg = _precision(cfg, device)
     metrics["environment"] = environment(device, precision)  # where it runs from now on
-    data = _prepared(cfg, quiet)
+    data = _prepared(cfg)
     last = checkpoint.load(run_dir / "last", str(device), precision=precision.value)
     if last.vocab != data.vocab or last.label_names != data.label_names:
         raise CheckpointError(f"cannot resume {run_dir}: its data has changed since the run started")
@@ -209,8 +166,8 @@ def reopen(run_dir: Path, quiet: bool = False) -> Run:
     state = load_state(run_dir / "last", optimizer, scheduler)
     if "test" in metrics:  # (a run stopped after its last epoch but before testing resumes into the test)
         raise LstmcliError(f"run {run_dir} has already finished; nothing to resume")
-    log(f"resuming {run_dir} in epoch {state.epoch} after {state.progress.batches_done} batches, "
-        f"precision {why}", quiet)
+    log.info(f"resuming {run_dir} in epoch {state.epoch} after {state.progress.batches_done} batches, "
+             f"precision {why}")
     return Run(cfg, ck_cfg, run_dir, data, device, last.model, optimizer, scheduler, state, metrics)
 
 
@@ -220,10 +177,11 @@ def _save_last(r: Run, val_report: dict | None) -> None:
                     state_dict(r.state, r.optimizer, r.scheduler))
 
 
-def _finish_epoch(r: Run, batches: list[torch.Tensor], lengths: torch.Tensor, quiet: bool) -> None:
+def _finish_epoch(r: Run, batches: list[torch.Tensor], lengths: torch.Tensor) -> None:
     """Validate, record the epoch, save best/ and last/, step the plateau schedule, early stopping."""
     epoch, p, t = r.state.epoch, r.state.progress, r.cfg.train
-    val = evaluate(r.model, r.data.splits["val"], r.device, t.batch_size, cut_of(r.cfg), r.data.label_names)
+    val = evaluate(r.model, r.data.splits["val"], r.device, t.batch_size, Cut.of(r.cfg.data),
+                   r.data.label_names)
     stats = {"epoch": epoch, "train_loss": p.loss_sum / p.seen, "train_accuracy": p.correct / p.seen,
              "seconds": p.seconds, "tokens": p.tokens, "tokens_per_s": p.tokens / max(p.seconds, 1e-9),
              "padding": padding_share(batches, lengths), "lr": r.optimizer.param_groups[0]["lr"],
@@ -232,57 +190,60 @@ def _finish_epoch(r: Run, batches: list[torch.Tensor], lengths: torch.Tensor, qu
     improved = val["accuracy"] > r.state.best_val
     step_per_epoch(r.scheduler, val["accuracy"])
     bad = 0 if improved else r.state.bad_epochs + 1
-    r.state = TrainState(epoch + 1, EpochProgress(), val["accuracy"] if improved else r.state.best_val,
-                         epoch if improved else r.state.best_epoch, bad, bool(t.patience and bad >= t.patience))
+    best_val, best_epoch = (val["accuracy"], epoch) if improved else (r.state.best_val, r.state.best_epoch)
+    stop = bool(t.patience and bad >= t.patience)
+    r.state = TrainState(epoch + 1, EpochProgress(), best_val, best_epoch, bad, stop)
     if improved:
-        checkpoint.save(r.run_dir / "best", r.ck_cfg, r.data.vocab, r.data.label_names, r.model, {"epoch": epoch, "val": val})
+        checkpoint.save(r.run_dir / "best", r.ck_cfg, r.data.vocab, r.data.label_names, r.model,
+                        {"epoch": epoch, "val": val})
     _save_last(r, val)
     r.metrics["best_epoch"] = r.state.best_epoch
     if r.state.stopped_early:
         r.metrics["stopped_early"] = {"epoch": epoch, "patience": t.patience}
     write_json(r.run_dir / "metrics.json", r.metrics)
     point_latest(r.run_dir)
-    log(_epoch_line(stats, t.epochs, improved), quiet)
+    log.info(_epoch_line(stats, t.epochs, improved))
 
 
-def fit(r: Run, quiet: bool = False) -> dict:
+def fit(r: Run) -> dict:
     """Train `r` to its last epoch (or early stop), then report test metrics of best/."""
-    t, cut = r.cfg.train, cut_of(r.cfg)
+    t, cut = r.cfg.train, Cut.of(r.cfg.data)
     train = r.data.splits["train"]
     lengths = truncated_lengths(train, cut.length)
     with GracefulStop() as stop:
         while r.state.epoch <= t.epochs and not r.state.stopped_early:
-            epoch = r.state.epoch
+            epoch, p = r.state.epoch, r.state.progress
             batches = bucket_batches(lengths, t.batch_size, t.seed, epoch)
-            with tqdm(total=len(batches), initial=r.state.progress.batches_done, desc=f"epoch {epoch}/{t.epochs}",
-                      leave=False, disable=quiet or not sys.stderr.isatty()) as bar:
+            with EpochReporter(epoch, t.epochs, len(batches), p.batches_done, t.log_every) as report:
                 train_one_epoch(r.model, train, batches, r.optimizer, r.scheduler, r.device, cut, t.grad_clip,
-                                r.state.progress, stop, bar, epoch, 0 if quiet else t.log_every)
-            if r.state.progress.batches_done < len(batches):
+                                p, stop, report, epoch)
+            if p.batches_done < len(batches):
                 _save_last(r, None)
-                raise Interrupted(f"interrupted in epoch {epoch} after {r.state.progress.batches_done}/"
-                                  f"{len(batches)} batches; {r.run_dir / 'last'} holds that point; continue "
-                                  f"with: lstmcli train --resume {r.run_dir}")
-            _finish_epoch(r, batches, lengths, quiet)
+                raise Interrupted(f"interrupted in epoch {epoch} after {p.batches_done}/{len(batches)} "
+                                  f"batches; {r.run_dir / 'last'} holds that point; continue with: "
+                                  f"lstmcli train --resume {r.run_dir}")
+            _finish_epoch(r, batches, lengths)
             if stop() and r.state.epoch <= t.epochs and not r.state.stopped_early:
-                raise Interrupted(f"interrupted after epoch {epoch}; continue with: lstmcli train --resume {r.run_dir}")
+                raise Interrupted(f"interrupted after epoch {epoch}; continue with: "
+                                  f"lstmcli train --resume {r.run_dir}")
     best = checkpoint.load(r.run_dir / "best", str(r.device), precision=r.ck_cfg.model.precision.value)
-    r.metrics["test"] = evaluate(best.model, r.data.splits["test"], r.device, t.batch_size, cut, r.data.label_names)
+    r.metrics["test"] = evaluate(best.model, r.data.splits["test"], r.device, t.batch_size, cut,
+                                 r.data.label_names)
     write_json(r.run_dir / "metrics.json", r.metrics)
-    log(f"test accuracy of best/ (epoch {r.metrics['best_epoch']}): {r.metrics['test']['accuracy']:.4f} "
-        f"(n={r.metrics['test']['n']})", quiet)
+    log.info(f"test accuracy of best/ (epoch {r.metrics['best_epoch']}): {r.metrics['test']['accuracy']:.4f} "
+             f"(n={r.metrics['test']['n']})")
     return r.metrics
 
 
-def run(cfg: Config, quiet: bool = False) -> Path:
+def run(cfg: Config) -> Path:
     """Train as `cfg` says; returns the run folder (config.json, metrics.json, best/, last/)."""
-    r = start(cfg, quiet)
-    fit(r, quiet)
+    r = start(cfg)
+    fit(r)
     return r.run_dir
 
 
-def resume(run_dir: Path, quiet: bool = False) -> Path:
+def resume(run_dir: Path) -> Path:
     """Continue a stopped run where it stopped."""
-    r = reopen(run_dir, quiet)
-    fit(r, quiet)
+    r = reopen(run_dir)
+    fit(r)
     return r.run_dir

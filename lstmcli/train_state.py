@@ -68,7 +68,8 @@ def load_state(folder: Path, optimizer, scheduler) -> TrainState:
     except FileNotFoundError:
         raise CheckpointError(f"cannot resume: {path} is missing") from None
     except Exception as exc:  # unpickling refused, wrong keys or shapes: all mean a broken state file
-        raise CheckpointError(f"cannot resume: {path} is not a usable trainer state ({type(exc).__name__})") from None
+        raise CheckpointError(f"cannot resume: {path} is not a usable trainer state "
+                              f"({type(exc).__name__})") from None
     return state
 
 

@@ -15,10 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from typer.testing import CliRunner
 
 from lstmcli import precision
+from lstmcli.cli import app
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"  # the seconds-long config
 F32_EPS = torch.finfo(torch.float32).eps  # 2^-23
 
 # Tests that run bf16 where the device runs it natively, and are skipped elsewhere (AVX2-only CPUs, and
@@ -28,6 +31,26 @@ needs_native_bf16 = pytest.mark.skipif(_BF16.level != precision.NATIVE,
                                        reason=f"needs native bfloat16; this is a {_BF16.why}")
 
 
+def run(*args, input=None):
+    """The real CLI in this process (CliRunner), stdout and stderr kept apart."""
+    return CliRunner().invoke(app, [str(a) for a in args], input=input)
+
+
+def ok(result):
+    assert result.exit_code == 0, result.output + str(result.exception or "")
+    return result
+
+
+def one_line_error(result, code, *fragments):
+    """The command failed with `code` and exactly one line on stderr, holding every fragment."""
+    assert result.exit_code == code, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lstmcli: error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
 def pytest_report_header(config):
     flags = " ".join(f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
                                                        "MKL_ENABLE_INSTRUCTIONS") if k in os.environ)
@@ -35,7 +58,8 @@ def pytest_report_header(config):
             f"bfloat16 {_BF16.level} ({_BF16.why}){'; emulating: ' + flags if flags else ''}")
 
 
-def assert_float32_close(ours: torch.Tensor, theirs: torch.Tensor, exact: torch.Tensor, msg: str = "") -> None:
+def assert_float32_close(ours: torch.Tensor, theirs: torch.Tensor, exact: torch.Tensor,
+                         msg: str = "") -> None:
     """`ours` and `theirs` are float32 computations of what `exact` holds (the same computation in
     float64): ours must err by at most 4x what PyTorch's own float32 result errs by, on this CPU, and
     is never asked to be closer than 32 float32 ulps of the largest magnitude.
@@ -73,7 +97,8 @@ def bf16_level(monkeypatch):
     `bf16_level(precision.UNAVAILABLE)` for an AVX2-only CPU (the suite's AVX2 emulation, where
     oneDNN is capped at AVX2, shows that the real detection says the same)."""
     def set_level(level: str) -> None:
-        why = {precision.NATIVE: "CPU with AMX", precision.UNAVAILABLE: "CPU (AVX2) without bfloat16 support in oneDNN",
+        why = {precision.NATIVE: "CPU with AMX",
+               precision.UNAVAILABLE: "CPU (AVX2) without bfloat16 support in oneDNN",
                precision.NOT_NATIVE: "CPU (AVX512) without AVX-512-BF16 or AMX"}[level]
         monkeypatch.setattr(precision, "_cpu_support", lambda: precision.Bf16Support(level, why))
         precision.bf16_support.cache_clear()

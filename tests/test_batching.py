@@ -1,6 +1,7 @@
 import torch
 
 from lstmcli.batching import Cut, bucket_batches, collate, padding_share, sorted_batches
+from lstmcli.config import Truncate
 from lstmcli.prepare import EncodedSplit
 
 
@@ -57,7 +58,7 @@ def test_sorted_batches_cover_all():
 def test_collate_head_tail_keeps_both_ends():
     from lstmcli.batching import Cut
     split = make_split([7, 3])
-    batch = collate(split, torch.tensor([0, 1]), Cut(5, "head_tail"))
+    batch = collate(split, torch.tensor([0, 1]), Cut(5, Truncate.head_tail))
     # 7 tokens cut to 5: the first 3 and the last 2; a short text is left whole
     assert batch.ids.tolist() == [[1, 2, 3, 6, 7], [101, 102, 103, 0, 0]]
     assert batch.lengths.tolist() == [5, 3]
@@ -66,6 +67,6 @@ def test_collate_head_tail_keeps_both_ends():
 def test_cut_apply_matches_collate():
     from lstmcli.batching import Cut
     split = make_split([7])
-    for cut in (Cut(5, "head_tail"), Cut(5), Cut(0), Cut(9, "head_tail")):
+    for cut in (Cut(5, Truncate.head_tail), Cut(5), Cut(0), Cut(9, Truncate.head_tail)):
         tokens = split.ids[:7].tolist()
         assert collate(split, torch.tensor([0]), cut).ids[0].tolist() == cut.apply(tokens)

@@ -1,5 +1,6 @@
 """The real CLI through Typer's CliRunner: train -> eval -> predict on tiny corpora in both formats."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -12,29 +13,10 @@ from typer.testing import CliRunner
 from lstmcli import precision
 from lstmcli.cli import app
 
-from .conftest import needs_native_bf16, write_sums
+from .conftest import TINY, float32_tolerance, needs_native_bf16, ok, one_line_error, run, write_sums
 
-TINY = Path(__file__).parents[1] / "configs" / "tiny.toml"
 FAST = ["--epochs", "3", "--max-train-examples", "0", "--max-eval-examples", "0", "--lr", "0.02",
         "--pooling", "max", "--batch-size", "8", "--quiet"]
-
-
-def run(*args, input=None):
-    return CliRunner().invoke(app, [str(a) for a in args], input=input)
-
-
-def ok(result):
-    assert result.exit_code == 0, result.output + str(result.exception or "")
-    return result
-
-
-def one_line_error(result, code, *fragments):
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lstmcli: error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("dataset,labels", [("ag_news", ["World", "Sports", "Business", "Sci/Tech"]),
@@ -69,6 +51,22 @@ def test_train_eval_predict(mirror, workdir, dataset, labels):
     assert all(o["label"] in labels and 0 <= o["probability"] <= 1 for o in objs)
 
 
+def test_logs_go_to_stderr_and_quiet_keeps_only_warnings(mirror, workdir, bf16_level):
+    loud = ok(run("train", "--config", TINY, "--dataset", "imdb", "--out", "loud"))
+    assert loud.stdout == "loud\n"
+    lines = loud.stderr.splitlines()
+    assert lines[1].startswith("run folder loud; ") and "precision fp32 (as configured)" in lines[1]
+    assert lines[-2].startswith("epoch 1/1: train loss") and lines[-1].startswith("test accuracy of best/")
+    assert ok(run("train", "--config", TINY, "--dataset", "imdb", "--quiet", "--out", "q")).stderr == ""
+    bf16_level(precision.UNAVAILABLE)
+    config = json.loads(Path("q/best/config.json").read_text())
+    config["model"]["precision"] = "bf16"
+    Path("q/best/config.json").write_text(json.dumps(config))
+    warned = ok(run("eval", "--checkpoint", "q/best", "--quiet", "--json"))
+    assert warned.stderr.startswith("lstmcli: this checkpoint was trained in bf16")
+    assert warned.stderr.count("\n") == 1
+
+
 def test_the_process_flushes_its_output_and_keeps_the_exit_codes(mirror, workdir):
     """`lstmcli` as a process (`python -m lstmcli` runs the same main()) leaves without the interpreter's
     teardown: what it wrote to a pipe arrives whole, and the exit codes stay the commands' own."""
@@ -81,7 +79,8 @@ def test_the_process_flushes_its_output_and_keeps_the_exit_codes(mirror, workdir
     assert [o["index"] for o in objs] == [0, 1, 2] and objs[0]["label"] == "pos"
     bad = subprocess.run([*lstmcli, "--checkpoint", "nowhere", "some text"], capture_output=True, text=True)
     assert (bad.returncode, bad.stdout) == (2, "")
-    assert bad.stderr.startswith("lstmcli: error: no checkpoint at nowhere") and len(bad.stderr.splitlines()) == 1
+    assert bad.stderr.startswith("lstmcli: error: no checkpoint at nowhere")
+    assert len(bad.stderr.splitlines()) == 1
     usage = subprocess.run([*lstmcli, "--no-such-flag"], capture_output=True, text=True)
     assert usage.returncode == 2 and "No such option" in usage.stderr
     # `... | head -1`: ~400 KB of JSON lines, far more than a pipe holds; the reader leaves after one
@@ -95,7 +94,8 @@ def test_the_process_flushes_its_output_and_keeps_the_exit_codes(mirror, workdir
 
 
 def test_user_csv_dataset_and_eval_on_a_file(workdir, tmp_path):
-    rows = "".join(f'"{"great fun" if i % 2 else "dull mess"} {i}",{"yes" if i % 2 else "no"}\n' for i in range(200))
+    rows = "".join(f'"{"great fun" if i % 2 else "dull mess"} {i}",{"yes" if i % 2 else "no"}\n'
+                   for i in range(200))
     data = tmp_path / "reviews.csv"
     data.write_text("text,label\n" + rows)
     ok(run("train", "--config", TINY, "--dataset", data, *FAST, "--out", "r"))
@@ -104,7 +104,8 @@ def test_user_csv_dataset_and_eval_on_a_file(workdir, tmp_path):
     report = json.loads(ok(run("eval", "--checkpoint", "r/best", "--dataset", other, "--json")).stdout)
     assert report["n"] == 2 and report["split"] == "fresh" and report["accuracy"] == 1.0
     other.write_text('text,label\n"great fun",maybe\n')
-    one_line_error(run("eval", "--checkpoint", "r/best", "--dataset", other), 2, "'maybe' was not seen in training")
+    one_line_error(run("eval", "--checkpoint", "r/best", "--dataset", other), 2,
+                   "'maybe' was not seen in training")
 
 
 def test_bad_input_is_one_line_and_exit_2(mirror, workdir, tmp_path):
@@ -121,10 +122,12 @@ def test_bad_input_is_one_line_and_exit_2(mirror, workdir, tmp_path):
 
 
 def test_offline_and_nothing_cached(workdir, monkeypatch):
-    import lstmcli.datasets as ds
     from lstmcli.download import RemoteFile
-    monkeypatch.setattr(ds, "IMDB_FILE", RemoteFile("imdb", "aclImdb_v1.tar.gz", "http://127.0.0.1:9/aclImdb_v1.tar.gz", "0" * 32))
-    one_line_error(run("train", "--dataset", "imdb"), 2, "dataset 'imdb'", "http://127.0.0.1:9/aclImdb_v1.tar.gz", "LSTMCLI_MIRROR")
+    from lstmcli.registry import IMDB, REGISTRY
+    offline = RemoteFile("imdb", "aclImdb_v1.tar.gz", "http://127.0.0.1:9/aclImdb_v1.tar.gz", "0" * 32)
+    monkeypatch.setitem(REGISTRY, "imdb", dataclasses.replace(IMDB, files={"archive": offline}))
+    one_line_error(run("train", "--dataset", "imdb"), 2, "dataset 'imdb'", "http://127.0.0.1:9/aclImdb_v1.tar.gz",
+                   "LSTMCLI_MIRROR")
 
 
 def test_broken_checkpoint_weights(mirror, workdir):
@@ -151,24 +154,29 @@ def test_scratch_checkpoints_cross_evaluate(mirror, workdir, encoder):
         other = "scratch" if impl == "builtin" else "builtin"
         cross = json.loads(ok(run("eval", "--checkpoint", f"{impl}/best", "--json", "--impl", other)).stdout)
         assert cross["impl"] == other and cross["confusion"] == trained[impl]["confusion"]
-        assert cross["loss"] == pytest.approx(trained[impl]["loss"], abs=1e-5)
+        # two float32 computations of the same model: tiny.toml's 64 steps x (32 + 32) products per logit
+        tol = float32_tolerance(64 * 64, max(1.0, trained[impl]["loss"]))
+        assert cross["loss"] == pytest.approx(trained[impl]["loss"], abs=tol)
         texts = "great superb film\nawful dull waste\n"
-        a = [json.loads(x) for x in ok(run("predict", "--json", "--checkpoint", f"{impl}/best", "-", input=texts)).stdout.splitlines()]
-        b = [json.loads(x) for x in ok(run("predict", "--json", "--checkpoint", f"{impl}/best", "--impl", other, "-", input=texts)).stdout.splitlines()]
+        a, b = ([json.loads(x) for x in ok(run("predict", "--json", "--checkpoint", f"{impl}/best", *flags,
+                                               "-", input=texts)).stdout.splitlines()]
+                for flags in ([], ["--impl", other]))
         assert [x["label"] for x in a] == [x["label"] for x in b]
-        assert [x["probability"] for x in a] == pytest.approx([x["probability"] for x in b], abs=1e-5)
+        assert [x["probability"] for x in a] == pytest.approx([x["probability"] for x in b], abs=tol)
     assert trained["scratch"]["accuracy"] > 0.9
 
 
 def test_peephole_through_the_cli(mirror, workdir):
-    ok(run("train", "--config", TINY, "--dataset", "imdb", *FAST, "--impl", "scratch", "--peephole", "--out", "p"))
+    ok(run("train", "--config", TINY, "--dataset", "imdb", *FAST, "--impl", "scratch", "--peephole",
+           "--out", "p"))
     report = json.loads(ok(run("eval", "--checkpoint", "p/best", "--json")).stdout)
     assert report["accuracy"] > 0.9
     one_line_error(run("eval", "--checkpoint", "p/best", "--impl", "builtin"), 2, "peephole")
 
 
 def test_bench_writes_a_table_and_json(workdir):
-    result = ok(run("bench", "--encoder", "lstm", "--encoder", "gru", "--embedding-dim", 8, "--hidden-size", 8,
+    result = ok(run("bench", "--encoder", "lstm", "--encoder", "gru", "--embedding-dim", 8,
+                    "--hidden-size", 8,
                     "--batch-size", 4, "--min-length", 3, "--max-length", 9, "--batches", 2, "--repeats", 2,
                     "--out", "b.json"))
     assert "ratio" in result.stdout and "scratch" in result.stdout
@@ -180,8 +188,9 @@ def test_bench_writes_a_table_and_json(workdir):
 
 @needs_native_bf16
 def test_bf16_precision_through_the_cli(mirror, workdir):
-    """Where bf16 is native: a bf16 run trains at it, records it, and eval/predict run the checkpoint at it."""
-    result = ok(run("train", "--config", TINY, "--dataset", "imdb", *FAST[:-1], "--precision", "bf16", "--out", "h"))
+    """Where bf16 is native: a bf16 run trains at it, records it, and eval/predict run it at bf16."""
+    result = ok(run("train", "--config", TINY, "--dataset", "imdb", *FAST[:-1], "--precision", "bf16",
+                    "--out", "h"))
     assert "precision bf16 (as configured; CPU with" in result.stderr
     assert json.loads(Path("h/best/config.json").read_text())["model"]["precision"] == "bf16"
     assert json.loads(Path("h/metrics.json").read_text())["environment"]["precision"] == "bf16"
@@ -189,14 +198,15 @@ def test_bf16_precision_through_the_cli(mirror, workdir):
     assert report["accuracy"] > 0.9 and report["precision"] == "bf16"
     out = ok(run("predict", "--checkpoint", "h/best", "a great wonderful superb film"))
     assert out.stdout.split("\t")[0] == "pos" and out.stderr == ""
-    one_line_error(run("train", "--config", TINY, "--dataset", "imdb", "--impl", "scratch", "--precision", "bf16"),
-                   2, "model.precision", "builtin")
+    one_line_error(run("train", "--config", TINY, "--dataset", "imdb", "--impl", "scratch",
+                       "--precision", "bf16"), 2, "model.precision", "builtin")
 
 
 @pytest.mark.parametrize("level", [precision.UNAVAILABLE, precision.NOT_NATIVE])
 def test_auto_trains_in_fp32_where_bf16_is_not_native(mirror, workdir, bf16_level, level):
     bf16_level(level)
-    result = ok(run("train", "--config", TINY, "--dataset", "imdb", *FAST[:-1], "--precision", "auto", "--out", "a"))
+    result = ok(run("train", "--config", TINY, "--dataset", "imdb", *FAST[:-1], "--precision", "auto",
+                    "--out", "a"))
     assert "precision fp32 (auto: CPU (" in result.stderr
     assert json.loads(Path("a/config.json").read_text())["model"]["precision"] == "auto"  # the request
     assert json.loads(Path("a/best/config.json").read_text())["model"]["precision"] == "fp32"  # what ran
@@ -208,7 +218,8 @@ def test_bf16_on_a_cpu_without_it(mirror, workdir, bf16_level):
     """An AVX2-only CPU: an explicit bf16 run stops before it starts; a checkpoint trained in bf16
     elsewhere evaluates and predicts in fp32 with one line on stderr, exactly as its fp32 twin does."""
     bf16_level(precision.UNAVAILABLE)
-    one_line_error(run("train", "--config", TINY, "--dataset", "imdb", "--precision", "bf16", "--out", "x"), 2,
+    one_line_error(run("train", "--config", TINY, "--dataset", "imdb", "--precision", "bf16", "--out", "x"),
+                   2,
                    "precision bf16 cannot run on this CPU (AVX2)", "use --precision fp32")
     assert not Path("x").exists()
     ok(run("train", "--config", TINY, "--dataset", "imdb", *FAST, "--out", "f"))
@@ -221,7 +232,8 @@ def test_bf16_on_a_cpu_without_it(mirror, workdir, bf16_level):
     note = "lstmcli: this checkpoint was trained in bf16; running it in fp32 (CPU (AVX2)"
     assert result.stderr.startswith(note) and len(result.stderr.splitlines()) == 1
     report = json.loads(result.stdout)
-    assert report["precision"] == "fp32" and report["confusion"] == twin["confusion"] and report["loss"] == twin["loss"]
+    assert report["precision"] == "fp32"
+    assert (report["confusion"], report["loss"]) == (twin["confusion"], twin["loss"])
     texts = "a great wonderful superb film\nawful dull waste\n"
     result = ok(run("predict", "--checkpoint", "b16", "--json", "-", input=texts))
     assert result.stderr.startswith(note) and len(result.stderr.splitlines()) == 1

@@ -1,18 +1,21 @@
 import json
+import os
 import random
 
 import pytest
 
 from lstmcli.config import DataConfig
-from lstmcli.datasets import balanced_sample, load_splits, read_ag_csv, read_user_file
+from lstmcli.datasets import balanced_sample, load_splits
 from lstmcli.errors import DatasetError
 from lstmcli.prepare import prepare
+from lstmcli.readers import read_ag_csv, read_user_file
+from lstmcli.registry import AG_NEWS
 
 
 def test_ag_csv_reader_joins_title_and_description(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text('"3","Wall St. Bears","Reuters - Short-sellers, ""quoted""\\band"\n"1","T","D"\n')
-    texts, labels = read_ag_csv(path)
+    texts, labels = read_ag_csv(path, list(AG_NEWS.label_names))
     assert texts == ['Wall St. Bears Reuters - Short-sellers, "quoted"\\band', "T D"]
     assert labels == ["Business", "World"]
 
@@ -22,20 +25,21 @@ def test_ag_csv_malformed_row_names_the_line(tmp_path, bad):
     path = tmp_path / "t.csv"
     path.write_text('"1","ok","fine"\n"2","ok","fine"\n' + bad)
     with pytest.raises(DatasetError, match=r"t\.csv line 3: malformed AG_NEWS row"):
-        read_ag_csv(path)
+        read_ag_csv(path, list(AG_NEWS.label_names))
 
 
 def test_ag_csv_unclosed_quote_is_a_dataset_error(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text('"1","ok","fine"\n"2","broken\n')
     with pytest.raises(DatasetError, match="line"):
-        read_ag_csv(path)
+        read_ag_csv(path, list(AG_NEWS.label_names))
 
 
 def test_builtin_splits_from_mirror(mirror, workdir):
     names, splits = load_splits(DataConfig(dataset="imdb", val_fraction=0.25))
     assert names == ["neg", "pos"]
-    assert [len(splits[s]) for s in ("train", "val", "test")] == [60, 20, 80]  # 80 train reviews, unsup ignored
+    # 80 train reviews, unsup ignored
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [60, 20, 80]
     assert "<br />" in splits["train"].texts[0]
     names, splits = load_splits(DataConfig(dataset="ag_news"))
     assert names == ["World", "Sports", "Business", "Sci/Tech"]
@@ -67,8 +71,10 @@ def test_balanced_sample_with_a_small_class():
 def test_user_csv_tsv_jsonl(tmp_path):
     (tmp_path / "a.csv").write_text('text,label,extra\n"hello, world",pos,1\nbad day,neg,2\n')
     (tmp_path / "a.tsv").write_text("label\ttext\npos\thello\n")
-    (tmp_path / "a.jsonl").write_text(json.dumps({"text": "hi", "label": 1}) + "\n\n" + json.dumps({"text": "yo", "label": 0}) + "\n")
-    assert read_user_file(tmp_path / "a.csv", "text", "label") == (["hello, world", "bad day"], ["pos", "neg"])
+    records = [json.dumps({"text": "hi", "label": 1}), "", json.dumps({"text": "yo", "label": 0})]
+    (tmp_path / "a.jsonl").write_text("\n".join(records) + "\n")
+    assert read_user_file(tmp_path / "a.csv", "text", "label") == (["hello, world", "bad day"],
+                                                                   ["pos", "neg"])
     assert read_user_file(tmp_path / "a.tsv", "text", "label") == (["hello"], ["pos"])
     assert read_user_file(tmp_path / "a.jsonl", "text", "label") == (["hi", "yo"], ["1", "0"])
 
@@ -96,7 +102,8 @@ def test_user_file_errors_name_the_line(tmp_path):
 def test_user_labels_sorted_and_test_carved(tmp_path, workdir):
     rows = "".join(f"{'good' if i % 3 else 'bad'} text {i},{['10', '2', '1'][i % 3]}\n" for i in range(90))
     (tmp_path / "u.csv").write_text("text,label\n" + rows)
-    names, splits = load_splits(DataConfig(dataset=str(tmp_path / "u.csv"), test_fraction=0.2, val_fraction=0.1))
+    cfg = DataConfig(dataset=str(tmp_path / "u.csv"), test_fraction=0.2, val_fraction=0.1)
+    names, splits = load_splits(cfg)
     assert names == ["1", "2", "10"]  # numeric labels sort as numbers
     assert len(splits["test"]) == 18 and len(splits["val"]) == 7 and len(splits["train"]) == 65
 
@@ -120,12 +127,12 @@ def test_unknown_dataset(workdir):
 
 def test_prepare_caches_and_reuses(mirror, workdir, monkeypatch):
     cfg = DataConfig(dataset="ag_news", data_dir="d")
-    first = prepare(cfg, quiet=True)
+    first = prepare(cfg)
     assert first.vocab.itos[:2] == ["<pad>", "<unk>"]
     assert first.splits["train"].ids.dtype.is_floating_point is False
     import lstmcli.prepare as prep
     monkeypatch.setattr(prep, "load_splits", lambda *a, **k: pytest.fail("tokenized again"))
-    again = prepare(cfg, quiet=True)
+    again = prepare(cfg)
     assert again.vocab == first.vocab
     for s in ("train", "val", "test"):
         assert again.splits[s].ids.equal(first.splits[s].ids)
@@ -135,18 +142,18 @@ def test_prepare_caches_and_reuses(mirror, workdir, monkeypatch):
 
 
 def test_prepare_key_changes_with_settings(mirror, workdir):
-    a = prepare(DataConfig(dataset="ag_news", vocab_max_size=10), quiet=True)
-    b = prepare(DataConfig(dataset="ag_news", vocab_max_size=20), quiet=True)
+    a = prepare(DataConfig(dataset="ag_news", vocab_max_size=10))
+    b = prepare(DataConfig(dataset="ag_news", vocab_max_size=20))
     assert len(a.vocab) == 10 and len(b.vocab) == 20
 
 
 def _tiny_splits():
-    from lstmcli.datasets import Split
+    from lstmcli.datasets import RawSplit
     rng = random.Random(0)
-    words = ["w%d" % i for i in range(40)] + ["<pad>", "<unk>", "Big", "big."]
+    words = [f"w{i}" for i in range(40)] + ["<pad>", "<unk>", "Big", "big."]
     texts = [" ".join(rng.choice(words) for _ in range(rng.randrange(0, 12))) for _ in range(101)]
-    return {"train": Split(texts[:60], [0] * 60), "val": Split(texts[60:70], [1] * 10),
-            "test": Split(texts[70:], [0] * 31)}
+    return {"train": RawSplit(texts[:60], [0] * 60), "val": RawSplit(texts[60:70], [1] * 10),
+            "test": RawSplit(texts[70:], [0] * 31)}
 
 
 def _encoded(monkeypatch, min_chars):
@@ -156,7 +163,7 @@ def _encoded(monkeypatch, min_chars):
     return vocab, {name: (s.ids.tolist(), s.offsets.tolist()) for name, s in enc.items()}
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity") or len(__import__("os").sched_getaffinity(0)) < 2,
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="the two-process path needs 2 CPUs")
 def test_two_process_tokenizing_equals_one_process(monkeypatch):
     """Above PARALLEL_MIN_CHARS a forked child tokenizes half the texts with its own provisional ids;

@@ -28,7 +28,7 @@ def leftovers(folder):
 def test_fetch_from_mirror_folder_checks_its_sha256sums(mirror, tmp_path):
     cache = tmp_path / "cache"
     remote = RemoteFile("ag_news", "ag_news_csv/test.csv", "https://example.invalid/test.csv", "0" * 32)
-    path = fetch(remote, cache, quiet=True)  # the wrong md5 is not used: the mirror has SHA256SUMS
+    path = fetch(remote, cache)  # the wrong md5 is not used: the mirror has SHA256SUMS
     assert path == cache / "ag_news_csv" / "test.csv"
     assert path.read_bytes() == (mirror / "ag_news_csv" / "test.csv").read_bytes()
     assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
@@ -44,10 +44,10 @@ def test_mirror_without_sums_uses_upstream_md5(mirror, tmp_path):
     (mirror / "SHA256SUMS").unlink()
     target = mirror / "ag_news_csv" / "test.csv"
     ok = RemoteFile("ag_news", "ag_news_csv/test.csv", "https://example.invalid/t.csv", md5(target))
-    assert fetch(ok, tmp_path / "a", quiet=True).is_file()
+    assert fetch(ok, tmp_path / "a").is_file()
     bad = RemoteFile("ag_news", "ag_news_csv/test.csv", "https://example.invalid/t.csv", "f" * 32)
     with pytest.raises(DatasetError, match="checksum mismatch"):
-        fetch(bad, tmp_path / "b", quiet=True)
+        fetch(bad, tmp_path / "b")
 
 
 def test_checksum_mismatch_leaves_nothing(mirror, tmp_path):
@@ -55,7 +55,7 @@ def test_checksum_mismatch_leaves_nothing(mirror, tmp_path):
     cache = tmp_path / "cache"
     remote = RemoteFile("imdb", "aclImdb_v1.tar.gz", "http://example.invalid/a.tgz", "0" * 32)
     with pytest.raises(DatasetError, match=r"dataset 'imdb': checksum mismatch .*sha256"):
-        fetch(remote, cache, quiet=True)
+        fetch(remote, cache)
     assert not (cache / "aclImdb_v1.tar.gz").exists()
     assert leftovers(cache) == []
 
@@ -63,9 +63,10 @@ def test_checksum_mismatch_leaves_nothing(mirror, tmp_path):
 def test_offline_error_names_dataset_url_and_variable(workdir, tmp_path):
     remote = RemoteFile("imdb", "aclImdb_v1.tar.gz", "http://127.0.0.1:9/aclImdb_v1.tar.gz", "0" * 32)
     with pytest.raises(DatasetError) as err:
-        fetch(remote, tmp_path / "cache", quiet=True)
+        fetch(remote, tmp_path / "cache")
     msg = str(err.value)
-    assert "dataset 'imdb'" in msg and "http://127.0.0.1:9/aclImdb_v1.tar.gz" in msg and "LSTMCLI_MIRROR" in msg
+    for fragment in ("dataset 'imdb'", "http://127.0.0.1:9/aclImdb_v1.tar.gz", "LSTMCLI_MIRROR"):
+        assert fragment in msg
     assert leftovers(tmp_path / "cache") == []
 
 
@@ -73,7 +74,7 @@ def test_missing_file_in_mirror(mirror, tmp_path):
     (mirror / "ag_news_csv" / "train.csv").unlink()
     remote = RemoteFile("ag_news", "ag_news_csv/train.csv", "https://up.example/train.csv", "0" * 32)
     with pytest.raises(DatasetError, match=r"cannot fetch ag_news_csv/train.csv from mirror LSTMCLI_MIRROR=.*https://up.example/train.csv"):
-        fetch(remote, tmp_path / "cache", quiet=True)
+        fetch(remote, tmp_path / "cache")
 
 
 class CountingHandler(http.server.SimpleHTTPRequestHandler):
@@ -92,7 +93,8 @@ class CountingHandler(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture
 def http_mirror(mirror):
     CountingHandler.hits = {}
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(CountingHandler, directory=str(mirror)))
+    handler = partial(CountingHandler, directory=str(mirror))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -102,8 +104,8 @@ def http_mirror(mirror):
 def test_two_processes_fetch_once_over_http(http_mirror, tmp_path):
     cache = tmp_path / "cache"
     code = ("import sys; from pathlib import Path; from lstmcli.download import extract_once, fetch; "
-            "from lstmcli.datasets import IMDB_FILE; "
-            "p = fetch(IMDB_FILE, Path(sys.argv[1]), quiet=True); "
+            "from lstmcli.registry import IMDB; "
+            "p = fetch(IMDB.files['archive'], Path(sys.argv[1])); "
             "print(extract_once(p, Path(sys.argv[1]), 'aclImdb'))")
     env = {**os.environ, "LSTMCLI_MIRROR": http_mirror}
     procs = [subprocess.Popen([sys.executable, "-c", code, str(cache)], env=env,

@@ -11,7 +11,8 @@ from lstmcli.cli import app
 from lstmcli.embeddings import load_vectors
 from lstmcli.text import Vocab
 
-TINY = Path(__file__).parents[1] / "configs" / "tiny.toml"
+from .conftest import TINY
+
 WORDS = ["great", "wonderful", "awful", "boring", "film", "notinthecorpus"]
 
 
@@ -38,7 +39,8 @@ def test_train_with_frozen_and_trainable_vectors(mirror, workdir, tmp_path):
     runner = CliRunner()
     for freeze in (True, False):
         out = f"run-{freeze}"
-        args = ["train", "--config", str(TINY), "--dataset", "imdb", "--embeddings", str(tmp_path / "glove.txt"),
+        args = ["train", "--config", str(TINY), "--dataset", "imdb",
+                "--embeddings", str(tmp_path / "glove.txt"),
                 "--quiet", "--out", out] + (["--freeze-embeddings"] if freeze else [])
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output

@@ -3,8 +3,10 @@ import copy
 import pytest
 import torch
 
-from lstmcli.models import TextClassifier, build_encoder
-from lstmcli.models.builtin import BuiltinEncoder, reverse_within_length
+from lstmcli.models.builtin import BuiltinEncoder
+from lstmcli.models.classifier import TextClassifier, build_encoder
+from lstmcli.models.lengths import last_real, reverse_within_length
+from lstmcli.models.spec import ModelSpec
 
 from .conftest import assert_float32_close, float32_tolerance, needs_native_bf16, reference
 
@@ -13,13 +15,13 @@ def real_mask(lengths, T):
     return (torch.arange(T)[None, :] < lengths[:, None])[:, :, None]
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("encoder", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_padded_equals_packed_outputs_states_and_gradients(kind, layers, bidirectional):
+def test_padded_equals_packed_outputs_states_and_gradients(encoder, layers, bidirectional):
     torch.manual_seed(0)
-    padded = BuiltinEncoder(kind, 6, 5, layers, bidirectional, 0.0, pack="never")
-    packed = BuiltinEncoder(kind, 6, 5, layers, bidirectional, 0.0, pack="always")
+    padded = BuiltinEncoder(encoder, 6, 5, layers, bidirectional, 0.0, pack="never")
+    packed = BuiltinEncoder(encoder, 6, 5, layers, bidirectional, 0.0, pack="always")
     packed.load_state_dict(padded.state_dict())
     exact = copy.deepcopy(packed).double()
     lengths = torch.tensor([7, 1, 4, 7, 2])
@@ -41,23 +43,30 @@ def test_padded_equals_packed_outputs_states_and_gradients(kind, layers, bidirec
 
 def test_state_dict_uses_pytorch_names():
     enc = BuiltinEncoder("lstm", 4, 3, 2, True)
-    assert {"rnn.weight_ih_l0", "rnn.weight_hh_l1_reverse", "rnn.bias_ih_l1", "rnn.bias_hh_l0_reverse"} <= set(enc.state_dict())
+    names = {"rnn.weight_ih_l0", "rnn.weight_hh_l1_reverse", "rnn.bias_ih_l1", "rnn.bias_hh_l0_reverse"}
+    assert names <= set(enc.state_dict())
 
 
-def test_reverse_within_length_is_an_involution():
+def test_reverse_within_length_is_an_involution_in_either_layout():
     x = torch.arange(12.).view(2, 6, 1)
     lengths = torch.tensor([4, 6])
     r = reverse_within_length(x, lengths)
     assert r[0, :, 0].tolist() == [3, 2, 1, 0, 4, 5]
     assert r[1, :, 0].tolist() == [11, 10, 9, 8, 7, 6]
     assert torch.equal(reverse_within_length(r, lengths), x)
+    time_major = reverse_within_length(x.transpose(0, 1), lengths, time_dim=0)
+    assert torch.equal(time_major, r.transpose(0, 1))
+    assert last_real(x, lengths).flatten().tolist() == [3, 11]
+    assert torch.equal(last_real(x.transpose(0, 1), lengths, time_dim=0), last_real(x, lengths))
 
 
 @pytest.mark.parametrize("pooling", ["last", "mean", "max"])
-@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
-def test_pooling_ignores_padding(pooling, kind):
+@pytest.mark.parametrize("encoder", ["lstm", "gru", "rnn"])
+def test_pooling_ignores_padding(pooling, encoder):
     torch.manual_seed(1)
-    model = TextClassifier(50, 3, 8, 6, kind, num_layers=2, bidirectional=True, pooling=pooling).eval()
+    spec = ModelSpec(vocab_size=50, num_classes=3, embedding_dim=8, hidden_size=6, encoder=encoder,
+                     num_layers=2, bidirectional=True, pooling=pooling)
+    model = TextClassifier(spec).eval()
     seq = torch.tensor([[5, 9, 2, 7]])
     alone = model(seq, torch.tensor([4]))
     batch = torch.tensor([[5, 9, 2, 7, 0, 0, 0, 0, 0], [3, 3, 4, 1, 8, 9, 10, 11, 12]])
@@ -69,12 +78,12 @@ def test_pooling_ignores_padding(pooling, kind):
 
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(ValueError, match="lstm, gru, rnn"):
-        build_encoder("builtin", "transformer", 4, 4)
-    with pytest.raises(ValueError, match="valid: builtin"):
-        build_encoder("cudnn", "lstm", 4, 4)
+    with pytest.raises(ValueError, match="unknown encoder 'transformer'; valid: lstm, gru, rnn"):
+        ModelSpec(vocab_size=10, num_classes=2, encoder="transformer")
+    with pytest.raises(ValueError, match="valid: builtin, scratch"):
+        ModelSpec(vocab_size=10, num_classes=2, impl="cudnn")
     with pytest.raises(ValueError, match="last, mean, max"):
-        TextClassifier(10, 2, pooling="attention")
+        ModelSpec(vocab_size=10, num_classes=2, pooling="attention")
 
 
 @pytest.mark.parametrize("impl,pack", [("builtin", "never"), ("builtin", "always"), ("scratch", "never")])
@@ -83,7 +92,8 @@ def test_recurrent_dropout_drops_weight_hh_entries_only_while_training(impl, pac
     (drawn forward first, then reverse); in eval mode the weights are used whole."""
     p = 0.4
     torch.manual_seed(0)
-    enc = build_encoder(impl, "lstm", 6, 5, 1, True, pack=pack, weight_drop=p)
+    enc = build_encoder(ModelSpec(vocab_size=2, num_classes=2, impl=impl, embedding_dim=6, hidden_size=5,
+                                  bidirectional=True, pack=pack, recurrent_dropout=p))
     ref = torch.nn.LSTM(6, 5, batch_first=True, bidirectional=True)
     ref.load_state_dict({k.removeprefix("rnn."): v for k, v in enc.state_dict().items()})
     lengths = torch.tensor([7, 1, 4, 7, 2])
@@ -117,9 +127,9 @@ def test_recurrent_dropout_drops_weight_hh_entries_only_while_training(impl, pac
 @needs_native_bf16
 def test_bf16_precision_runs_the_encoder_in_bfloat16_and_returns_float32_logits():
     torch.manual_seed(0)
-    kw = dict(embedding_dim=8, hidden_size=6, bidirectional=True, pooling="max")
-    full = TextClassifier(40, 3, **kw)
-    half = TextClassifier(40, 3, precision="bf16", **kw)
+    kw = dict(vocab_size=40, num_classes=3, embedding_dim=8, hidden_size=6, bidirectional=True, pooling="max")
+    full = TextClassifier(ModelSpec(**kw))
+    half = TextClassifier(ModelSpec(**kw, precision="bf16"))
     half.load_state_dict(full.state_dict())
     seen = []
     half.encoder.register_forward_hook(lambda module, args, out: seen.append(out[0].dtype))
@@ -134,6 +144,6 @@ def test_bf16_precision_runs_the_encoder_in_bfloat16_and_returns_float32_logits(
     assert all(p.grad.dtype == torch.float32 for p in half.parameters() if p.grad is not None)
     assert half.encoder.rnn.weight_hh_l0.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="needs impl 'builtin'"):
-        TextClassifier(40, 3, impl="scratch", precision="bf16")
+        ModelSpec(vocab_size=40, num_classes=3, impl="scratch", precision="bf16")
     with pytest.raises(ValueError, match="fp32, bf16"):
-        TextClassifier(40, 3, precision="fp16")
+        ModelSpec(vocab_size=40, num_classes=3, precision="fp16")

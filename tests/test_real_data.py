@@ -79,7 +79,7 @@ def test_a_bf16_checkpoint_answers_the_same_in_fp32(real_mirror):
                            for line in out.stdout.splitlines()]
     assert len(runs["fp32"]) == len(reviews) == 500
     eps = torch.finfo(torch.bfloat16).eps
-    for a, b in zip(runs["bf16"], runs["fp32"]):
+    for a, b in zip(runs["bf16"], runs["fp32"], strict=True):
         assert abs(a["pos"] - b["pos"]) <= eps, (a, b)
         if abs(b["pos"] - 0.5) > eps:
             assert (a["pos"] > 0.5) == (b["pos"] > 0.5), (a, b)

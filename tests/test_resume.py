@@ -13,20 +13,23 @@ from typer.testing import CliRunner
 
 from lstmcli.cli import app
 
-TINY = Path(__file__).parents[1] / "configs" / "tiny.toml"
-ARGS = ["--config", TINY, "--dataset", "imdb", "--epochs", "3", "--batch-size", "2", "--max-train-examples", "0",
-        "--max-eval-examples", "0", "--num-layers", "2", "--dropout", "0.3", "--scheduler", "cosine",
-        "--warmup-steps", "5", "--log-every", "1"]
+from .conftest import TINY
+
+ARGS = ["--config", TINY, "--dataset", "imdb", "--epochs", "3", "--batch-size", "2",
+        "--max-train-examples", "0", "--max-eval-examples", "0", "--num-layers", "2", "--dropout", "0.3",
+        "--scheduler", "cosine", "--warmup-steps", "5", "--log-every", "1"]
 TIMING = {"seconds", "tokens_per_s"}
 
 
 def without_timing(metrics: dict) -> dict:
-    return {**metrics, "history": [{k: v for k, v in h.items() if k not in TIMING} for h in metrics["history"]]}
+    history = [{k: v for k, v in h.items() if k not in TIMING} for h in metrics["history"]]
+    return {**metrics, "history": history}
 
 
 def lstmcli(*args, **kw):
     return subprocess.Popen([sys.executable, "-m", "lstmcli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kw)
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            **kw)
 
 
 def finished(proc, timeout=300):
@@ -36,7 +39,8 @@ def finished(proc, timeout=300):
 
 def same_run(a: Path, b: Path) -> None:
     for sub in ("best", "last"):
-        assert (a / sub / "model.safetensors").read_bytes() == (b / sub / "model.safetensors").read_bytes(), sub
+        weights = [(run / sub / "model.safetensors").read_bytes() for run in (a, b)]
+        assert weights[0] == weights[1], sub
     ma, mb = (json.loads((p / "metrics.json").read_text()) for p in (a, b))
     assert without_timing(ma) == without_timing(mb)
 
@@ -77,7 +81,8 @@ def test_same_seed_same_results(mirror, workdir):
 
 def test_resume_refuses_finished_runs_and_other_flags(mirror, workdir):
     runner = CliRunner()
-    assert runner.invoke(app, ["train", "--config", str(TINY), "--dataset", "imdb", "--quiet", "--out", "r"]).exit_code == 0
+    args = ["train", "--config", str(TINY), "--dataset", "imdb", "--quiet", "--out", "r"]
+    assert runner.invoke(app, args).exit_code == 0
     result = runner.invoke(app, ["train", "--resume", "r"])
     assert result.exit_code == 2 and "already finished" in result.stderr
     result = runner.invoke(app, ["train", "--resume", "r", "--lr", "0.1"])

@@ -1,4 +1,4 @@
-"""Bad input ends in one clear line and exit 2 with nothing on disk damaged; checks exit 1; saves are atomic."""
+"""Bad input ends in one clear line and exit 2, nothing on disk damaged; checks exit 1; saves are atomic."""
 
 import io
 import json
@@ -11,29 +11,16 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
 import lstmcli.checkpoint as ckpt
-from lstmcli.cli import app
+from lstmcli.build import build_model
 from lstmcli.config import resolve
 from lstmcli.predict import Predictor
 from lstmcli.schedule import make_optimizer, make_scheduler, step_per_batch, step_per_epoch
 from lstmcli.text import Vocab, basic_english
 
-from .conftest import write_sums
-
-TINY = Path(__file__).parents[1] / "configs" / "tiny.toml"
-
-
-def run(*args, input=None):
-    return CliRunner().invoke(app, [str(a) for a in args], input=input)
-
-
-def one_line(result, code, fragment):
-    assert result.exit_code == code, (result.exit_code, result.output)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lstmcli: error: ") and fragment in lines[0], result.stderr
-    assert "Traceback" not in result.output
+from .conftest import TINY, run, write_sums
+from .conftest import one_line_error as one_line
 
 
 def snapshot(folder: Path) -> dict:
@@ -85,8 +72,9 @@ def test_user_file_problems(workdir, tmp_path):
 
 
 def test_non_utf8_review_is_named(mirror, workdir):
-    data = tar_bytes([(f"aclImdb/{s}/{y}/{i}_5.txt", b"ok text") for s in ("train", "test") for y in ("neg", "pos")
-                      for i in range(3)] + [("aclImdb/train/pos/9_9.txt", b"caf\xe9")])
+    good = [(f"aclImdb/{s}/{y}/{i}_5.txt", b"ok text") for s in ("train", "test") for y in ("neg", "pos")
+            for i in range(3)]
+    data = tar_bytes([*good, ("aclImdb/train/pos/9_9.txt", b"caf\xe9")])
     (mirror / "aclImdb_v1.tar.gz").write_bytes(data)
     write_sums(mirror, ["aclImdb_v1.tar.gz"])
     one_line(run("train", "--dataset", "imdb"), 2, "9_9.txt: not UTF-8")
@@ -189,7 +177,7 @@ def predictor(tmp_path_factory):
     cfg = resolve(None, {"embedding_dim": 8, "hidden_size": 8, "max_length": 50})
     vocab = Vocab.build([["great", "awful", "film"]])
     torch.manual_seed(0)
-    ckpt.save(folder, cfg, vocab, ["neg", "pos"], ckpt.build_model(cfg, len(vocab), 2), {})
+    ckpt.save(folder, cfg, vocab, ["neg", "pos"], build_model(cfg.model, len(vocab), 2), {})
     return Predictor(folder, torch.device("cpu"))
 
 
@@ -214,7 +202,8 @@ def test_unwritable_output_is_one_line(mirror, workdir):
 
 
 def test_early_stopping_and_non_finite_loss(mirror, workdir, monkeypatch):
-    result = run("train", "--config", TINY, "--dataset", "imdb", "--epochs", "6", "--lr", "0", "--patience", "2",
+    result = run("train", "--config", TINY, "--dataset", "imdb", "--epochs", "6", "--lr", "0",
+                 "--patience", "2",
                  "--quiet", "--out", "es")
     assert result.exit_code == 0
     metrics = json.loads(Path("es/metrics.json").read_text())

@@ -10,9 +10,11 @@ import torch
 from torch import nn
 
 from lstmcli import native
-from lstmcli.models import TextClassifier, recurrence
+from lstmcli.models import recurrence
+from lstmcli.models.classifier import TextClassifier
 from lstmcli.models.recurrence import GRULayer, LSTMLayer, RNNLayer, peephole_lstm
 from lstmcli.models.scratch import ScratchRNN
+from lstmcli.models.spec import ModelSpec
 
 from .conftest import assert_float32_close, float32_tolerance, reference
 
@@ -25,41 +27,42 @@ def loops(request):
     """Run the test with the Python time loops, then with the C++ kernels (lstmcli/native)."""
     if request.param == "native":
         if not native.ensure():
-            pytest.fail("the C++ kernels did not build (the line above says why); LSTMCLI_NATIVE=0 skips them")
-        module = recurrence._native
+            pytest.fail("the C++ kernels did not build (the log says why); LSTMCLI_NATIVE=0 skips them")
+        module = recurrence.native_kernels()
     else:
         module = None
-    saved = recurrence._native
+    saved = recurrence.native_kernels()
     recurrence.use_native(module)
     yield request.param
     recurrence.use_native(saved)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("encoder", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_equals_pytorch_outputs_states_and_gradients(mode, layers, bidirectional, device, loops):
+def test_equals_pytorch_outputs_states_and_gradients(encoder, layers, bidirectional, device, loops):
     torch.manual_seed(layers * 10 + bidirectional)
-    ref = TORCH_RNN[mode](5, 7, num_layers=layers, bidirectional=bidirectional, batch_first=True).to(device)
-    ours = ScratchRNN(mode, 5, 7, layers, bidirectional).to(device)
+    ref = TORCH_RNN[encoder](5, 7, num_layers=layers, bidirectional=bidirectional, batch_first=True)
+    ref = ref.to(device)
+    ours = ScratchRNN(encoder, 5, 7, layers, bidirectional).to(device)
     ours.load_state_dict(ref.state_dict())
     lengths = torch.tensor([1, 9, 4, 9, 2, 6])  # unsorted, with length 1 and ties
     x = torch.randn(6, 9, 5, device=device)
-    _check_against_reference(ref, ours, x, lengths, mode)
+    _check_against_reference(ref, ours, x, lengths, encoder)
 
 
-@pytest.mark.parametrize("mode", ["lstm", "gru"])
-def test_equals_pytorch_when_rows_are_split_between_threads(mode, loops):
+@pytest.mark.parametrize("encoder", ["lstm", "gru"])
+def test_equals_pytorch_when_rows_are_split_between_threads(encoder, loops):
     """300 rows of hidden 20 (not a multiple of the vector width): the C++ loop splits a step's rows
     between threads and handles a partial vector at the end of each row."""
     torch.manual_seed(3)
-    ref = TORCH_RNN[mode](4, 20, bidirectional=True, batch_first=True)
-    ours = ScratchRNN(mode, 4, 20, bidirectional=True)
+    ref = TORCH_RNN[encoder](4, 20, bidirectional=True, batch_first=True)
+    ours = ScratchRNN(encoder, 4, 20, bidirectional=True)
     ours.load_state_dict(ref.state_dict())
     lengths = torch.randint(1, 12, (300,))
     lengths[0] = 12
-    _check_against_reference(ref, ours, torch.randn(300, 12, 4), lengths, mode)
+    _check_against_reference(ref, ours, torch.randn(300, 12, 4), lengths, encoder)
 
 
 def _run(fn, x, lengths, weights):
@@ -71,29 +74,30 @@ def _run(fn, x, lengths, weights):
     return {"output": out, "h_n": h, "c_n": c, "x.grad": x.grad}
 
 
-def _check_against_reference(ref, ours, x, lengths, mode):
+def _check_against_reference(ref, ours, x, lengths, encoder):
     """Ours (float32) against nn.LSTM/GRU/RNN in float32 and, as the exact answer, in float64."""
     exact = copy.deepcopy(ref).double()
     g = torch.Generator().manual_seed(0)
     out_shape = (x.size(0), x.size(1), ref.hidden_size * (2 if ref.bidirectional else 1))
     h_shape = (ref.num_layers * (2 if ref.bidirectional else 1), x.size(0), ref.hidden_size)
-    weights = [torch.randn(out_shape, generator=g).to(x.device), torch.randn(h_shape, generator=g).to(x.device)]
+    weights = [torch.randn(shape, generator=g).to(x.device) for shape in (out_shape, h_shape)]
     got = _run(ours, x, lengths, weights)
     want = _run(lambda x, lens: reference(ref, x, lens), x, lengths, weights)
     best = _run(lambda x, lens: reference(exact, x, lens), x.double(), lengths, weights)
     for key in ("output", "h_n", "c_n", "x.grad"):
         if best[key] is not None:
-            assert_float32_close(got[key], want[key], best[key], f"{mode} {key}")
+            assert_float32_close(got[key], want[key], best[key], f"{encoder} {key}")
     theirs, truth = dict(ref.named_parameters()), dict(exact.named_parameters())
     for name, p in ours.named_parameters():
-        assert_float32_close(p.grad, theirs[name].grad, truth[name].grad, f"{mode} {name}.grad")
+        assert_float32_close(p.grad, theirs[name].grad, truth[name].grad, f"{encoder} {name}.grad")
 
 
 def test_state_dict_moves_both_ways_through_the_classifier(loops):
     torch.manual_seed(0)
-    kw = dict(embedding_dim=6, hidden_size=5, encoder="lstm", num_layers=2, bidirectional=True, pooling="max")
-    builtin = TextClassifier(30, 3, impl="builtin", **kw).eval()
-    scratch = TextClassifier(30, 3, impl="scratch", **kw).eval()
+    kw = dict(vocab_size=30, num_classes=3, embedding_dim=6, hidden_size=5, num_layers=2, bidirectional=True,
+              pooling="max")
+    builtin = TextClassifier(ModelSpec(**kw, impl="builtin")).eval()
+    scratch = TextClassifier(ModelSpec(**kw, impl="scratch")).eval()
     assert set(builtin.state_dict()) == set(scratch.state_dict())
     scratch.load_state_dict(builtin.state_dict())
     ids = torch.tensor([[3, 4, 5, 6], [7, 8, 0, 0]])
@@ -112,24 +116,23 @@ def test_gradcheck_hand_written_backwards(loops):
     T, B, H = 4, 3, 2
     active = _active(torch.tensor([4, 3, 1]), T)
     dd = dict(dtype=torch.float64, requires_grad=True)
-    xl, wl = torch.randn(T, B, 4 * H, **dd), torch.randn(4 * H, H, **dd)
-    wil, bl = torch.randn(4 * H, 3, **dd), torch.randn(4 * H, **dd)
-    xl = torch.randn(T, B, 3, **dd)
-    assert torch.autograd.gradcheck(lambda x, wi, b, w: LSTMLayer.apply(x, wi, b, w, active), (xl, wil, bl, wl))
+    xl, wil, bl, wl = torch.randn(T, B, 3, **dd), torch.randn(4 * H, 3, **dd), torch.randn(4 * H, **dd), \
+        torch.randn(4 * H, H, **dd)
+    assert torch.autograd.gradcheck(lambda *a: LSTMLayer.apply(*a, active), (xl, wil, bl, wl))
     xg, wg, bg = torch.randn(T, B, 3 * H, **dd), torch.randn(3 * H, H, **dd), torch.randn(3 * H, **dd)
     assert torch.autograd.gradcheck(lambda x, w, b: GRULayer.apply(x, w, b, active), (xg, wg, bg))
-    xr, wr = torch.randn(T, B, H, **dd), torch.randn(H, H, **dd)
-    xr, wir, br = torch.randn(T, B, 3, **dd), torch.randn(H, 3, **dd), torch.randn(H, **dd)
-    assert torch.autograd.gradcheck(lambda x, wi, b, w: RNNLayer.apply(x, wi, b, w, active), (xr, wir, br, wr))
+    xr, wir, br, wr = torch.randn(T, B, 3, **dd), torch.randn(H, 3, **dd), torch.randn(H, **dd), \
+        torch.randn(H, H, **dd)
+    assert torch.autograd.gradcheck(lambda *a: RNNLayer.apply(*a, active), (xr, wir, br, wr))
 
 
 def test_gradcheck_whole_encoder_float64(loops):
     torch.manual_seed(1)
-    for mode in ("lstm", "gru", "rnn"):
-        rnn = ScratchRNN(mode, 3, 2, num_layers=2, bidirectional=True).double()
+    lengths = torch.tensor([2, 5, 1])
+    for encoder in ("lstm", "gru", "rnn"):
+        rnn = ScratchRNN(encoder, 3, 2, num_layers=2, bidirectional=True).double()
         x = torch.randn(3, 5, 3, dtype=torch.float64, requires_grad=True)
-        lengths = torch.tensor([2, 5, 1])
-        assert torch.autograd.gradcheck(lambda x: rnn(x, lengths)[0], (x,))
+        assert torch.autograd.gradcheck(lambda x, rnn=rnn: rnn(x, lengths)[0], (x,))
 
 
 def test_peephole_one_step_by_hand():
@@ -166,7 +169,8 @@ def test_peephole_gradcheck_and_padding():
     rnn = ScratchRNN("lstm", 3, 4, 2, True, peephole=True).eval()
     seq = torch.randn(1, 3, 3)
     alone = rnn(seq, torch.tensor([3]))
-    padded = rnn(torch.cat([torch.cat([seq, torch.randn(1, 4, 3)], 1), torch.randn(1, 7, 3)]), torch.tensor([3, 7]))
+    batch = torch.cat([torch.cat([seq, torch.randn(1, 4, 3)], 1), torch.randn(1, 7, 3)])
+    padded = rnn(batch, torch.tensor([3, 7]))
     tol = float32_tolerance(2 * 3 * (3 + 4))  # the same float32 sums in another batch: 2 layers, 3 steps
     torch.testing.assert_close(padded[0][0, :3], alone[0][0], atol=tol, rtol=0)
     torch.testing.assert_close(padded[1][:, 0], alone[1][:, 0], atol=tol, rtol=0)
@@ -176,13 +180,13 @@ def test_peephole_only_for_lstm():
     with pytest.raises(ValueError, match="peephole"):
         ScratchRNN("gru", 3, 3, peephole=True)
     with pytest.raises(ValueError, match="peephole"):
-        TextClassifier(10, 2, impl="builtin", peephole=True)
+        ModelSpec(vocab_size=10, num_classes=2, impl="builtin", peephole=True)
 
 
 @pytest.fixture
 def fresh_native():
     """native.ensure() is cached per process: clear it around a test, and restore the kernels after."""
-    saved = recurrence._native
+    saved = recurrence.native_kernels()
     native.ensure.cache_clear()
     recurrence.use_native(None)
     yield
@@ -190,32 +194,33 @@ def fresh_native():
     recurrence.use_native(saved)
 
 
-def test_failed_build_falls_back_to_the_python_loops_with_one_line(monkeypatch, capsys, fresh_native):
+def test_failed_build_falls_back_to_the_python_loops_with_one_line(monkeypatch, caplog, fresh_native):
     def broken_build():
         raise RuntimeError("Error building extension 'lstmcli_recurrence':\nc++: command not found")
 
     monkeypatch.setattr(native, "build", broken_build)
     assert native.ensure() is False
-    assert recurrence._native is None
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1
-    assert err.startswith("scratch encoders: C++ kernels unavailable (c++: command not found); using the Python loops")
+    assert recurrence.native_kernels() is None
+    [record] = caplog.records
+    assert record.levelname == "WARNING" and "\n" not in record.getMessage()
+    assert record.getMessage().startswith("scratch encoders: C++ kernels unavailable "
+                                          "(c++: command not found); using the Python loops")
 
 
-def test_lstmcli_native_0_skips_the_build(monkeypatch, capsys, fresh_native):
+def test_lstmcli_native_0_skips_the_build(monkeypatch, caplog, fresh_native):
     monkeypatch.setenv("LSTMCLI_NATIVE", "0")
     monkeypatch.setattr(native, "build", lambda: pytest.fail("built although LSTMCLI_NATIVE=0"))
     assert native.ensure() is False
-    assert recurrence._native is None and capsys.readouterr().err == ""
+    assert recurrence.native_kernels() is None and caplog.records == []
 
 
-@pytest.mark.parametrize("mode", ["lstm", "gru"])
-def test_inference_path_equals_pytorch(mode, loops):
+@pytest.mark.parametrize("encoder", ["lstm", "gru"])
+def test_inference_path_equals_pytorch(encoder, loops):
     """Under no_grad the loops take their inference path. At hidden 256 / batch 64 on 2 threads the C++
     LSTM gives each thread 128 units and projects 4 steps at a time: 11 steps make chunks of 4, 4 and 3."""
     torch.manual_seed(4)
-    ref = TORCH_RNN[mode](5, 256, num_layers=2, bidirectional=True, batch_first=True)
-    ours = ScratchRNN(mode, 5, 256, 2, bidirectional=True)
+    ref = TORCH_RNN[encoder](5, 256, num_layers=2, bidirectional=True, batch_first=True)
+    ours = ScratchRNN(encoder, 5, 256, 2, bidirectional=True)
     ours.load_state_dict(ref.state_dict())
     lengths = torch.randint(1, 12, (64,))
     lengths[0] = 11
@@ -223,7 +228,7 @@ def test_inference_path_equals_pytorch(mode, loops):
     with torch.no_grad():
         got, want = ours(x, lengths), reference(ref, x, lengths)
         exact = reference(copy.deepcopy(ref).double(), x.double(), lengths)
-    for name, a, b, c in zip(("output", "h_n", "c_n"), got, want, exact):
+    for name, a, b, c in zip(("output", "h_n", "c_n"), got, want, exact, strict=True):
         if c is not None:
             assert_float32_close(a, b, c, name)
 
@@ -247,7 +252,7 @@ def test_lstm_inference_blocks_of_units_per_thread(threads, loops):
             exact = reference(copy.deepcopy(ref).double(), x.double(), lengths)
     finally:
         torch.set_num_threads(saved)
-    for name, a, b, c in zip(("output", "h_n", "c_n"), got, want, exact):
+    for name, a, b, c in zip(("output", "h_n", "c_n"), got, want, exact, strict=True):
         assert_float32_close(a, b, c, name)
 
 
@@ -257,7 +262,8 @@ def test_builds_are_named_for_what_they_were_compiled_for():
     specs = {isa: native.build_spec(isa) for isa in ("AVX512", "AVX2", "DEFAULT")}
     names = {name for name, _ in specs.values()}
     assert len(names) == 3 and specs["AVX2"][0].startswith("lstmcli_recurrence_avx2_")
-    assert "-mavx2" in specs["AVX2"][1] and not any("avx512" in f for f in specs["AVX2"][1] + specs["DEFAULT"][1])
+    assert "-mavx2" in specs["AVX2"][1]
+    assert not any("avx512" in f for f in specs["AVX2"][1] + specs["DEFAULT"][1])
     assert not any(f.startswith("-march") for _, flags in specs.values() for f in flags)
 
 
@@ -270,7 +276,8 @@ def test_the_build_uses_the_instructions_of_its_isa_and_no_others():
     instruction, so it runs on every AVX2 CPU; an AVX-512 build does use them (its flags took)."""
     isa = torch.backends.cpu.get_cpu_capability()
     module = native.build()  # the module ensure() loads (built once per process and cache)
-    assert module.__name__ == native.build_spec()[0] and module.__name__.startswith(f"lstmcli_recurrence_{isa.lower()}_")
+    assert module.__name__ == native.build_spec()[0]
+    assert module.__name__.startswith(f"lstmcli_recurrence_{isa.lower()}_")
     text = subprocess.run(["objdump", "-d", "--no-show-raw-insn", module.__file__], capture_output=True,
                           text=True, check=True).stdout
     avx512 = len(AVX512_REGISTERS.findall(text))

@@ -5,7 +5,6 @@ from hypothesis import strategies as st
 from lstmcli.text import PAD, UNK, UNK_ID, Vocab, basic_english
 from lstmcli.text import basic_english_regex as torchtext_basic_english
 
-
 CASES = [
     ("Don't stop", ["don", "'", "t", "stop"]),
     ('He said "hi"', ["he", "said", "hi"]),
@@ -30,7 +29,8 @@ def test_basic_english_cases(text, expected):
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list("ab <br/>'\".,()!?;:\t\n\x0b\x1c\x85\u00a0\u2028Iİ")) | st.characters()))
+@given(st.text(alphabet=st.sampled_from(list("ab <br/>'\".,()!?;:\t\n\x0b\x1c\x85\u00a0\u2028Iİ"))
+               | st.characters()))
 def test_basic_english_equals_torchtext_regexes(text):
     assert basic_english(text) == torchtext_basic_english(text)
 
@@ -65,7 +65,8 @@ def test_vocab_json_round_trip():
     assert again == vocab and again.stoi == vocab.stoi
 
 
-@pytest.mark.parametrize("bad", ['{"itos": ["a", "b"]}', '["<pad>", "<unk>"]', '{"itos": ["<pad>", "<unk>", "a", "a"]}'])
+@pytest.mark.parametrize("bad", ['{"itos": ["a", "b"]}', '["<pad>", "<unk>"]',
+                                 '{"itos": ["<pad>", "<unk>", "a", "a"]}'])
 def test_vocab_json_rejects_malformed(bad):
     with pytest.raises(ValueError):
         Vocab.from_json(bad)

@@ -1,5 +1,7 @@
-"""Models: torch only, no I/O."""
+"""Models: torch only, no I/O.
 
-from .classifier import TextClassifier, build_encoder, ENCODER_IMPLS
-
-__all__ = ["TextClassifier", "build_encoder", "ENCODER_IMPLS"]
+spec.py (ModelSpec, imports nothing), classifier.py (TextClassifier, pooling), builtin.py (nn.LSTM/GRU/RNN
+with exact padded runs), scratch.py (our encoders, the equations), recurrence.py (their autograd
+Functions and Python time loops), lengths.py (within-length reversal, last real position). Nothing is
+imported here, so that `lstmcli.models.spec` stays free of torch for the config layer.
+"""

@@ -50,8 +50,9 @@ class _PythonLoops:
         h = c = acts.new_zeros(B, H)
         w_t = w_hh.t()
         # per-step views made once (unbind is one call), sliced to the active rows only when needed
-        steps = zip(*(buf.unbind(0) for buf in (acts, cs, tcs, hs, gs, *((K, A) if train else ()))))
-        for n, views in zip(active, steps):
+        buffers = (acts, cs, tcs, hs, gs, *((K, A) if train else ()))
+        steps = zip(*(buf.unbind(0) for buf in buffers), strict=True)
+        for n, views in zip(active, steps, strict=True):
             if n < B:
                 for v in views:
                     v[n:].zero_()  # ended rows: outputs 0, as pad_packed_sequence gives; no gradient
@@ -160,6 +161,11 @@ def use_native(module) -> None:
     """Run the LSTM and GRU time loops of CPU tensors with `module` (lstmcli/native), or None for Python."""
     global _native
     _native = module
+
+
+def native_kernels():
+    """The C++ kernel module in use, or None when the Python loops run."""
+    return _native
 
 
 def _loops(t: torch.Tensor):

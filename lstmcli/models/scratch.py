@@ -9,7 +9,7 @@ Equations (PyTorch's conventions, so weights move between `builtin` and `scratch
         n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))                h' = (1 - z) ⊙ n + z ⊙ h
   RNN   h' = tanh(W_ih x + b_ih + W_hh h + b_hh)
 
-Recurrent dropout (`weight_drop`, AWD-LSTM's DropConnect): while training, each W_h* above is a
+Recurrent dropout (`recurrent_dropout`, AWD-LSTM's DropConnect): while training, each W_h* above is a
 dropped-out copy of itself, one mask per batch, drawn as BuiltinEncoder draws it.
 
 How they are made fast is in recurrence.py, which holds the per-layer autograd Functions.
@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .lengths import last_real, reverse_within_length
 from .recurrence import GRULayer, LSTMLayer, RNNLayer, peephole_lstm
-
+from .spec import model_problem
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
@@ -32,20 +33,6 @@ GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 def _steps_active(lengths: torch.Tensor, T: int) -> list[int]:
     """n_t = how many (length-sorted, descending) sequences are still running at step t."""
     return (lengths[None, :] > torch.arange(T)[:, None]).sum(1).tolist()
-
-
-def _time_major_reverse(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """x (T, B, F) with x[:len_b, b] reversed and padding left in place; its own inverse."""
-    T, B = x.shape[:2]
-    t = torch.arange(T, device=x.device)[:, None].expand(T, B)
-    lens = lengths.to(x.device)[None, :]
-    idx = torch.where(t < lens, lens - 1 - t, t)  # (T, B)
-    return x.gather(0, idx[:, :, None].expand_as(x))
-
-
-def _time_major_last(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """x (T, B, F) -> (B, F): each sequence's entry at position length - 1."""
-    return x[lengths.to(x.device) - 1, torch.arange(x.size(1), device=x.device)]
 
 
 class ScratchRNN(nn.Module):
@@ -56,27 +43,29 @@ class ScratchRNN(nn.Module):
     a peephole LSTM adds weight_ci/weight_cf/weight_co per layer and direction.
     """
 
-    def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1,
+    def __init__(self, encoder: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, peephole: bool = False,
-                 weight_drop: float = 0.0):
+                 recurrent_dropout: float = 0.0):
         super().__init__()
-        if peephole and mode != "lstm":
-            raise ValueError(f"peephole connections are for the lstm encoder, not {mode!r}")
-        self.mode, self.hidden_size, self.num_layers = mode, hidden_size, num_layers
-        self.dropout, self.peephole, self.weight_drop = dropout, peephole, weight_drop
+        problem = model_problem(encoder, "scratch", peephole, "fp32")
+        if problem:
+            raise ValueError(problem[1])
+        self.encoder, self.hidden_size, self.num_layers = encoder, hidden_size, num_layers
+        self.dropout, self.peephole, self.recurrent_dropout = dropout, peephole, recurrent_dropout
         self.suffixes = ["", "_reverse"] if bidirectional else [""]
-        gates = GATES[mode] * hidden_size
+        gates = GATES[encoder] * hidden_size
         for layer in range(num_layers):
             in_size = input_size if layer == 0 else hidden_size * len(self.suffixes)
             for sfx in self.suffixes:
                 shapes = {"weight_ih": (gates, in_size), "weight_hh": (gates, hidden_size),
                           "bias_ih": (gates,), "bias_hh": (gates,)}
-                if peephole:
-                    shapes |= {"weight_ci": (hidden_size,), "weight_cf": (hidden_size,), "weight_co": (hidden_size,)}
+                if self.peephole:
+                    shapes |= {name: (hidden_size,) for name in ("weight_ci", "weight_cf", "weight_co")}
                 for name, shape in shapes.items():
                     self.register_parameter(f"{name}_l{layer}{sfx}", nn.Parameter(torch.empty(shape)))
         H = hidden_size  # PyTorch's LSTM rows are (i, f, g, o); ours are (o, i, f, g)
-        order = torch.cat([torch.arange(3 * H, 4 * H), torch.arange(0, 3 * H)]) if mode == "lstm" else torch.empty(0)
+        order = torch.cat([torch.arange(3 * H, 4 * H), torch.arange(0, 3 * H)]) if encoder == "lstm" \
+            else torch.empty(0)
         self.register_buffer("_lstm_order", order.long(), persistent=False)
         self.reset_parameters()
 
@@ -87,22 +76,24 @@ class ScratchRNN(nn.Module):
 
     def _direction(self, seq: torch.Tensor, layer: int, sfx: str, active: list[int], lens: torch.Tensor):
         """seq (T, B, In) -> hs (T, B, H), and for the LSTM each sequence's final c (B, H), else None."""
-        p = {name: getattr(self, f"{name}_l{layer}{sfx}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
-        if self.training and self.weight_drop:
-            p["weight_hh"] = F.dropout(p["weight_hh"], self.weight_drop, training=True)
+        p = {name: getattr(self, f"{name}_l{layer}{sfx}")
+             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+        if self.training and self.recurrent_dropout:
+            p["weight_hh"] = F.dropout(p["weight_hh"], self.recurrent_dropout, training=True)
         T, B = seq.shape[:2]
-        if self.mode == "gru":
+        if self.encoder == "gru":
             xproj = torch.addmm(p["bias_ih"], seq.reshape(T * B, -1), p["weight_ih"].t()).view(T, B, -1)
             return GRULayer.apply(xproj, p["weight_hh"], p["bias_hh"], active), None
-        if self.mode == "rnn":
-            return RNNLayer.apply(seq, p["weight_ih"], p["bias_ih"] + p["bias_hh"], p["weight_hh"], active), None
+        bias = p["bias_ih"] + p["bias_hh"]
+        if self.encoder == "rnn":
+            return RNNLayer.apply(seq, p["weight_ih"], bias, p["weight_hh"], active), None
         if self.peephole:
-            xproj = torch.addmm(p["bias_ih"] + p["bias_hh"], seq.reshape(T * B, -1), p["weight_ih"].t()).view(T, B, -1)
-            peep = [getattr(self, f"{name}_l{layer}{sfx}") for name in ("weight_ci", "weight_cf", "weight_co")]
+            xproj = torch.addmm(bias, seq.reshape(T * B, -1), p["weight_ih"].t()).view(T, B, -1)
+            peep = [getattr(self, f"weight_c{gate}_l{layer}{sfx}") for gate in "ifo"]
             hs, cs = peephole_lstm(xproj, p["weight_hh"], *peep, active)
-            return hs, _time_major_last(cs, lens)
+            return hs, last_real(cs, lens, time_dim=0)
         order = self._lstm_order
-        return LSTMLayer.apply(seq, p["weight_ih"][order], (p["bias_ih"] + p["bias_hh"])[order],
+        return LSTMLayer.apply(seq, p["weight_ih"][order], bias[order],
                                p["weight_hh"][order], active)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor):
@@ -122,17 +113,18 @@ class ScratchRNN(nn.Module):
                 inp = F.dropout(inp, self.dropout, training=True)
             outs = []
             for d, sfx in enumerate(self.suffixes):
-                seq = inp if d == 0 else _time_major_reverse(inp, lens)
+                seq = inp if d == 0 else reverse_within_length(inp, lens, time_dim=0)
                 hs, c_last = self._direction(seq, layer, sfx, active, lens)
-                h_n.append(_time_major_last(hs, lens))
+                h_n.append(last_real(hs, lens, time_dim=0))
                 if c_last is not None:
                     c_n.append(c_last)
-                outs.append(hs if d == 0 else _time_major_reverse(hs, lens))
+                outs.append(hs if d == 0 else reverse_within_length(hs, lens, time_dim=0))
             inp = torch.cat(outs, 2) if len(outs) > 1 else outs[0]
         h_n, c_n = torch.stack(h_n), (torch.stack(c_n) if c_n else None)
         if not in_order:
             back = order.argsort().to(x.device)
-            inp, h_n, c_n = inp.index_select(1, back), h_n[:, back], (c_n[:, back] if c_n is not None else None)
+            inp, h_n = inp.index_select(1, back), h_n[:, back]
+            c_n = c_n[:, back] if c_n is not None else None
         return inp.transpose(0, 1), h_n, c_n  # outputs (B, T, D*H): a view of the time-major ones
 
 
@@ -140,11 +132,11 @@ class ScratchEncoder(nn.Module):
     """The scratch counterpart of BuiltinEncoder: (B, T, E) + lengths -> outputs, final (B, D*H)."""
 
     def __init__(self, encoder: str, input_size: int, hidden_size: int, num_layers: int = 1,
-                 bidirectional: bool = False, dropout: float = 0.0, pack: str = "auto", peephole: bool = False,
-                 weight_drop: float = 0.0):
+                 bidirectional: bool = False, dropout: float = 0.0, peephole: bool = False,
+                 recurrent_dropout: float = 0.0):
         super().__init__()
         self.rnn = ScratchRNN(encoder, input_size, hidden_size, num_layers, bidirectional,
-                              dropout if num_layers > 1 else 0.0, peephole, weight_drop)
+                              dropout if num_layers > 1 else 0.0, peephole, recurrent_dropout)
         self.num_directions = len(self.rnn.suffixes)
         self.output_size = hidden_size * self.num_directions
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 
 from ..models import recurrence
 
+log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("recurrence.cpp")
 
 # -fopenmp: at::parallel_for is a template, compiled here; without it a step's rows run on one thread.
@@ -47,11 +49,17 @@ def ensure() -> bool:
         module = build()
     except Exception as e:  # no compiler, no ninja, a failed build: the Python loops still work
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        print(f"scratch encoders: C++ kernels unavailable ({reason[:200]}); using the Python loops "
-              f"(slower, same results; LSTMCLI_NATIVE=0 silences this)", file=sys.stderr)
+        log.warning(f"scratch encoders: C++ kernels unavailable ({reason[:200]}); using the Python loops "
+                    f"(slower, same results; LSTMCLI_NATIVE=0 silences this)")
         return False
     recurrence.use_native(module)
     return True
+
+
+def uses_packed_gemm() -> bool:
+    """Whether the installed C++ kernels run their float32 step matmuls through MKL's packed GEMM."""
+    kernels = recurrence.native_kernels()
+    return kernels is not None and kernels.packed_gemm()
 
 
 def build_spec(isa: str | None = None) -> tuple[str, list[str]]:

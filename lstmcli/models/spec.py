@@ -1,0 +1,58 @@
+"""ModelSpec: everything that defines a TextClassifier, as nanoGPT's GPTConfig defines a GPT.
+
+Its field names are ModelConfig's (plus the vocabulary size and the number of classes), so lstmcli builds
+one by keyword from a config, and a library user writes `TextClassifier(ModelSpec(vocab_size=..., ...))`.
+This file imports nothing, not even torch: config.py checks its rules with `model_problem` without
+paying for torch, so an invalid combination is named by its config key before anything loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ENCODERS = ("lstm", "gru", "rnn")  # the recurrent cell
+IMPLS = ("builtin", "scratch")  # PyTorch's kernels, or ours
+POOLINGS = ("last", "mean", "max")
+PACKS = ("auto", "always", "never")
+PRECISIONS = ("fp32", "bf16")  # what runs; `auto` is resolved before a model is built
+CHOICES = {"encoder": ENCODERS, "impl": IMPLS, "pooling": POOLINGS, "pack": PACKS, "precision": PRECISIONS}
+
+
+def model_problem(encoder: str, impl: str, peephole: bool, precision: str) -> tuple[str, str] | None:
+    """(field, what is wrong) for a combination of fields no model can have, else None."""
+    if peephole and (encoder, impl) != ("lstm", "scratch"):
+        return "peephole", "peephole connections need encoder 'lstm' and impl 'scratch'"
+    if precision == "bf16" and impl != "builtin":
+        return "precision", "precision 'bf16' needs impl 'builtin' (the scratch kernels are float32/float64)"
+    return None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    vocab_size: int
+    num_classes: int
+    encoder: str = "lstm"
+    impl: str = "builtin"
+    peephole: bool = False
+    embedding_dim: int = 128
+    hidden_size: int = 128  # per direction
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0  # between stacked layers and before the output layer
+    embedding_dropout: float = 0.0
+    recurrent_dropout: float = 0.0  # AWD-LSTM's DropConnect on every weight_hh
+    pooling: str = "last"
+    pack: str = "auto"
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        for name, valid in CHOICES.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid: {', '.join(valid)}")
+        problem = model_problem(self.encoder, self.impl, self.peephole, self.precision)
+        if problem:
+            raise ValueError(problem[1])
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
