@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
+from . import distributed
 from .config import Device, Encoder, Impl, Precision, env_data_dir, field_index, resolve
 from .errors import EXIT_INTERRUPTED, EXIT_PIPE, EXIT_USAGE, CheckFailed, LstmcliError
 from .logs import setup_logging
@@ -126,6 +127,8 @@ def train(
         run_dir = training.resume(resume)
     else:
         run_dir = training.run(resolve(config, fields))
+    if not distributed.from_env().is_main:
+        return  # under torchrun, rank 0 answers for the run
     if json_out:
         metrics = json.loads((run_dir / "metrics.json").read_text())
         typer.echo(json.dumps({"run_dir": str(run_dir), **metrics}))

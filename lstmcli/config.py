@@ -144,6 +144,8 @@ class TrainConfig:
     freeze_embeddings: bool = _f(False, "keep the embedding layer fixed during training")
     seed: int = _f(0, "seed of weights, dropout and batch order")
     device: Device = _f(Device.auto, "auto picks cuda, then mps, then cpu")
+    threads: int = _f(0, "CPU threads per process (0: torch's default; under torchrun, the cores divided "
+                         "between the node's processes)")
     out: str = _f("", "run folder (default runs/<dataset>-<encoder>-<timestamp>)")
 
 
@@ -207,7 +209,7 @@ BOUNDS: dict[str, tuple[float, float, bool]] = {
     "lr": (0, math.inf, True), "momentum": (0, 1, True), "weight_decay": (0, math.inf, True),
     "grad_clip": (0, math.inf, True), "warmup_steps": (0, math.inf, True), "plateau_factor": (0, 1, False),
     "plateau_patience": (0, math.inf, True), "patience": (0, math.inf, True),
-    "log_every": (0, math.inf, True),
+    "log_every": (0, math.inf, True), "threads": (0, math.inf, True),
 }
 
 

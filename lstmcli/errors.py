@@ -30,6 +30,12 @@ class CheckFailed(LstmcliError):
     exit_code = EXIT_CHECK_FAILED
 
 
+class PeerFailed(LstmcliError):
+    """Under torchrun, another process of the launch died or stopped answering."""
+
+    exit_code = EXIT_CHECK_FAILED
+
+
 class Interrupted(LstmcliError):
     """Stopped by SIGINT/SIGTERM after saving what is needed to resume."""
 

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from . import checkpoint
 from .batching import Cut, collate, sorted_batches, truncated_lengths
 from .device import resolve_device
+from .distributed import SINGLE, Dist, sum_
 from .errors import LstmcliError
 from .fsutil import write_json
-from .metrics import classification_report
+from .metrics import confusion_matrix, report_from_confusion
 from .prepare import EncodedSplit, encode_file, prepare
 
 log = logging.getLogger(__name__)
@@ -23,19 +24,24 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def evaluate(model, split: EncodedSplit, device: torch.device, batch_size: int, cut: Cut,
-             label_names: list[str]) -> dict:
-    """Loss and classification metrics of `model` on every example of `split`."""
+             label_names: list[str], dist: Dist = SINGLE) -> dict:
+    """Loss and classification metrics of `model` on every example of `split`.
+
+    Under torchrun each rank runs every world_size-th of the same length-sorted batches and the counts
+    are summed, so the confusion matrix is the single process's and the loss differs only by the order
+    of its float sum."""
     model.eval()
-    lengths = truncated_lengths(split, cut.length)
-    preds, targets, loss_sum = [], [], 0.0
-    for indices in sorted_batches(lengths, batch_size):
+    k = len(label_names)
+    confusion, loss_sum = torch.zeros(k, k, dtype=torch.int64), 0.0
+    batches = sorted_batches(truncated_lengths(split, cut.length), batch_size)
+    for indices in batches[dist.rank::dist.world_size]:
         batch = collate(split, indices, cut).to(device)
         logits = model(batch.ids, batch.lengths)
         loss_sum += float(F.cross_entropy(logits, batch.labels, reduction="sum"))
-        preds.append(logits.argmax(1).cpu())
-        targets.append(batch.labels.cpu())
-    n = max(len(split), 1)
-    return classification_report(torch.cat(targets), torch.cat(preds), label_names, loss=loss_sum / n)
+        confusion += confusion_matrix(batch.labels.cpu(), logits.argmax(1).cpu(), k)
+    confusion = sum_(dist, confusion)
+    loss_sum = float(sum_(dist, torch.tensor([loss_sum], dtype=torch.float64)))
+    return report_from_confusion(confusion, label_names, loss=loss_sum / max(len(split), 1))
 
 
 def run_eval(checkpoint_dir: Path, split: str = "test", dataset: str | None = None,

@@ -5,11 +5,19 @@ from __future__ import annotations
 import torch
 
 
+def confusion_matrix(targets: torch.Tensor, preds: torch.Tensor, k: int) -> torch.Tensor:
+    """(k, k) int64: [i][j] counts examples of class i predicted as j."""
+    return torch.bincount(targets * k + preds, minlength=k * k).view(k, k)
+
+
 def classification_report(targets: torch.Tensor, preds: torch.Tensor, label_names: list[str],
                           loss: float | None = None) -> dict:
     """All metrics as a JSON-ready dict. confusion[i][j] counts examples of class i predicted as j."""
-    k = len(label_names)
-    confusion = torch.bincount(targets * k + preds, minlength=k * k).view(k, k)
+    return report_from_confusion(confusion_matrix(targets, preds, len(label_names)), label_names, loss)
+
+
+def report_from_confusion(confusion: torch.Tensor, label_names: list[str], loss: float | None = None) -> dict:
+    """classification_report's dict from a confusion matrix (e.g. one summed over data-parallel ranks)."""
     tp = confusion.diag().double()
     support = confusion.sum(1).double()
     predicted = confusion.sum(0).double()

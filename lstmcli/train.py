@@ -14,13 +14,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .batching import Cut, bucket_batches, collate, padding_share, truncated_lengths
 from .build import build_model
 from .config import Config, Precision, from_dict, to_dict
 from .device import resolve_device
+from .distributed import SINGLE, Dist, sum_
 from .embeddings import init_embeddings
-from .errors import CheckFailed, CheckpointError, Interrupted, LstmcliError
+from .errors import CheckFailed, CheckpointError, Interrupted, LstmcliError, PeerFailed
 from .evaluation import evaluate
 from .fsutil import write_json
 from .precision import for_training
@@ -28,7 +29,7 @@ from .prepare import EncodedSplit, Prepared, prepare
 from .progress import EpochReporter
 from .rundir import default_out, environment, point_latest
 from .schedule import make_optimizer, make_scheduler, step_per_batch, step_per_epoch
-from .train_state import EpochProgress, GracefulStop, TrainState, load_state, state_dict
+from .train_state import EpochProgress, GracefulStop, TrainState, load_state, rng_state, state_dict
 
 log = logging.getLogger(__name__)
 StepCallback = Callable[[int, EpochProgress], None]
@@ -37,39 +38,62 @@ StepCallback = Callable[[int, EpochProgress], None]
 def train_one_epoch(model, split: EncodedSplit, batches: list[torch.Tensor], optimizer, scheduler,
                     device: torch.device, cut: Cut, grad_clip: float, progress: EpochProgress,
                     should_stop: Callable[[], bool], on_step: StepCallback | None = None,
-                    epoch: int = 1) -> EpochProgress:
+                    epoch: int = 1, dist: Dist = SINGLE) -> EpochProgress:
     """Train on `batches`, continuing from `progress.batches_done` and updating `progress` in place;
     `on_step(step, progress)` after each step.
 
     Returns early, between two batches, once `should_stop()` says so. A non-finite loss or gradient
-    raises CheckFailed before the optimizer step, so the weights stay the last good ones.
+    raises CheckFailed before the optimizer step, so the weights stay the last good ones. Under torchrun
+    `model` is wrapped in DistributedDataParallel and `batches` are the global batches; each rank runs
+    its share of each (see _step_loss), and the stop request and running totals are summed over the
+    ranks every step, so that all of them stop at the same step with the same totals.
     """
     model.train()
     start = time.perf_counter() - progress.seconds
     for step in range(progress.batches_done + 1, len(batches) + 1):
-        batch = collate(split, batches[step - 1], cut).to(device)
-        logits = model(batch.ids, batch.lengths)
-        loss = F.cross_entropy(logits, batch.labels)
-        value = loss.item()
+        loss, totals = _step_loss(model, split, batches[step - 1], cut, device, dist)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf)
-        if not (math.isfinite(value) and math.isfinite(float(norm))):
-            what = f"loss {value}" if not math.isfinite(value) else f"gradient norm {float(norm)}"
+        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf))
+        totals[4] = float(should_stop())
+        loss_sum, correct, seen, tokens, stop = sum_(dist, totals).tolist()
+        if not (math.isfinite(loss_sum) and math.isfinite(norm)):
+            what = f"loss {loss_sum / seen}" if not math.isfinite(loss_sum) else f"gradient norm {norm}"
             raise CheckFailed(f"non-finite {what} in epoch {epoch} at step {step}; training stopped, and "
                               f"last/ keeps the last good checkpoint (try a lower --lr or a --grad-clip)")
         optimizer.step()
         step_per_batch(scheduler)
-        p, n = progress, len(batch.labels)
-        p.batches_done, p.loss_sum, p.seen = step, p.loss_sum + value * n, p.seen + n
-        p.correct += int((logits.argmax(1) == batch.labels).sum())
-        p.tokens += batch.num_tokens
-        p.seconds = time.perf_counter() - start
+        p = progress
+        p.batches_done, p.loss_sum, p.correct = step, p.loss_sum + loss_sum, p.correct + int(correct)
+        p.seen, p.tokens, p.seconds = p.seen + int(seen), p.tokens + int(tokens), time.perf_counter() - start
         if on_step is not None:
             on_step(step, p)
-        if should_stop():
+        if stop:
             break
     return progress
+
+
+def _step_loss(model, split: EncodedSplit, rows: torch.Tensor, cut: Cut, device: torch.device,
+               dist: Dist) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss to back-propagate for the global batch `rows`, and this rank's float64 totals
+    [loss sum, correct, examples, tokens, 0 (the stop request's place)].
+
+    One process: the mean loss. Under torchrun each rank runs its share of the rows, and its loss is its
+    sum over them times world_size / len(rows): DDP averages gradients over the ranks, so the result is
+    the gradient of the mean over the whole global batch, however unevenly the rows divide."""
+    mine, live = dist.shard(rows)
+    batch = collate(split, mine, cut).to(device)
+    logits = model(batch.ids, batch.lengths)
+    if dist.enabled:
+        loss_sum = F.cross_entropy(logits, batch.labels, reduction="sum") * live
+        loss = loss_sum * (dist.world_size / len(rows))
+        value = loss_sum.item()
+    else:
+        loss = F.cross_entropy(logits, batch.labels)
+        value = loss.item() * len(rows)
+    n = len(batch.labels) * live
+    correct = int((logits.argmax(1) == batch.labels).sum()) * live
+    return loss, torch.tensor([value, correct, n, batch.num_tokens * live, 0.0], dtype=torch.float64)
 
 
 def _precision(cfg: Config, device: torch.device) -> tuple[Precision, str, Config]:
@@ -79,9 +103,23 @@ def _precision(cfg: Config, device: torch.device) -> tuple[Precision, str, Confi
     return precision, why, dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, precision=precision))
 
 
-def _prepared(cfg: Config) -> Prepared:
+def _launch(cfg: Config) -> tuple[Dist, torch.device]:
+    """This process's place in a torchrun launch (or SINGLE), its device and its CPU threads."""
+    dist, device = distributed.start(distributed.from_env(), resolve_device(cfg.train.device.value))
+    if device.type == "cpu":
+        torch.set_num_threads(distributed.threads_per_process(dist, cfg.train.threads))
+    return dist, device
+
+
+def _prepared(cfg: Config, dist: Dist) -> Prepared:
+    """The encoded splits. Under torchrun each node's local rank 0 downloads and tokenizes first; the
+    other ranks wait, then read its cache."""
     start = time.perf_counter()
-    data = prepare(cfg.data)
+    if dist.local_rank == 0:
+        data = prepare(cfg.data)
+    distributed.barrier(dist)
+    if dist.local_rank != 0:
+        data = prepare(cfg.data)
     n = {s: len(data.splits[s]) for s in ("train", "val", "test")}
     if not n["train"] or not n["val"]:
         raise LstmcliError(f"dataset {cfg.data.dataset}: {n['train']} training and {n['val']} validation "
@@ -106,8 +144,10 @@ class Run:
     ck_cfg: Config  # what checkpoints record: cfg with the precision resolved for this device
     run_dir: Path
     data: Prepared
+    dist: Dist
     device: torch.device
-    model: torch.nn.Module
+    model: torch.nn.Module  # the TextClassifier itself: evaluated and saved
+    trained: torch.nn.Module  # what the training steps run: model, or DDP around it
     optimizer: torch.optim.Optimizer
     scheduler: object
     state: TrainState
@@ -120,14 +160,14 @@ def _steps_per_epoch(cfg: Config, data: Prepared) -> int:
 
 def start(cfg: Config) -> Run:
     """A new run: data, model and vectors first (bad input leaves no run folder behind), then the folder."""
-    device = resolve_device(cfg.train.device.value)
+    dist, device = _launch(cfg)
     precision, why, ck_cfg = _precision(cfg, device)  # before the data: a bf16 it cannot run fails at once
-    data = _prepared(cfg)
-    torch.manual_seed(cfg.train.seed)
+    data = _prepared(cfg, dist)
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(ck_cfg.model, len(data.vocab), len(data.label_names)).to(device)
     metrics = {"data": {**{s: len(data.splits[s]) for s in data.splits}, "vocab": len(data.vocab),
                         "labels": data.label_names},
-               "environment": environment(device, precision), "history": [], "best_epoch": None}
+               "environment": environment(device, precision, dist), "history": [], "best_epoch": None}
     if cfg.train.embeddings:
         metrics["embeddings"] = init_embeddings(model.embedding, cfg.train.embeddings, data.vocab)
         e = metrics["embeddings"]
@@ -135,13 +175,28 @@ def start(cfg: Config) -> Run:
                  f"found among {e['vectors_read']:,} vectors in {e['path']}")
     model.embedding.weight.requires_grad_(not cfg.train.freeze_embeddings)
     optimizer = make_optimizer(model, cfg)
-    run_dir = Path(cfg.train.out) if cfg.train.out else default_out(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", to_dict(cfg))
+    run_dir = distributed.broadcast(dist, Path(cfg.train.out) if cfg.train.out else default_out(cfg))
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", to_dict(cfg))
+        write_json(run_dir / "metrics.json", metrics)  # from the start: a run stopped in epoch 1 resumes
     log.info(f"run folder {run_dir}; {sum(p.numel() for p in model.parameters()):,} parameters on {device}, "
-             f"precision {why}")
-    return Run(cfg, ck_cfg, run_dir, data, device, model, optimizer,
-               make_scheduler(optimizer, cfg, _steps_per_epoch(cfg, data)), TrainState(), metrics)
+             f"precision {why}{_launch_line(dist)}")
+    if dist.rank:  # each rank its own dropout masks; rank 0 draws those of a single process
+        torch.manual_seed(cfg.train.seed + dist.rank)
+    return Run(cfg, ck_cfg, run_dir, data, dist, device, model, distributed.wrap(model, dist, device),
+               optimizer, make_scheduler(optimizer, cfg, _steps_per_epoch(cfg, data)), TrainState(), metrics)
+
+
+def _resume_command(r: Run) -> str:
+    launcher = f"torchrun --nproc-per-node {r.dist.local_world_size} -m " if r.dist.enabled else ""
+    return f"{launcher}lstmcli train --resume {r.run_dir}"
+
+
+def _launch_line(dist: Dist) -> str:
+    if not dist.enabled:
+        return ""
+    return f"; {dist.world_size} processes ({dist.backend}), {torch.get_num_threads()} CPU thread(s) each"
 
 
 def reopen(run_dir: Path) -> Run:
@@ -153,35 +208,45 @@ def reopen(run_dir: Path) -> Run:
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot resume {run_dir}: not a run folder ({exc})") from None
-    device = resolve_device(cfg.train.device.value)
+    if "test" in metrics:  # (a run stopped after its last epoch but before testing resumes into the test)
+        raise LstmcliError(f"run {run_dir} has already finished; nothing to resume")
+    dist, device = _launch(cfg)
     precision, why, ck_cfg = _precision(cfg, device)
-    metrics["environment"] = environment(device, precision)  # where it runs from now on
-    data = _prepared(cfg)
+    metrics["environment"] = environment(device, precision, dist)  # where it runs from now on
+    data = _prepared(cfg, dist)
     last = checkpoint.load(run_dir / "last", str(device), precision=precision.value)
     if last.vocab != data.vocab or last.label_names != data.label_names:
         raise CheckpointError(f"cannot resume {run_dir}: its data has changed since the run started")
     last.model.embedding.weight.requires_grad_(not cfg.train.freeze_embeddings)
     optimizer = make_optimizer(last.model, cfg)
     scheduler = make_scheduler(optimizer, cfg, _steps_per_epoch(cfg, data))
-    state = load_state(run_dir / "last", optimizer, scheduler)
-    if "test" in metrics:  # (a run stopped after its last epoch but before testing resumes into the test)
-        raise LstmcliError(f"run {run_dir} has already finished; nothing to resume")
+    state, saved_by = load_state(run_dir / "last", optimizer, scheduler, dist.rank)
+    if saved_by != dist.world_size:
+        log.warning(f"resuming a run saved by {saved_by} process(es) with {dist.world_size}: the same "
+                    f"batches and gradient means, but float sums in another order and other dropout masks, "
+                    f"so the result is not bit-identical to an uninterrupted run")
     log.info(f"resuming {run_dir} in epoch {state.epoch} after {state.progress.batches_done} batches, "
-             f"precision {why}")
-    return Run(cfg, ck_cfg, run_dir, data, device, last.model, optimizer, scheduler, state, metrics)
+             f"precision {why}{_launch_line(dist)}")
+    trained = distributed.wrap(last.model, dist, device)
+    return Run(cfg, ck_cfg, run_dir, data, dist, device, last.model, trained, optimizer, scheduler, state,
+               metrics)
 
 
 def _save_last(r: Run, val_report: dict | None) -> None:
-    checkpoint.save(r.run_dir / "last", r.ck_cfg, r.data.vocab, r.data.label_names, r.model,
-                    {"epoch": r.state.epoch - (r.state.progress.batches_done == 0), "val": val_report},
-                    state_dict(r.state, r.optimizer, r.scheduler))
+    """last/ with the trainer state; every rank's RNG is gathered, rank 0 writes."""
+    rngs = distributed.gather(r.dist, rng_state())
+    if r.dist.is_main:
+        checkpoint.save(r.run_dir / "last", r.ck_cfg, r.data.vocab, r.data.label_names, r.model,
+                        {"epoch": r.state.epoch - (r.state.progress.batches_done == 0), "val": val_report},
+                        state_dict(r.state, r.optimizer, r.scheduler, rngs))
+    distributed.barrier(r.dist)  # no rank leaves (and no launcher kills rank 0) before last/ is whole
 
 
 def _finish_epoch(r: Run, batches: list[torch.Tensor], lengths: torch.Tensor) -> None:
     """Validate, record the epoch, save best/ and last/, step the plateau schedule, early stopping."""
     epoch, p, t = r.state.epoch, r.state.progress, r.cfg.train
     val = evaluate(r.model, r.data.splits["val"], r.device, t.batch_size, Cut.of(r.cfg.data),
-                   r.data.label_names)
+                   r.data.label_names, r.dist)
     stats = {"epoch": epoch, "train_loss": p.loss_sum / p.seen, "train_accuracy": p.correct / p.seen,
              "seconds": p.seconds, "tokens": p.tokens, "tokens_per_s": p.tokens / max(p.seconds, 1e-9),
              "padding": padding_share(batches, lengths), "lr": r.optimizer.param_groups[0]["lr"],
@@ -193,15 +258,16 @@ def _finish_epoch(r: Run, batches: list[torch.Tensor], lengths: torch.Tensor) ->
     best_val, best_epoch = (val["accuracy"], epoch) if improved else (r.state.best_val, r.state.best_epoch)
     stop = bool(t.patience and bad >= t.patience)
     r.state = TrainState(epoch + 1, EpochProgress(), best_val, best_epoch, bad, stop)
-    if improved:
+    if improved and r.dist.is_main:
         checkpoint.save(r.run_dir / "best", r.ck_cfg, r.data.vocab, r.data.label_names, r.model,
                         {"epoch": epoch, "val": val})
     _save_last(r, val)
     r.metrics["best_epoch"] = r.state.best_epoch
     if r.state.stopped_early:
         r.metrics["stopped_early"] = {"epoch": epoch, "patience": t.patience}
-    write_json(r.run_dir / "metrics.json", r.metrics)
-    point_latest(r.run_dir)
+    if r.dist.is_main:
+        write_json(r.run_dir / "metrics.json", r.metrics)
+        point_latest(r.run_dir)
     log.info(_epoch_line(stats, t.epochs, improved))
 
 
@@ -213,37 +279,49 @@ def fit(r: Run) -> dict:
     with GracefulStop() as stop:
         while r.state.epoch <= t.epochs and not r.state.stopped_early:
             epoch, p = r.state.epoch, r.state.progress
-            batches = bucket_batches(lengths, t.batch_size, t.seed, epoch)
+            batches = bucket_batches(lengths, t.batch_size, t.seed, epoch)  # the same on every rank
             with EpochReporter(epoch, t.epochs, len(batches), p.batches_done, t.log_every) as report:
-                train_one_epoch(r.model, train, batches, r.optimizer, r.scheduler, r.device, cut, t.grad_clip,
-                                p, stop, report, epoch)
+                train_one_epoch(r.trained, train, batches, r.optimizer, r.scheduler, r.device, cut,
+                                t.grad_clip, p, stop, report, epoch, r.dist)
             if p.batches_done < len(batches):
                 _save_last(r, None)
                 raise Interrupted(f"interrupted in epoch {epoch} after {p.batches_done}/{len(batches)} "
                                   f"batches; {r.run_dir / 'last'} holds that point; continue with: "
-                                  f"lstmcli train --resume {r.run_dir}")
+                                  f"{_resume_command(r)}")
             _finish_epoch(r, batches, lengths)
-            if stop() and r.state.epoch <= t.epochs and not r.state.stopped_early:
-                raise Interrupted(f"interrupted after epoch {epoch}; continue with: "
-                                  f"lstmcli train --resume {r.run_dir}")
+            stopped = bool(sum_(r.dist, torch.tensor([float(stop())])))  # one answer for all ranks
+            if stopped and r.state.epoch <= t.epochs and not r.state.stopped_early:
+                raise Interrupted(f"interrupted after epoch {epoch}; continue with: {_resume_command(r)}")
     best = checkpoint.load(r.run_dir / "best", str(r.device), precision=r.ck_cfg.model.precision.value)
     r.metrics["test"] = evaluate(best.model, r.data.splits["test"], r.device, t.batch_size, cut,
-                                 r.data.label_names)
-    write_json(r.run_dir / "metrics.json", r.metrics)
+                                 r.data.label_names, r.dist)
+    if r.dist.is_main:
+        write_json(r.run_dir / "metrics.json", r.metrics)
     log.info(f"test accuracy of best/ (epoch {r.metrics['best_epoch']}): {r.metrics['test']['accuracy']:.4f} "
              f"(n={r.metrics['test']['n']})")
     return r.metrics
 
 
+def _to_the_end(r: Run) -> Path:
+    """fit(r); under torchrun a collective that fails (another rank died: torchrun then ends the rest
+    within seconds, or the process group's timeout passed) becomes one line instead of a traceback."""
+    try:
+        fit(r)
+    except RuntimeError as exc:
+        if not r.dist.enabled:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PeerFailed(f"rank {r.dist.rank}: another process of this torchrun launch failed or stopped "
+                         f"answering ({first[:200]}); its own output says why") from None
+    distributed.stop(r.dist)
+    return r.run_dir
+
+
 def run(cfg: Config) -> Path:
     """Train as `cfg` says; returns the run folder (config.json, metrics.json, best/, last/)."""
-    r = start(cfg)
-    fit(r)
-    return r.run_dir
+    return _to_the_end(start(cfg))
 
 
 def resume(run_dir: Path) -> Path:
     """Continue a stopped run where it stopped."""
-    r = reopen(run_dir)
-    fit(r)
-    return r.run_dir
+    return _to_the_end(reopen(run_dir))

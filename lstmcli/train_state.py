@@ -44,16 +44,25 @@ class TrainState:
     stopped_early: bool = False
 
 
-def state_dict(state: TrainState, optimizer, scheduler) -> dict:
+def rng_state() -> dict:
+    """This process's random number generators (dropout masks come from them)."""
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def state_dict(state: TrainState, optimizer, scheduler, rngs: list[dict]) -> dict:
+    """What trainer_state.pt holds; `rngs` has every rank's rng_state() (one entry on one process)."""
     return {"train": dataclasses.asdict(state), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None, "rng": rng}
+            "scheduler": scheduler.state_dict() if scheduler is not None else None, "rng": rngs[0],
+            "rank_rng": rngs, "world_size": len(rngs)}
 
 
-def load_state(folder: Path, optimizer, scheduler) -> TrainState:
-    """Restore optimizer, scheduler and RNG from `folder/trainer_state.pt`; returns the TrainState."""
+def load_state(folder: Path, optimizer, scheduler, rank: int = 0) -> tuple[TrainState, int]:
+    """Restore optimizer, scheduler and this rank's RNG from `folder/trainer_state.pt`; returns the
+    TrainState and the number of processes that saved it. A rank the save did not have (a resume with
+    more processes) takes rank 0's generators."""
     path = Path(folder) / STATE_FILE
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -62,15 +71,17 @@ def load_state(folder: Path, optimizer, scheduler) -> TrainState:
         optimizer.load_state_dict(blob["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(blob["scheduler"])
-        torch.set_rng_state(blob["rng"]["torch"])
-        if "cuda" in blob["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
+        rngs = blob.get("rank_rng", [blob["rng"]])
+        rng = rngs[rank] if rank < len(rngs) else rngs[0]
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
     except FileNotFoundError:
         raise CheckpointError(f"cannot resume: {path} is missing") from None
     except Exception as exc:  # unpickling refused, wrong keys or shapes: all mean a broken state file
         raise CheckpointError(f"cannot resume: {path} is not a usable trainer state "
                               f"({type(exc).__name__})") from None
-    return state
+    return state, len(rngs)
 
 
 class GracefulStop:
