@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -14,18 +13,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, distributed
+from . import checkpoint, distributed, launch
 from .batching import Cut, bucket_batches, collate, padding_share, truncated_lengths
 from .build import build_model
-from .config import Config, Precision, from_dict, to_dict
-from .device import resolve_device
+from .config import Config, from_dict, to_dict
 from .distributed import SINGLE, Dist, sum_
 from .embeddings import init_embeddings
 from .errors import CheckFailed, CheckpointError, Interrupted, LstmcliError, PeerFailed
 from .evaluation import evaluate
 from .fsutil import write_json
-from .precision import for_training
-from .prepare import EncodedSplit, Prepared, prepare
+from .prepare import EncodedSplit, Prepared
 from .progress import EpochReporter
 from .rundir import default_out, environment, point_latest
 from .schedule import make_optimizer, make_scheduler, step_per_batch, step_per_epoch
@@ -96,39 +93,6 @@ def _step_loss(model, split: EncodedSplit, rows: torch.Tensor, cut: Cut, device:
     return loss, torch.tensor([value, correct, n, batch.num_tokens * live, 0.0], dtype=torch.float64)
 
 
-def _precision(cfg: Config, device: torch.device) -> tuple[Precision, str, Config]:
-    """The precision this run trains at on `device`, why, and the config its checkpoints record: `cfg`
-    with that precision in place of the request, so that eval/predict know what the weights saw."""
-    precision, why = for_training(cfg.model.precision, cfg.model.impl, device)
-    return precision, why, dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, precision=precision))
-
-
-def _launch(cfg: Config) -> tuple[Dist, torch.device]:
-    """This process's place in a torchrun launch (or SINGLE), its device and its CPU threads."""
-    dist, device = distributed.start(distributed.from_env(), resolve_device(cfg.train.device.value))
-    if device.type == "cpu":
-        torch.set_num_threads(distributed.threads_per_process(dist, cfg.train.threads))
-    return dist, device
-
-
-def _prepared(cfg: Config, dist: Dist) -> Prepared:
-    """The encoded splits. Under torchrun each node's local rank 0 downloads and tokenizes first; the
-    other ranks wait, then read its cache."""
-    start = time.perf_counter()
-    if dist.local_rank == 0:
-        data = prepare(cfg.data)
-    distributed.barrier(dist)
-    if dist.local_rank != 0:
-        data = prepare(cfg.data)
-    n = {s: len(data.splits[s]) for s in ("train", "val", "test")}
-    if not n["train"] or not n["val"]:
-        raise LstmcliError(f"dataset {cfg.data.dataset}: {n['train']} training and {n['val']} validation "
-                           "examples; both need at least one (check val_fraction and max_*_examples)")
-    log.info(f"{n['train']} train / {n['val']} val / {n['test']} test examples, vocabulary {len(data.vocab)} "
-             f"(ready in {time.perf_counter() - start:.1f}s)")
-    return data
-
-
 def _epoch_line(stats: dict, epochs: int, improved: bool) -> str:
     s = stats
     return (f"epoch {s['epoch']}/{epochs}: train loss {s['train_loss']:.4f} acc {s['train_accuracy']:.4f}"
@@ -160,9 +124,9 @@ def _steps_per_epoch(cfg: Config, data: Prepared) -> int:
 
 def start(cfg: Config) -> Run:
     """A new run: data, model and vectors first (bad input leaves no run folder behind), then the folder."""
-    dist, device = _launch(cfg)
-    precision, why, ck_cfg = _precision(cfg, device)  # before the data: a bf16 it cannot run fails at once
-    data = _prepared(cfg, dist)
+    dist, device = launch.place(cfg)
+    precision, why, ck_cfg = launch.precision_of(cfg, device)  # before the data: a bad bf16 fails at once
+    data = launch.prepared(cfg, dist)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(ck_cfg.model, len(data.vocab), len(data.label_names)).to(device)
     metrics = {"data": {**{s: len(data.splits[s]) for s in data.splits}, "vocab": len(data.vocab),
@@ -178,10 +142,10 @@ def start(cfg: Config) -> Run:
     run_dir = distributed.broadcast(dist, Path(cfg.train.out) if cfg.train.out else default_out(cfg))
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", to_dict(cfg))
+        write_json(run_dir / "config.json", {**to_dict(cfg), "launch": launch.launch_record(dist)})
         write_json(run_dir / "metrics.json", metrics)  # from the start: a run stopped in epoch 1 resumes
     log.info(f"run folder {run_dir}; {sum(p.numel() for p in model.parameters()):,} parameters on {device}, "
-             f"precision {why}{_launch_line(dist)}")
+             f"precision {why}{launch.launch_line(dist)}")
     if dist.rank:  # each rank its own dropout masks; rank 0 draws those of a single process
         torch.manual_seed(cfg.train.seed + dist.rank)
     return Run(cfg, ck_cfg, run_dir, data, dist, device, model, distributed.wrap(model, dist, device),
@@ -193,27 +157,24 @@ def _resume_command(r: Run) -> str:
     return f"{launcher}lstmcli train --resume {r.run_dir}"
 
 
-def _launch_line(dist: Dist) -> str:
-    if not dist.enabled:
-        return ""
-    return f"; {dist.world_size} processes ({dist.backend}), {torch.get_num_threads()} CPU thread(s) each"
-
-
 def reopen(run_dir: Path) -> Run:
     """A stopped run, exactly as it was when it stopped: weights, optimizer, schedule, RNG, position."""
     run_dir = Path(run_dir)
     try:
         config_file = run_dir / "config.json"
-        cfg = from_dict(json.loads(config_file.read_text(encoding="utf-8")), str(config_file))
+        saved = json.loads(config_file.read_text(encoding="utf-8"))
+        if isinstance(saved, dict):
+            saved.pop("launch", None)
+        cfg = from_dict(saved, str(config_file))
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot resume {run_dir}: not a run folder ({exc})") from None
     if "test" in metrics:  # (a run stopped after its last epoch but before testing resumes into the test)
         raise LstmcliError(f"run {run_dir} has already finished; nothing to resume")
-    dist, device = _launch(cfg)
-    precision, why, ck_cfg = _precision(cfg, device)
+    dist, device = launch.place(cfg)
+    precision, why, ck_cfg = launch.precision_of(cfg, device)
     metrics["environment"] = environment(device, precision, dist)  # where it runs from now on
-    data = _prepared(cfg, dist)
+    data = launch.prepared(cfg, dist)
     last = checkpoint.load(run_dir / "last", str(device), precision=precision.value)
     if last.vocab != data.vocab or last.label_names != data.label_names:
         raise CheckpointError(f"cannot resume {run_dir}: its data has changed since the run started")
@@ -226,7 +187,7 @@ def reopen(run_dir: Path) -> Run:
                     f"batches and gradient means, but float sums in another order and other dropout masks, "
                     f"so the result is not bit-identical to an uninterrupted run")
     log.info(f"resuming {run_dir} in epoch {state.epoch} after {state.progress.batches_done} batches, "
-             f"precision {why}{_launch_line(dist)}")
+             f"precision {why}{launch.launch_line(dist)}")
     trained = distributed.wrap(last.model, dist, device)
     return Run(cfg, ck_cfg, run_dir, data, dist, device, last.model, trained, optimizer, scheduler, state,
                metrics)

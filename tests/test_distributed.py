@@ -4,6 +4,7 @@ free port): the same mathematics as one process, exact resume, and a clear end w
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -82,6 +83,8 @@ def test_two_processes_train_the_weights_one_process_does(mirror, workdir):
         assert (w - two[name]).abs().max().item() <= bound, (name, yardstick)
     assert m2["environment"]["world_size"] == 2 and m2["environment"]["backend"] == "gloo"
     assert m2["environment"]["threads"] == 1  # 2 cores shared by 2 ranks (CI has 2)
+    launch = json.loads(Path("two/config.json").read_text())["launch"]
+    assert launch == {"world_size": 2, "backend": "gloo", "threads_per_process": 1}
     for h1, h2 in zip(m1["history"], m2["history"], strict=True):
         assert (h1["train_accuracy"], h1["val_accuracy"], h1["tokens"]) == \
             (h2["train_accuracy"], h2["val_accuracy"], h2["tokens"])
@@ -125,3 +128,21 @@ def test_a_dead_rank_ends_the_launch_within_seconds(mirror, workdir):
     assert code != 0 and time.monotonic() - start < 30
     assert "lstmcli: error: rank 0: another process of this torchrun launch failed" in err
     assert "[rank0]: Traceback" not in err and "[rank0]: RuntimeError" not in err
+
+
+def test_two_nodes_rendezvous_through_torchruns_flags(mirror, workdir):
+    """Two torchrun agents, one process each, meeting as two nodes at a c10d rendezvous on loopback (the
+    port is one the OS has just handed out, not a fixed one)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+              "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "lstmcli-test"]
+    train = ["-m", "lstmcli", "train", *map(str, ARGS), "--epochs", "1", "--out", "nodes"]
+    nodes = [subprocess.Popen([*launch, "--node-rank", str(rank), *train], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    results = [finished(node) for node in nodes]
+    assert [code for code, _, _ in results] == [0, 0], results[0][2] + results[1][2]
+    assert [out.strip() for _, out, _ in results] == ["nodes", ""]
+    env = json.loads(Path("nodes/metrics.json").read_text())["environment"]
+    assert (env["world_size"], env["backend"]) == (2, "gloo")
