@@ -93,7 +93,7 @@ def test_two_processes_train_the_weights_one_process_does(mirror, workdir):
     assert "2 processes (gloo)" in err and err.count("epoch 1/2: train loss") == 1  # rank 1 logs nothing
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_stopped_under_torchrun_then_resumed_equals_uninterrupted(mirror, workdir, sig):
     args = [*ARGS, "--batch-size", "2", "--log-every", "1"]
     code, _, err = finished(torchrun(*args, "--out", "ref"))
