@@ -7,6 +7,7 @@ writes a sibling temporary folder and swaps it in, so a crash mid-save leaves th
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from .precision import for_inference
 from .text import Vocab
 from .train_state import STATE_FILE
 
+log = logging.getLogger(__name__)
 FILES = ("model.safetensors", "config.json", "vocab.json", "labels.json")
 
 
@@ -35,7 +37,7 @@ class Checkpoint:
     label_names: list[str]
     model: TextClassifier
     metrics: dict
-    note: str | None = None  # why it runs at another precision than it was trained at (for stderr)
+    note: str | None = None  # why it runs at another precision than it was trained at (also logged)
 
 
 def save(path: Path, cfg: Config, vocab: Vocab, label_names: list[str], model: TextClassifier,
@@ -104,4 +106,6 @@ def load(path: Path, device: str = "cpu", impl: str | None = None,
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"broken checkpoint: {path / 'model.safetensors'} ({first})") from None
     model.to(device).eval()
+    if note:
+        log.warning(note)
     return Checkpoint(path, cfg, vocab, [str(x) for x in labels], model, metrics, note)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 from pathlib import Path
 
 import torch
@@ -18,8 +17,6 @@ from .errors import LstmcliError
 from .fsutil import write_json
 from .metrics import confusion_matrix, report_from_confusion
 from .prepare import EncodedSplit, encode_file, prepare
-
-log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -55,8 +52,6 @@ def run_eval(checkpoint_dir: Path, split: str = "test", dataset: str | None = No
     """
     dev = resolve_device(device)
     ck = checkpoint.load(checkpoint_dir, str(dev), impl, precision)
-    if ck.note:
-        log.warning(ck.note)
     data_cfg = dataclasses.replace(ck.config.data, data_dir=data_dir or ck.config.data.data_dir,
                                    dataset=dataset or ck.config.data.dataset)
     if dataset and Path(dataset).is_file():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from array import array
 from itertools import chain
 from pathlib import Path
@@ -15,7 +14,6 @@ from .config import Truncate
 from .prepare import EncodedSplit
 from .text import basic_english
 
-log = logging.getLogger(__name__)
 DEFAULT_MAX_LENGTH = 2048
 PREFIX_CHARS_PER_TOKEN = 64
 
@@ -24,8 +22,6 @@ class Predictor:
     def __init__(self, checkpoint_dir: Path, device: torch.device, impl: str | None = None,
                  max_length: int | None = None, precision: str | None = None):
         self.ck = checkpoint.load(checkpoint_dir, str(device), impl, precision)
-        if self.ck.note:
-            log.warning(self.ck.note)
         self.device = device
         # A text is cut to what the model was trained on; with no such limit, to DEFAULT_MAX_LENGTH,
         # so that a runaway input (a 10 MB line) costs milliseconds, not minutes.

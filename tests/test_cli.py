@@ -51,6 +51,14 @@ def test_train_eval_predict(mirror, workdir, dataset, labels):
     assert all(o["label"] in labels and 0 <= o["probability"] <= 1 for o in objs)
 
 
+def as_if_trained_in_bf16(checkpoint: Path) -> None:
+    """A checkpoint trained in bf16 differs from an fp32 one only in its config: weights are float32
+    at either precision. This makes one on any CPU."""
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["model"]["precision"] = "bf16"
+    (checkpoint / "config.json").write_text(json.dumps(config))
+
+
 def test_logs_go_to_stderr_and_quiet_keeps_only_warnings(mirror, workdir, bf16_level):
     loud = ok(run("train", "--config", TINY, "--dataset", "imdb", "--out", "loud"))
     assert loud.stdout == "loud\n"
@@ -59,9 +67,7 @@ def test_logs_go_to_stderr_and_quiet_keeps_only_warnings(mirror, workdir, bf16_l
     assert lines[-2].startswith("epoch 1/1: train loss") and lines[-1].startswith("test accuracy of best/")
     assert ok(run("train", "--config", TINY, "--dataset", "imdb", "--quiet", "--out", "q")).stderr == ""
     bf16_level(precision.UNAVAILABLE)
-    config = json.loads(Path("q/best/config.json").read_text())
-    config["model"]["precision"] = "bf16"
-    Path("q/best/config.json").write_text(json.dumps(config))
+    as_if_trained_in_bf16(Path("q/best"))
     warned = ok(run("eval", "--checkpoint", "q/best", "--quiet", "--json"))
     assert warned.stderr.startswith("lstmcli: this checkpoint was trained in bf16")
     assert warned.stderr.count("\n") == 1
@@ -223,10 +229,8 @@ def test_bf16_on_a_cpu_without_it(mirror, workdir, bf16_level):
                    "precision bf16 cannot run on this CPU (AVX2)", "use --precision fp32")
     assert not Path("x").exists()
     ok(run("train", "--config", TINY, "--dataset", "imdb", *FAST, "--out", "f"))
-    shutil.copytree("f/best", "b16")  # the weights are float32 at either precision: only the config differs
-    config = json.loads(Path("b16/config.json").read_text())
-    config["model"]["precision"] = "bf16"
-    Path("b16/config.json").write_text(json.dumps(config))
+    shutil.copytree("f/best", "b16")
+    as_if_trained_in_bf16(Path("b16"))
     twin = json.loads(ok(run("eval", "--checkpoint", "f/best", "--json")).stdout)
     result = ok(run("eval", "--checkpoint", "b16", "--json"))
     note = "lstmcli: this checkpoint was trained in bf16; running it in fp32 (CPU (AVX2)"
