@@ -4,6 +4,11 @@ Training = forward + backward + optimizer step of a whole TextClassifier; infere
 no_grad. Batches have lengths drawn uniformly from [min_length, max_length] and are bucketed (sorted,
 then cut), as in training. Each measurement is repeated, impls interleaved so that machine drift hits
 both alike, and the median is reported.
+
+Each figure is also given as a share of its FLOP limit: this machine's float32 GEMM rate, measured in
+the same run, divided by the encoder's matrix-multiply FLOPs per token. The recurrent encoder is all
+GEMMs, so the share says how much of the machine the whole step (embedding to optimizer) turns into
+useful products; what it loses goes to small GEMMs, element-wise work, memory traffic and Python.
 """
 
 from __future__ import annotations
@@ -35,6 +40,39 @@ class BenchShape:
     vocab_size: int = 20000
 
 
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks in each weight matrix
+
+
+def encoder_flops(encoder: str, shape: BenchShape) -> int:
+    """FLOPs per token of the encoder's forward pass: per layer and direction, the input product
+    (2·I·G·H) and the recurrent one (2·H·G·H). Training costs 3x that: backward forms a gradient for
+    the inputs and one for the weights, each the size of the forward product. The embedding lookup,
+    gate arithmetic, pooling and head are left out (a few FLOPs per unit against 2·(I+H) per gate)."""
+    gates, hidden, directions = GATES[encoder], shape.hidden_size, 2 if shape.bidirectional else 1
+    total, inputs = 0, shape.embedding_dim
+    for _ in range(shape.num_layers):
+        total += directions * 2 * gates * hidden * (inputs + hidden)
+        inputs = directions * hidden
+    return total
+
+
+def sgemm_peak(device: torch.device, repeats: int = 5) -> float:
+    """This machine's float32 GEMM rate in FLOP/s: the best of `repeats` square products at n = 1024
+    and 2048 (large enough for the BLAS to reach its peak, small enough to take a second)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    best = 0.0
+    for n in (1024, 2048):
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        torch.mm(a, b)  # warm-up: the BLAS's buffers and thread pool
+        for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
+            torch.mm(a, b)
+            sync()
+            best = max(best, 2 * n**3 / (time.perf_counter() - start))
+    return best
+
+
 def make_batches(shape: BenchShape, device: torch.device,
                  seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
@@ -60,6 +98,7 @@ def _time_pass(model, batches, optimizer, train: bool) -> float:
             loss = F.cross_entropy(model(ids, lengths), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # as training does by default
             optimizer.step()
         else:
             with torch.no_grad():
@@ -78,6 +117,7 @@ def run_bench(encoders: list[str], impls: list[str], shape: BenchShape, device: 
     loops = ("c++" if dev.type == "cpu" and native.ensure() else "python") if "scratch" in impls else "none"
     if loops == "c++" and native.uses_packed_gemm():
         loops += " (MKL packed GEMM)"
+    peak = sgemm_peak(dev)
     batches = make_batches(shape, dev, seed)
     tokens = sum(int(lengths.sum()) for _, lengths in batches)
     results: dict[str, dict] = {}
@@ -99,14 +139,21 @@ def run_bench(encoders: list[str], impls: list[str], shape: BenchShape, device: 
                 for impl, (model, opt) in models.items():
                     model.train(mode == "train")
                     times[(impl, mode)].append(_time_pass(model, batches, opt, mode == "train"))
+        flops = {"train": 3 * encoder_flops(encoder, shape), "infer": encoder_flops(encoder, shape)}
         results[encoder] = {impl: {mode: tokens / statistics.median(times[(impl, mode)])
                                    for mode in ("train", "infer")} for impl in impls}
+        for impl in impls:
+            rates = results[encoder][impl]
+            rates["train_share"] = rates["train"] * flops["train"] / peak
+            rates["infer_share"] = rates["infer"] * flops["infer"] / peak
+        results[encoder]["flops_per_token"] = flops
         if {"builtin", "scratch"} <= set(impls):
             by_impl = results[encoder]
             by_impl["ratio"] = {mode: by_impl["scratch"][mode] / by_impl["builtin"][mode]
                                 for mode in ("train", "infer")}
     return {"shape": asdict(shape), "device": str(dev), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "scratch_loops": loops, "tokens_per_pass": tokens, "results": results}
+            "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "scratch_loops": loops, "sgemm_flops": peak, "tokens_per_pass": tokens, "results": results}
 
 
 def format_bench(report: dict) -> str:
@@ -117,11 +164,17 @@ def format_bench(report: dict) -> str:
              f"layers {s['num_layers']}{', bidirectional' if s['bidirectional'] else ''}; "
              f"{report['device']}, {report['threads']} threads, torch {report['torch']}"
              + (f", scratch time loops in {loops}" if (loops := report["scratch_loops"]) != "none" else ""),
-             "", f"{'encoder':<8} {'impl':<8} {'train':>10} {'infer':>10}"]
+             f"float32 GEMM peak measured in this run: {report['sgemm_flops'] / 1e9:,.1f} GFLOP/s; "
+             "share = tokens/s x encoder FLOPs per token / that peak", "",
+             f"{'encoder':<8} {'impl':<8} {'train':>10} {'share':>6} {'infer':>10} {'share':>6}"]
     for encoder, by_impl in report["results"].items():
+        f = by_impl["flops_per_token"]
         for impl, r in by_impl.items():
             if impl == "ratio":
-                lines.append(f"{'':<8} {'ratio':<8} {r['train']:>9.2f}x {r['infer']:>9.2f}x")
-            else:
-                lines.append(f"{encoder:<8} {impl:<8} {r['train']:>10,.0f} {r['infer']:>10,.0f}")
+                lines.append(f"{'':<8} {'ratio':<8} {r['train']:>9.2f}x {'':>6} {r['infer']:>9.2f}x")
+            elif impl != "flops_per_token":
+                lines.append(f"{encoder:<8} {impl:<8} {r['train']:>10,.0f} {r['train_share']:>6.1%} "
+                             f"{r['infer']:>10,.0f} {r['infer_share']:>6.1%}")
+        lines.append(f"{'':<8} {'MFLOP/token':<11} {f['train'] / 1e6:>7.2f} {'':>6} "
+                     f"{f['infer'] / 1e6:>10.2f}")
     return "\n".join(lines)

@@ -114,6 +114,9 @@ class ModelConfig:
     recurrent_dropout: float = _f(0.0, "DropConnect on the hidden-to-hidden weights (AWD-LSTM's weight "
                                        "drop): one mask per batch, the same at every step")
     pooling: Pooling = _f(Pooling.last, "how encoder outputs become one vector: last state, mean or max")
+    ngram_buckets: int = _f(0, "add a bag of words and hashed word bigrams (fastText-style) beside the "
+                               "encoder, with this many bigram buckets (0 = none)")
+    ngram_dim: int = _f(64, "size of the n-gram bag's vectors")
     pack: Pack = _f(Pack.auto, "PackedSequence: auto packs on CUDA only; padded runs are exact too")
     precision: Precision = _f(Precision.fp32, "bf16: matmuls and recurrent kernels run in bfloat16 under "
                               "autocast, weights, optimizer and loss stay float32 (builtin impl only; needs "
@@ -204,7 +207,8 @@ BOUNDS: dict[str, tuple[float, float, bool]] = {
     "max_train_examples": (0, math.inf, True), "max_eval_examples": (0, math.inf, True),
     "vocab_max_size": (0, math.inf, True), "vocab_min_freq": (1, math.inf, True),
     "max_length": (0, math.inf, True), "embedding_dim": (1, math.inf, True),
-    "hidden_size": (1, math.inf, True),
+    "hidden_size": (1, math.inf, True), "ngram_buckets": (0, math.inf, True),
+    "ngram_dim": (1, math.inf, True),
     "num_layers": (1, math.inf, True), "epochs": (1, math.inf, True), "batch_size": (1, math.inf, True),
     "lr": (0, math.inf, True), "momentum": (0, 1, True), "weight_decay": (0, math.inf, True),
     "grad_clip": (0, math.inf, True), "warmup_steps": (0, math.inf, True), "plateau_factor": (0, 1, False),

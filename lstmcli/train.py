@@ -80,14 +80,18 @@ def _step_loss(model, split: EncodedSplit, rows: torch.Tensor, cut: Cut, device:
     the gradient of the mean over the whole global batch, however unevenly the rows divide."""
     mine, live = dist.shard(rows)
     batch = collate(split, mine, cut).to(device)
-    logits = model(batch.ids, batch.lengths)
+    parts = model(batch.ids, batch.lengths, parts=True)  # (P, B, C): each branch learns on its own
+    logits = parts.sum(0)  # (B, C): what evaluation and prediction see
     if dist.enabled:
-        loss_sum = F.cross_entropy(logits, batch.labels, reduction="sum") * live
+        loss_sum = sum(F.cross_entropy(part, batch.labels, reduction="sum") for part in parts) * live
         loss = loss_sum * (dist.world_size / len(rows))
-        value = loss_sum.item()
     else:
-        loss = F.cross_entropy(logits, batch.labels)
-        value = loss.item() * len(rows)
+        loss = sum(F.cross_entropy(part, batch.labels) for part in parts)
+    # reported: the loss of the summed logits, as validation reports it (with one branch, the loss
+    # trained); a non-finite trained loss is reported as it is, so that the step stops on it
+    value = F.cross_entropy(logits.detach(), batch.labels, reduction="sum").item() * live
+    if not math.isfinite(trained := loss.item()):
+        value = trained
     n = len(batch.labels) * live
     correct = int((logits.argmax(1) == batch.labels).sum()) * live
     return loss, torch.tensor([value, correct, n, batch.num_tokens * live, 0.0], dtype=torch.float64)

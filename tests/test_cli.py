@@ -172,6 +172,20 @@ def test_scratch_checkpoints_cross_evaluate(mirror, workdir, encoder):
     assert trained["scratch"]["accuracy"] > 0.9
 
 
+def test_an_ngram_bag_trains_evaluates_and_predicts_through_the_cli(mirror, workdir):
+    ok(run("train", "--config", TINY, "--dataset", "imdb", *FAST, "--ngram-buckets", 256, "--ngram-dim", 4,
+           "--out", "ng"))
+    metrics = json.loads(Path("ng/metrics.json").read_text())
+    assert metrics["test"]["accuracy"] > 0.9
+    saved = json.loads(Path("ng/best/config.json").read_text())["model"]
+    assert (saved["ngram_buckets"], saved["ngram_dim"]) == (256, 4)
+    report = json.loads(ok(run("eval", "--checkpoint", "ng/best", "--json")).stdout)
+    assert report["accuracy"] == metrics["test"]["accuracy"]  # the checkpoint alone rebuilds the bag
+    out = ok(run("predict", "--checkpoint", "ng/best", "a great wonderful superb film")).stdout
+    assert out.startswith("pos\t")
+    one_line_error(run("train", "--config", TINY, "--ngram-dim", 0), 2, "model.ngram_dim")
+
+
 def test_peephole_through_the_cli(mirror, workdir):
     ok(run("train", "--config", TINY, "--dataset", "imdb", *FAST, "--impl", "scratch", "--peephole",
            "--out", "p"))
@@ -189,6 +203,15 @@ def test_bench_writes_a_table_and_json(workdir):
     report = json.loads(Path("b.json").read_text())
     assert set(report["results"]) == {"lstm", "gru"}
     assert report["results"]["lstm"]["scratch"]["train"] > 0 and "ratio" in report["results"]["gru"]
+    # FLOP shares: a 1-layer unidirectional LSTM, E = H = 8: 2 x 4 gates x 8 x (8 + 8) FLOPs a token
+    lstm = report["results"]["lstm"]
+    assert lstm["flops_per_token"] == {"infer": 1024, "train": 3 * 1024}
+    assert report["sgemm_flops"] > 1e8  # any CPU multiplies at more than 0.1 GFLOP/s
+    for impl in ("builtin", "scratch"):
+        r = lstm[impl]
+        assert r["train_share"] == pytest.approx(r["train"] * 3 * 1024 / report["sgemm_flops"])
+        assert r["infer_share"] == pytest.approx(r["infer"] * 1024 / report["sgemm_flops"])
+    assert "GEMM peak measured in this run" in result.stdout and "share" in result.stdout
     one_line_error(run("bench", "--min-length", 10, "--max-length", 5), 2, "--min-length")
 
 

@@ -3,10 +3,14 @@ import copy
 import pytest
 import torch
 
+from lstmcli.batching import Cut, collate
+from lstmcli.distributed import SINGLE
 from lstmcli.models.builtin import BuiltinEncoder
 from lstmcli.models.classifier import TextClassifier, build_encoder
 from lstmcli.models.lengths import last_real, reverse_within_length
 from lstmcli.models.spec import ModelSpec
+from lstmcli.prepare import EncodedSplit
+from lstmcli.train import _step_loss
 
 from .conftest import assert_float32_close, float32_tolerance, needs_native_bf16, reference
 
@@ -147,3 +151,73 @@ def test_bf16_precision_runs_the_encoder_in_bfloat16_and_returns_float32_logits(
         ModelSpec(vocab_size=40, num_classes=3, impl="scratch", precision="bf16")
     with pytest.raises(ValueError, match="fp32, bf16"):
         ModelSpec(vocab_size=40, num_classes=3, precision="fp16")
+
+
+def test_ngram_ids_are_the_words_then_hashed_neighbour_pairs_within_each_length():
+    from lstmcli.models.ngrams import HASH_MULTIPLIER, ngram_ids
+    ids = torch.tensor([[5, 6, 7], [8, 0, 0], [9, 4, 0]])
+    rows = ngram_ids(ids, torch.tensor([3, 1, 2]), vocab_size=10, buckets=1000)
+
+    def bucket(a, b):
+        return 10 + (a * HASH_MULTIPLIER + b) % 1000
+    assert rows.tolist() == [[5, 6, 7, bucket(5, 6), bucket(6, 7)],
+                             [8, 0, 0, 0, 0],  # one word: no pair; 0 is <pad>, left out of the mean
+                             [9, 4, 0, bucket(9, 4), 0]]
+    assert ngram_ids(ids[:, :1], torch.tensor([1, 1, 1]), 10, 1000).tolist() == [[5], [8], [9]]
+
+
+def test_ngram_bag_is_the_mean_over_real_words_and_pairs_and_ignores_padding():
+    from lstmcli.models.ngrams import NgramBag, ngram_ids
+    torch.manual_seed(0)
+    bag = NgramBag(vocab_size=10, buckets=50, dim=3)
+    short = torch.tensor([[3, 4]])
+    padded = torch.tensor([[3, 4, 0, 0]])
+    rows = ngram_ids(short, torch.tensor([2]), 10, 50)[0]  # 3, 4 and the pair (3, 4)
+    expected = bag.table.weight[rows].mean(0)
+    assert torch.allclose(bag(short, torch.tensor([2]))[0], expected)
+    assert torch.equal(bag(padded, torch.tensor([2])), bag(short, torch.tensor([2])))
+
+
+def test_a_classifier_with_an_ngram_bag_reads_it_beside_the_encoder():
+    torch.manual_seed(0)
+    spec = ModelSpec(vocab_size=30, num_classes=3, hidden_size=4, bidirectional=True, pooling="max",
+                     ngram_buckets=64, ngram_dim=5, dropout=0.5)
+    model = TextClassifier(spec).eval()
+    assert (model.head.in_features, model.ngram_head.in_features) == (2 * 4, 5)
+    assert model.ngrams.table.weight.shape == (30 + 64, 5)
+    ids, lengths = torch.tensor([[3, 4, 5], [6, 7, 0]]), torch.tensor([3, 2])
+    parts = model(ids, lengths, parts=True)
+    assert parts.shape == (2, 2, 3)  # (branches, batch, classes)
+    assert torch.equal(parts.sum(0), model(ids, lengths))
+    model.train()  # dropout acts on the encoder's features, never on the bag's
+    parts = model(ids, lengths, parts=True)
+    assert torch.equal(parts[1], model.ngram_head(model.ngrams(ids, lengths)))
+    parts[1].sum().backward()
+    assert model.ngrams.table.weight.grad[[3, 4, 5, 6, 7]].abs().sum() > 0  # the bag learns
+    assert model.ngrams.table.weight.grad[0].abs().sum() == 0  # <pad> never does
+    assert TextClassifier(ModelSpec(vocab_size=30, num_classes=3)).ngrams is None
+
+
+def test_each_branch_learns_from_its_own_loss():
+    """A training step gives the encoder the gradient of its own logits' loss and the bag that of its
+    own: the bag, quick to fit, cannot take the encoder's gradient away (as one loss on the sum would)."""
+    torch.manual_seed(0)
+    model = TextClassifier(ModelSpec(vocab_size=30, num_classes=2, hidden_size=4, ngram_buckets=64,
+                                     ngram_dim=3))
+    split = EncodedSplit(torch.randint(2, 30, (12,), dtype=torch.int32), torch.tensor([0, 5, 7, 12]),
+                         torch.tensor([1, 0, 1]))
+    rows = torch.tensor([2, 0, 1])
+    loss, totals = _step_loss(model, split, rows, Cut(), torch.device("cpu"), SINGLE)
+    loss.backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    batch = collate(split, rows)
+    for branch in (0, 1):
+        model.zero_grad()
+        part = model(batch.ids, batch.lengths, parts=True)[branch]
+        torch.nn.functional.cross_entropy(part, batch.labels).backward()
+        for name, p in model.named_parameters():
+            if p.grad is not None and p.grad.abs().sum() > 0:
+                assert torch.allclose(got[name], p.grad, atol=1e-7), name
+    logits = model(batch.ids, batch.lengths)
+    reported = torch.nn.functional.cross_entropy(logits, batch.labels, reduction="sum")
+    assert totals[0].item() == pytest.approx(reported.item())  # the loss of the logits, as evaluation's

@@ -1,4 +1,5 @@
-"""TextClassifier: Embedding -> dropout -> recurrent encoder -> pooling -> dropout -> Linear."""
+"""TextClassifier: Embedding -> dropout -> recurrent encoder -> pooling -> dropout -> Linear, and
+optionally an n-gram bag (ngrams.py) -> Linear beside it, whose logits are added."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import torch
 from torch import nn
 
 from .builtin import BuiltinEncoder
+from .ngrams import NgramBag
 from .scratch import ScratchEncoder
 from .spec import ModelSpec
 
@@ -40,16 +42,32 @@ class TextClassifier(nn.Module):
         self.encoder = build_encoder(spec)
         self.dropout = nn.Dropout(spec.dropout)
         self.head = nn.Linear(spec.hidden_size * spec.num_directions, spec.num_classes)
+        self.ngrams, self.ngram_head = None, None
+        if spec.ngram_buckets:
+            self.ngrams = NgramBag(spec.vocab_size, spec.ngram_buckets, spec.ngram_dim)
+            self.ngram_head = nn.Linear(spec.ngram_dim, spec.num_classes)
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """ids (B, T) int64 0-padded, lengths (B,) >= 1 -> logits (B, C), float32 at either precision."""
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, parts: bool = False) -> torch.Tensor:
+        """ids (B, T) int64 0-padded, lengths (B,) >= 1 -> logits (B, C), float32 at either precision.
+
+        parts=True: each branch's own logits, (P, B, C) with P = 1 + (n-gram bag or not); they add up to
+        the logits. Training gives each branch its own loss (train._step_loss), so that the bag, which
+        fits the training set within an epoch or two, does not leave the encoder without a gradient:
+        the two learn as two classifiers and predict as one (their log-odds add, an ensemble)."""
         if self.spec.precision == "bf16":
             # autocast: the matmuls and the fused recurrent kernels take bfloat16 copies of the float32
             # weights (their gradients come back float32); the loss is computed on float32 logits
             with torch.autocast(ids.device.type, dtype=torch.bfloat16):
-                return self._logits(ids, lengths).float()
-        return self._logits(ids, lengths)
+                branches = self._branches(ids, lengths).float()
+        else:
+            branches = self._branches(ids, lengths)
+        return branches if parts else branches.sum(0)
 
-    def _logits(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def _branches(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         outputs, final = self.encoder(self.embedding_dropout(self.embedding(ids)), lengths)
-        return self.head(self.dropout(pool(outputs, final, lengths, self.spec.pooling)))
+        logits = [self.head(self.dropout(pool(outputs, final, lengths, self.spec.pooling)))]  # (B, C)
+        if self.ngrams is not None:
+            # no dropout: a bag of averaged n-gram vectors is a linear model in its counts (fastText
+            # trains it without any), and dropping half of its few dimensions only slows it down
+            logits.append(self.ngram_head(self.ngrams(ids, lengths)).to(logits[0].dtype))
+        return torch.stack(logits)  # (P, B, C)

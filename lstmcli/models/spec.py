@@ -42,6 +42,8 @@ class ModelSpec:
     embedding_dropout: float = 0.0
     recurrent_dropout: float = 0.0  # AWD-LSTM's DropConnect on every weight_hh
     pooling: str = "last"
+    ngram_buckets: int = 0  # hashed word-bigram buckets of the n-gram bag beside the encoder (0 = no bag)
+    ngram_dim: int = 64
     pack: str = "auto"
     precision: str = "fp32"
 
