@@ -43,9 +43,9 @@ def in_process(predictor: Predictor, texts: list[str], batch_size: int):
     split = _as_split([predictor.encode(t) for t in texts])
     model = predictor.ck.model
     batches = [collate(split, idx) for idx in sorted_batches(split.lengths, batch_size)]
-    embedded = [model.embedding(b.ids) for b in batches]  # the encoder's input, outside its timing
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=model.spec.precision == "bf16")
     with torch.no_grad(), autocast:
+        embedded = [model.embedding(b.ids) for b in batches]  # the encoder's input, outside its timing
         start = time.perf_counter()
         for b in batches:
             model(b.ids, b.lengths)
