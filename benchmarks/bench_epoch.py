@@ -30,8 +30,8 @@ from lstmcli.build import build_model
 from lstmcli.config import resolve
 from lstmcli.prepare import prepare
 from lstmcli.schedule import make_optimizer, make_scheduler
-from lstmcli.train import train_one_epoch
 from lstmcli.train_state import EpochProgress
+from lstmcli.training import train_one_epoch
 
 
 class NotebookBiLSTM(nn.Module):

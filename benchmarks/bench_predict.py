@@ -28,7 +28,7 @@ import torch
 
 from lstmcli.batching import collate, sorted_batches
 from lstmcli.datasets import load_splits
-from lstmcli.predict import Predictor, _as_split
+from lstmcli.predict import Classifier, _as_split
 
 
 def timed(cmd: list[str], stdin: bytes = b"") -> float:
@@ -38,10 +38,10 @@ def timed(cmd: list[str], stdin: bytes = b"") -> float:
     return time.perf_counter() - start
 
 
-def in_process(predictor: Predictor, texts: list[str], batch_size: int):
+def in_process(clf: Classifier, texts: list[str], batch_size: int):
     """(seconds of the whole model, seconds of the encoder alone, tokens) over `texts`' batches."""
-    split = _as_split([predictor.encode(t) for t in texts])
-    model = predictor.ck.model
+    split = _as_split([clf.encode(t) for t in texts])
+    model = clf.ck.model
     batches = [collate(split, idx) for idx in sorted_batches(split.lengths, batch_size)]
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=model.spec.precision == "bf16")
     with torch.no_grad(), autocast:
@@ -65,8 +65,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    predictor = Predictor(Path(args.checkpoint), torch.device("cpu"))
-    _, splits = load_splits(predictor.ck.config.data)
+    clf = Classifier(Path(args.checkpoint), torch.device("cpu"))
+    _, splits = load_splits(clf.ck.config.data)
     texts = [t.replace("\r", " ").replace("\n", " ") for t in splits["test"].texts[: args.reviews]]
     stdin = "".join(t + "\n" for t in texts).encode()
     lstmcli = [sys.executable, "-m", "lstmcli", "predict", "--checkpoint", args.checkpoint,
@@ -74,7 +74,7 @@ def main() -> None:
     runs: dict[str, list[float]] = {"predict": [], "whole": [], "encoder": [], "start": [], "torch": []}
     for _ in range(args.repeats):
         runs["predict"].append(timed([*lstmcli, "-"], stdin))
-        whole, encoder, tokens = in_process(predictor, texts, args.batch_size)
+        whole, encoder, tokens = in_process(clf, texts, args.batch_size)
         runs["whole"].append(whole)
         runs["encoder"].append(encoder)
         runs["start"].append(timed([*lstmcli, "A short review."]))
@@ -82,7 +82,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in runs.items()}
     env = f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"
     print(f"{len(texts):,} reviews, {tokens:,} tokens after the cut, batch {args.batch_size}, precision "
-          f"{predictor.ck.model.spec.precision}, {env}; medians of {args.repeats}")
+          f"{clf.ck.model.spec.precision}, {env}; medians of {args.repeats}")
     for name, key in (("predict - (process, wall)", "predict"), ("whole model", "whole"),
                       ("encoder alone", "encoder")):
         print(f"{name:<26} {med[key]:7.2f} s {tokens / med[key]:>10,.0f} tok/s "

@@ -13,7 +13,7 @@ split only (validation is held out from all three). Tokenizing the training spli
 printed apart; "train s" is what each peer spends after it. Prediction throughput runs from raw text to
 label (tokenizing included, as `lstmcli predict -` does) over the whole test split, single process, with
 --threads threads. For lstmcli the table shows the run's test accuracy and summed epoch seconds from its
-metrics.json, and its throughput measured here through the same Predictor that `lstmcli predict` uses.
+metrics.json, and its throughput measured here through the same Classifier that `lstmcli predict` uses.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 
 from lstmcli.config import DataConfig, from_dict, resolve
 from lstmcli.datasets import load_splits
-from lstmcli.predict import Predictor
+from lstmcli.predict import Classifier
 from lstmcli.text import basic_english
 
 
@@ -72,11 +72,11 @@ def fasttext_bigrams(train_tokens, train_labels, test_texts, test_labels, thread
 
 def lstmcli_run(run: Path, test_texts, test_labels) -> dict:
     metrics = json.loads((run / "metrics.json").read_text())
-    predictor = Predictor(run / "best", torch.device("cpu"))
+    clf = Classifier(run / "best", torch.device("cpu"))
     start = time.perf_counter()
-    top = predictor.predict(test_texts)
+    top = clf.predict(test_texts)
     predict_s = time.perf_counter() - start
-    index = {name: i for i, name in enumerate(predictor.ck.label_names)}
+    index = {name: i for i, name in enumerate(clf.ck.label_names)}
     predicted = [index[found[0][0]] for found in top]
     row = _row(f"lstmcli {run.name} (best epoch {metrics['best_epoch']})", predicted, test_labels,
                sum(epoch["seconds"] for epoch in metrics["history"]), predict_s)

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import typer
 
 from . import distributed
-from .config import Device, Encoder, Impl, Precision, env_data_dir, field_index, resolve
+from .config import Device, Encoder, Impl, Precision, env_data_dir, field_index
 from .errors import EXIT_INTERRUPTED, EXIT_PIPE, EXIT_USAGE, CheckFailed, LstmcliError
 from .logs import setup_logging
 from .registry import REGISTRY
@@ -33,6 +33,8 @@ app = typer.Typer(
 DEBUG = {"on": False}
 DEFAULT_CHECKPOINT = Path("runs/latest/best")
 QUIET_HELP = "warnings only: no progress bars or logs"
+THRESHOLD_HELP = ("two labels only: predict the second label (e.g. pos) when its probability is at least "
+                  "this, else the first (default: the more probable one)")
 PRECISION_HELP = ("run the checkpoint at this precision (default: the one it was trained at, but fp32 where "
                   "the device has no native bf16, said on stderr)")
 
@@ -111,6 +113,7 @@ def train(
     resume: Annotated[Path | None, typer.Option(help="continue a stopped run folder")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print metrics.json and run_dir as JSON")] = False,
+    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="= --report-to tensorboard")] = False,
     **fields: Any,
 ) -> None:
     """Train a classifier; writes a run folder (config.json, metrics.json, best/, last/) and prints its path.
@@ -118,15 +121,17 @@ def train(
     Ctrl-C or SIGTERM stops at the next batch, saves last/ with everything needed to continue, and
     exits 130; `--resume RUN_DIR` continues exactly where it stopped.
     """
-    from . import train as training
+    from . import api
+    if tensorboard:
+        fields["report_to"] = fields.get("report_to") or "tensorboard"
     if resume is not None:
         given = sorted(k for k, v in fields.items() if v is not None) + (["config"] if config else [])
         if given:
             flag = given[0].replace("_", "-")
             raise LstmcliError(f"--resume continues a run with its own config; drop --{flag}")
-        run_dir = training.resume(resume)
+        run_dir = api.resume(resume)
     else:
-        run_dir = training.run(resolve(config, fields))
+        run_dir = api.train(config, **fields)
     if not distributed.from_env().is_main:
         return  # under torchrun, rank 0 answers for the run
     if json_out:
@@ -150,20 +155,23 @@ def eval_(
     precision: Annotated[Precision | None, typer.Option(help=PRECISION_HELP)] = None,
     fail_under: Annotated[float | None, typer.Option(help="exit 1 when --metric is below this")] = None,
     metric: Annotated[Metric, typer.Option(help="the metric --fail-under checks")] = Metric.accuracy,
+    threshold: Annotated[float | None, typer.Option(help=THRESHOLD_HELP)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ) -> None:
-    """Accuracy, loss, macro-F1, per-class P/R/F1 and the confusion matrix of a checkpoint."""
-    from .evaluation import run_eval
+    """Accuracy, loss, macro-F1, per-class P/R/F1 and the confusion matrix of a checkpoint; with two
+    labels also ROC-AUC and the threshold that maximises F1 on the split (choose it on val, apply it to
+    test with --threshold). Writes eval-SPLIT.json and confusion-SPLIT.png beside the checkpoint."""
+    from . import api
     from .metrics import format_report
-    report, written = run_eval(checkpoint, split.value, dataset, data_dir or env_data_dir(), batch_size,
-                               device.value, impl and impl.value, precision and precision.value)
+    report = api.evaluate(checkpoint, split.value, dataset, data_dir or env_data_dir(), batch_size,
+                          device.value, impl and impl.value, precision and precision.value, threshold)
     if json_out:
         typer.echo(json.dumps(report))
     else:
         title = f"{report['dataset']} [{report['split']}] with {report['checkpoint']}"
         typer.echo(format_report(report, title))
-        typer.echo(f"\nwritten to {written}", err=True)
+        typer.echo(f"\nwritten to {report['files']['json']} and {report['files']['confusion_png']}", err=True)
     if fail_under is not None and report[metric.value] < fail_under:
         raise CheckFailed(f"{metric.value} {report[metric.value]:.4f} is below --fail-under {fail_under}")
 
@@ -200,17 +208,16 @@ def predict(
     precision: Annotated[Precision | None, typer.Option(help=PRECISION_HELP)] = None,
     max_length: Annotated[int | None, typer.Option(min=1, help="tokens kept per text (default: the "
                           "checkpoint's max_length, else 2048)")] = None,
+    threshold: Annotated[float | None, typer.Option(help=THRESHOLD_HELP)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per input line")] = False,
 ) -> None:
     """Classify texts: the label and its probability (or the top k) for each."""
-    from .device import resolve_device
-    from .predict import Predictor
+    from . import api
     inputs = read_texts(texts)
     if not inputs:
         raise LstmcliError("no texts to classify (standard input was empty)")
-    predictor = Predictor(checkpoint, resolve_device(device.value), impl.value if impl else None, max_length,
-                          precision.value if precision else None)
-    for i, ranked in enumerate(predictor.predict(inputs, top_k, batch_size)):
+    clf = api.load(checkpoint, device.value, impl and impl.value, precision and precision.value, max_length)
+    for i, ranked in enumerate(clf.predict(inputs, top_k, batch_size, threshold)):
         if json_out:
             typer.echo(json.dumps({"index": i, "label": ranked[0][0], "probability": ranked[0][1],
                                    "top_k": [{"label": lab, "probability": p} for lab, p in ranked]}))
@@ -247,6 +254,38 @@ def bench(
     report = run_bench([e.value for e in encoder], [i.value for i in impl], shape, device.value, threads)
     write_json(out, report)
     typer.echo(json.dumps(report) if json_out else format_bench(report))
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+
+
+@app.command()
+@user_errors
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint folder")] = DEFAULT_CHECKPOINT,
+    format: Annotated[ExportFormat, typer.Option("--format", help="model format")] = ExportFormat.onnx,
+    out: Annotated[Path, typer.Option(help="model file; its labels, vocabulary and tokenizer go to the same "
+                                      "name with .json")] = Path("model.onnx"),
+) -> None:
+    """Write the checkpoint as a model that runs without lstmcli: ONNX, (ids, lengths) -> logits, with
+    dynamic batch and sequence axes, plus a JSON of labels, vocabulary, tokenizer rules and cut."""
+    from . import api
+    model, meta = api.export(checkpoint, out, format.value)
+    typer.echo(str(model))
+    typer.echo(f"labels, vocabulary and tokenizer: {meta}", err=True)
+
+
+@app.command()
+@user_errors
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="run folder")] = Path("runs/latest"),
+) -> None:
+    """Redraw a run's learning_curves.png and confusion_matrix.png from its metrics.json (any run, also
+    one made before lstmcli drew them, or one still in progress); prints the files."""
+    from .plots import plot_run
+    for path in plot_run(run_dir):
+        typer.echo(str(path))
 
 
 @app.command("datasets")

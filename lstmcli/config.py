@@ -19,6 +19,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from .class_weights import parse as parse_class_weights
 from .errors import ConfigError
 from .models.spec import model_problem
 
@@ -66,6 +67,11 @@ class Scheduler(str, Enum):
 class Truncate(str, Enum):
     head = "head"
     head_tail = "head_tail"
+
+
+class ReportTo(str, Enum):
+    none = "none"
+    tensorboard = "tensorboard"
 
 
 class Device(str, Enum):
@@ -145,6 +151,10 @@ class TrainConfig:
     embeddings: str = _f("", "pretrained vectors (GloVe / word2vec text) for the embedding rows of known "
                              "tokens")
     freeze_embeddings: bool = _f(False, "keep the embedding layer fixed during training")
+    class_weights: str = _f("none", "weights of the labels in the loss: none, balanced (n / (classes x "
+                                    "count)), or label:w,label:w (others weigh 1)")
+    report_to: ReportTo = _f(ReportTo.none, "also write TensorBoard event files under RUN_DIR/tensorboard "
+                                            "(needs pip install 'lstmcli[tensorboard]')")
     seed: int = _f(0, "seed of weights, dropout and batch order")
     device: Device = _f(Device.auto, "auto picks cuda, then mps, then cpu")
     threads: int = _f(0, "CPU threads per process (0: torch's default; under torchrun, the cores divided "
@@ -229,6 +239,10 @@ def validate(cfg: Config, source: str) -> Config:
     if cfg.train.warmup_steps and cfg.train.scheduler is Scheduler.plateau:
         raise ConfigError(f"{source}: config key 'train.warmup_steps' applies to the constant and cosine "
                           "schedules")
+    try:
+        parse_class_weights(cfg.train.class_weights)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: config key 'train.class_weights': {exc}") from None
     m = cfg.model
     problem = model_problem(m.encoder.value, m.impl.value, m.peephole, m.precision.value)
     if problem:
@@ -311,4 +325,4 @@ def from_dict(data: Any, source: str) -> Config:
 
 __all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "resolve", "apply", "apply_flags",
            "to_dict", "from_dict", "field_index", "Encoder", "Impl", "Pooling", "Pack", "Optimizer",
-           "Scheduler", "Truncate", "Device"]
+           "Scheduler", "Truncate", "Device", "ReportTo"]

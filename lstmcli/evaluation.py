@@ -9,42 +9,57 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint
+from . import checkpoint, plots
 from .batching import Cut, collate, sorted_batches, truncated_lengths
 from .device import resolve_device
-from .distributed import SINGLE, Dist, sum_
+from .distributed import SINGLE, Dist, gather, sum_
 from .errors import LstmcliError
 from .fsutil import write_json
-from .metrics import confusion_matrix, report_from_confusion
+from .metrics import best_f1_threshold, check_threshold, confusion_matrix, report_from_confusion, roc_auc
 from .prepare import EncodedSplit, encode_file, prepare
 
 
 @torch.no_grad()
 def evaluate(model, split: EncodedSplit, device: torch.device, batch_size: int, cut: Cut,
-             label_names: list[str], dist: Dist = SINGLE) -> dict:
+             label_names: list[str], dist: Dist = SINGLE, threshold: float | None = None) -> dict:
     """Loss and classification metrics of `model` on every example of `split`.
 
-    Under torchrun each rank runs every world_size-th of the same length-sorted batches and the counts
-    are summed, so the confusion matrix is the single process's and the loss differs only by the order
-    of its float sum."""
+    With two labels the report adds the ROC-AUC of the second label's probability and the threshold
+    that maximises its F1 here; `threshold` decides by that probability (>= threshold: the second
+    label) instead of the most probable label. Under torchrun each rank runs every world_size-th of the
+    same length-sorted batches and the counts (and binary scores) are combined, so the metrics are the
+    single process's and the loss differs only by the order of its float sum."""
     model.eval()
     k = len(label_names)
-    confusion, loss_sum = torch.zeros(k, k, dtype=torch.int64), 0.0
+    confusion, loss_sum, scores, targets = torch.zeros(k, k, dtype=torch.int64), 0.0, [], []
     batches = sorted_batches(truncated_lengths(split, cut.length), batch_size)
     for indices in batches[dist.rank::dist.world_size]:
         batch = collate(split, indices, cut).to(device)
         logits = model(batch.ids, batch.lengths)
         loss_sum += float(F.cross_entropy(logits, batch.labels, reduction="sum"))
-        confusion += confusion_matrix(batch.labels.cpu(), logits.argmax(1).cpu(), k)
+        preds = logits.argmax(1) if threshold is None else (logits.softmax(1)[:, 1] >= threshold).long()
+        confusion += confusion_matrix(batch.labels.cpu(), preds.cpu(), k)
+        if k == 2:
+            scores.append(logits.softmax(1)[:, 1].float().cpu())
+            targets.append(batch.labels.cpu())
     confusion = sum_(dist, confusion)
     loss_sum = float(sum_(dist, torch.tensor([loss_sum], dtype=torch.float64)))
-    return report_from_confusion(confusion, label_names, loss=loss_sum / max(len(split), 1))
+    report = report_from_confusion(confusion, label_names, loss=loss_sum / max(len(split), 1))
+    if k == 2:
+        none = [torch.zeros(0)], [torch.zeros(0, dtype=torch.int64)]
+        pairs = gather(dist, (torch.cat(scores or none[0]), torch.cat(targets or none[1])))
+        s, y = (torch.cat([p[i] for p in pairs]) for i in (0, 1))
+        report |= {"positive_label": label_names[1], "threshold": threshold, "roc_auc": roc_auc(s, y.long()),
+                   "best_threshold": best_f1_threshold(s, y.long())}
+    return report
 
 
 def run_eval(checkpoint_dir: Path, split: str = "test", dataset: str | None = None,
              data_dir: str | None = None, batch_size: int | None = None, device: str = "auto",
-             impl: str | None = None, precision: str | None = None) -> tuple[dict, Path]:
-    """Evaluate `checkpoint_dir`; returns the report and the JSON file it was written to.
+             impl: str | None = None, precision: str | None = None,
+             threshold: float | None = None) -> dict:
+    """Evaluate `checkpoint_dir`; returns the report, also written beside the checkpoint as
+    eval-SPLIT.json with its confusion matrix drawn in confusion-SPLIT.png (the report's "files").
 
     With `dataset` a single file, every row of it is evaluated (`split` is then the file's stem);
     otherwise the split is carved exactly as in training, from the checkpoint's data settings, reading
@@ -52,6 +67,8 @@ def run_eval(checkpoint_dir: Path, split: str = "test", dataset: str | None = No
     """
     dev = resolve_device(device)
     ck = checkpoint.load(checkpoint_dir, str(dev), impl, precision)
+    if threshold is not None:
+        check_threshold(threshold, ck.label_names)
     data_cfg = dataclasses.replace(ck.config.data, data_dir=data_dir or ck.config.data.data_dir,
                                    dataset=dataset or ck.config.data.dataset)
     if dataset and Path(dataset).is_file():
@@ -61,10 +78,14 @@ def run_eval(checkpoint_dir: Path, split: str = "test", dataset: str | None = No
     if len(encoded) == 0:
         raise LstmcliError(f"split '{split}' of {data_cfg.dataset} has no examples")
     report = evaluate(ck.model, encoded, dev, batch_size or ck.config.train.batch_size,
-                      Cut.of(ck.config.data), ck.label_names)
+                      Cut.of(ck.config.data), ck.label_names, threshold=threshold)
+    folder = ck.path.resolve().parent
+    files = {"json": str(folder / f"eval-{split}.json"),
+             "confusion_png": str(folder / f"confusion-{split}.png")}
     report = {"checkpoint": str(ck.path), "dataset": data_cfg.dataset, "split": split,
               "impl": ck.config.model.impl.value, "precision": ck.config.model.precision.value, **report,
-              "device": str(dev), "torch": torch.__version__}
-    out = ck.path.resolve().parent / f"eval-{split}.json"
-    write_json(out, report)
-    return report, out
+              "device": str(dev), "torch": torch.__version__, "files": files}
+    write_json(Path(files["json"]), report)
+    title = f"{data_cfg.dataset} [{split}] with {folder.name}/{ck.path.name}"
+    plots.confusion_matrix(report, Path(files["confusion_png"]), title)
+    return report

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import LstmcliError
+
 
 def confusion_matrix(targets: torch.Tensor, preds: torch.Tensor, k: int) -> torch.Tensor:
     """(k, k) int64: [i][j] counts examples of class i predicted as j."""
@@ -64,3 +66,44 @@ def format_report(report: dict, title: str = "") -> str:
     for name, row in zip(names, report["confusion"], strict=True):
         lines.append(f"{name:<{width}}  " + " ".join(f"{v:>{cell}}" for v in row))
     return "\n".join(lines)
+
+
+def roc_auc(scores: torch.Tensor, targets: torch.Tensor) -> float | None:
+    """Area under the ROC curve of `scores` (higher = more positive) for binary `targets` (1 = positive):
+    the Mann-Whitney U statistic with tied scores given their average rank; None with one class only."""
+    y = targets.bool()
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if not n_pos or not n_neg:
+        return None
+    ordered, idx = scores.double().sort()
+    _, inverse, counts = torch.unique_consecutive(ordered, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()
+    average = ends - (counts.double() - 1) / 2  # the mean of ranks end - count + 1 .. end
+    ranks = torch.empty_like(average[inverse])
+    ranks[idx] = average[inverse]
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def best_f1_threshold(scores: torch.Tensor, targets: torch.Tensor) -> dict | None:
+    """The threshold t on `scores` whose decision `score >= t` gives the positive class its best F1 on
+    these examples (the highest such t on ties), with that F1, precision and recall."""
+    n_pos = int(targets.sum())
+    if not n_pos:
+        return None
+    ordered, idx = scores.double().sort(descending=True)
+    y = targets[idx].double()
+    tp, fp = y.cumsum(0), (1 - y).cumsum(0)
+    last_of_tie = torch.ones_like(ordered, dtype=torch.bool)  # a cut can only fall between distinct scores
+    last_of_tie[:-1] = ordered[:-1] != ordered[1:]
+    f1 = torch.where(last_of_tie, 2 * tp / (tp + fp + n_pos), -1.0)
+    i = int(f1.argmax())
+    return {"threshold": float(ordered[i]), "f1": float(f1[i]), "precision": float(tp[i] / (tp[i] + fp[i])),
+            "recall": float(tp[i] / n_pos)}
+
+
+def check_threshold(threshold: float, labels: list[str]) -> None:
+    """A decision threshold needs a model of two labels and a probability in [0, 1]."""
+    if len(labels) != 2:
+        raise LstmcliError(f"--threshold decides between two labels; this model has {len(labels)}")
+    if not 0.0 <= threshold <= 1.0:
+        raise LstmcliError(f"--threshold must be a probability in [0, 1], got {threshold}")

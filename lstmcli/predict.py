@@ -1,4 +1,5 @@
-"""`lstmcli predict`: load a checkpoint once, classify texts in length-sorted batches, top-k."""
+"""Classifier: a loaded checkpoint that classifies texts in length-sorted batches (top-k, or a binary
+decision at a probability threshold). `lstmcli predict` and `lstmcli.load` return/use it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from . import checkpoint
 from .batching import Cut, collate, sorted_batches
 from .config import Truncate
+from .metrics import check_threshold
 from .prepare import EncodedSplit
 from .text import basic_english
 
@@ -18,11 +20,13 @@ DEFAULT_MAX_LENGTH = 2048
 PREFIX_CHARS_PER_TOKEN = 64
 
 
-class Predictor:
-    def __init__(self, checkpoint_dir: Path, device: torch.device, impl: str | None = None,
-                 max_length: int | None = None, precision: str | None = None):
-        self.ck = checkpoint.load(checkpoint_dir, str(device), impl, precision)
-        self.device = device
+class Classifier:
+    """A checkpoint folder, loaded once (weights from safetensors, no pickle) to classify texts."""
+
+    def __init__(self, checkpoint_dir: str | Path, device: str | torch.device = "cpu",
+                 impl: str | None = None, max_length: int | None = None, precision: str | None = None):
+        self.device = torch.device(device)
+        self.ck = checkpoint.load(Path(checkpoint_dir), str(self.device), impl, precision)
         # A text is cut to what the model was trained on; with no such limit, to DEFAULT_MAX_LENGTH,
         # so that a runaway input (a 10 MB line) costs milliseconds, not minutes.
         self.cut = Cut(max_length or self.ck.config.data.max_length or DEFAULT_MAX_LENGTH,
@@ -38,20 +42,38 @@ class Predictor:
                 return self.ck.vocab.encode(tokens[:limit])
         return self.ck.vocab.encode(self.cut.apply(basic_english(text)))
 
+    @property
+    def labels(self) -> list[str]:
+        """The label names, in the order of the model's outputs."""
+        return self.ck.label_names
+
     @torch.no_grad()
-    def predict(self, texts: list[str], top_k: int = 1,
-                batch_size: int = 256) -> list[list[tuple[str, float]]]:
-        """For each text, its `top_k` (label, probability) pairs, most probable first."""
+    def probabilities(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """(len(texts), classes) float32: each text's probability of each label (`labels` order)."""
         split = _as_split([self.encode(t) for t in texts])
-        k = max(1, min(top_k, len(self.ck.label_names)))
-        results: list[list[tuple[str, float]]] = [[] for _ in texts]
+        out = torch.zeros(len(texts), len(self.labels))
         for indices in sorted_batches(split.lengths, batch_size):  # longest first, as in training
             batch = collate(split, indices).to(self.device)
-            top = self.ck.model(batch.ids, batch.lengths).softmax(-1).topk(k, dim=-1)
-            rows = zip(indices.tolist(), top.values.tolist(), top.indices.tolist(), strict=True)
-            for i, probs, labels in rows:
-                results[i] = [(self.ck.label_names[j], p) for p, j in zip(probs, labels, strict=True)]
-        return results
+            out[indices] = self.ck.model(batch.ids, batch.lengths).softmax(-1).float().cpu()
+        return out
+
+    def predict(self, texts: list[str], top_k: int = 1, batch_size: int = 256,
+                threshold: float | None = None) -> list[list[tuple[str, float]]]:
+        """For each text, its `top_k` (label, probability) pairs, the predicted label first.
+
+        `threshold` (two labels only): the second label (labels[1], e.g. IMDB's "pos") is predicted when
+        its probability is at least `threshold`, else the first; without it, the most probable label."""
+        probs = self.probabilities(texts, batch_size)
+        k = max(1, min(top_k, len(self.labels)))
+        if threshold is None:
+            top = probs.topk(k, dim=-1)
+            order = top.indices
+        else:
+            check_threshold(threshold, self.labels)
+            decided = (probs[:, 1] >= threshold).long()  # (N,) 1 = the positive label
+            order = torch.stack([decided, 1 - decided], dim=1)[:, :k]
+        return [[(self.labels[j], float(row[j])) for j in idx] for row, idx in zip(probs, order.tolist(),
+                                                                                    strict=True)]
 
 
 def _as_split(encoded: list[list[int]]) -> EncodedSplit:

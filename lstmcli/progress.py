@@ -4,12 +4,29 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 
 from tqdm import tqdm
 
 from .train_state import EpochProgress
 
 log = logging.getLogger(__name__)
+StepCallback = Callable[[int, EpochProgress], None]
+
+
+def chain(*callbacks: StepCallback) -> StepCallback:
+    """One step callback that calls each of `callbacks` in turn."""
+    def call(step: int, p: EpochProgress) -> None:
+        for callback in callbacks:
+            callback(step, p)
+    return call
+
+
+def epoch_line(s: dict, epochs: int, improved: bool) -> str:
+    """The log line of a finished epoch, from its history entry."""
+    return (f"epoch {s['epoch']}/{epochs}: train loss {s['train_loss']:.4f} acc {s['train_accuracy']:.4f}"
+            f" | val loss {s['val_loss']:.4f} acc {s['val_accuracy']:.4f} | {s['seconds']:.1f}s "
+            f"{s['tokens_per_s']:,.0f} tok/s, padding {s['padding']:.1%}{'  *best' if improved else ''}")
 
 
 class EpochReporter:

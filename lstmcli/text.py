@@ -41,6 +41,12 @@ _LITERAL_RULES: tuple[tuple[str, str], ...] = (
 )
 
 
+def literal_rules() -> list[list[str]]:
+    """basic_english after lower-casing, for other programs: replace each [old, new] in order, then split
+    on whitespace (what an exported model's JSON carries)."""
+    return [list(rule) for rule in _LITERAL_RULES]
+
+
 def basic_english(text: str) -> list[str]:
     """Tokens of `text`, identical to torchtext's basic_english: lower-case, substitute, split.
 

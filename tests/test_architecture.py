@@ -44,7 +44,7 @@ def test_only_the_command_line_prints():
 
 
 def test_evaluation_stands_without_the_training_loop():
-    assert all(module.split(".")[-1] != "train" for _, module in imports(PACKAGE / "evaluation.py"))
+    assert all(module.split(".")[-1] != "training" for _, module in imports(PACKAGE / "evaluation.py"))
 
 
 def test_reading_a_config_loads_no_torch():
@@ -63,3 +63,15 @@ def test_readme_lists_the_registry():
         cells = [c.strip() for c in rows[name].split("|")]
         assert cells[2] == ", ".join(ds.label_names)
         assert all(f.url in cells[4] for f in ds.files.values())
+
+
+def test_optional_and_heavy_packages_are_imported_only_where_used():
+    """matplotlib (drawing), tensorboardX and onnx (extras) never at a module's top level: a command that
+    does not draw, log events or export neither pays for them nor needs them installed."""
+    heavy = {"matplotlib", "tensorboardX", "onnx", "onnxruntime"}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            for name in names:
+                assert name.split(".")[0] not in heavy, f"{path.relative_to(ROOT)} imports {name} at the top"

@@ -10,7 +10,7 @@ from lstmcli.models.classifier import TextClassifier, build_encoder
 from lstmcli.models.lengths import last_real, reverse_within_length
 from lstmcli.models.spec import ModelSpec
 from lstmcli.prepare import EncodedSplit
-from lstmcli.train import _step_loss
+from lstmcli.training import _step_loss
 
 from .conftest import assert_float32_close, float32_tolerance, needs_native_bf16, reference
 

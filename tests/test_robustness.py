@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import lstmcli.checkpoint as ckpt
 from lstmcli.build import build_model
 from lstmcli.config import resolve
-from lstmcli.predict import Predictor
+from lstmcli.predict import Classifier
 from lstmcli.schedule import make_optimizer, make_scheduler, step_per_batch, step_per_epoch
 from lstmcli.text import Vocab, basic_english
 
@@ -147,7 +147,7 @@ def test_predict_input_handling(trained):
 
 
 def test_predict_truncates_exactly(trained):
-    p = Predictor(Path("r/best"), torch.device("cpu"), max_length=5)
+    p = Classifier(Path("r/best"), torch.device("cpu"), max_length=5)
     text = "one two three four five six seven " * 200
     assert p.encode(text) == p.ck.vocab.encode(basic_english(text)[:5])
     assert p.encode("x" * 10_000 + " two") == p.ck.vocab.encode(["x" * 10_000, "two"])
@@ -156,8 +156,8 @@ def test_predict_truncates_exactly(trained):
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.text(max_size=200) | st.sampled_from(["", " ", "\n", "\x00", "<br />", "🙂" * 50]),
                 min_size=1, max_size=8))
-def test_predict_never_fails_on_any_text(predictor, texts):
-    results = predictor.predict(texts, top_k=2)
+def test_predict_never_fails_on_any_text(clf, texts):
+    results = clf.predict(texts, top_k=2)
     assert len(results) == len(texts)
     for ranked in results:
         assert [lab for lab, _ in ranked][0] in ("neg", "pos") and 0 <= ranked[0][1] <= 1
@@ -171,14 +171,14 @@ def test_tokenizer_never_fails(text):
 
 
 @pytest.fixture(scope="module")
-def predictor(tmp_path_factory):
+def clf(tmp_path_factory):
     """A checkpoint written directly (no training), so the property test needs no data."""
     folder = tmp_path_factory.mktemp("ck") / "best"
     cfg = resolve(None, {"embedding_dim": 8, "hidden_size": 8, "max_length": 50})
     vocab = Vocab.build([["great", "awful", "film"]])
     torch.manual_seed(0)
     ckpt.save(folder, cfg, vocab, ["neg", "pos"], build_model(cfg.model, len(vocab), 2), {})
-    return Predictor(folder, torch.device("cpu"))
+    return Classifier(folder, torch.device("cpu"))
 
 
 def test_failed_save_keeps_the_previous_checkpoint(trained, monkeypatch):
@@ -209,7 +209,7 @@ def test_early_stopping_and_non_finite_loss(mirror, workdir, monkeypatch):
     metrics = json.loads(Path("es/metrics.json").read_text())
     assert len(metrics["history"]) == 3 and metrics["stopped_early"] == {"epoch": 3, "patience": 2}
 
-    import lstmcli.train as training
+    import lstmcli.training as training
     real, calls = training.F.cross_entropy, {"n": 0}
 
     def nan_on_call_5(*args, **kwargs):

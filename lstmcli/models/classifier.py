@@ -51,7 +51,7 @@ class TextClassifier(nn.Module):
         """ids (B, T) int64 0-padded, lengths (B,) >= 1 -> logits (B, C), float32 at either precision.
 
         parts=True: each branch's own logits, (P, B, C) with P = 1 + (n-gram bag or not); they add up to
-        the logits. Training gives each branch its own loss (train._step_loss), so that the bag, which
+        the logits. Training gives each branch its own loss (training._step_loss), so that the bag, which
         fits the training set within an epoch or two, does not leave the encoder without a gradient:
         the two learn as two classifiers and predict as one (their log-odds add, an ensemble)."""
         if self.spec.precision == "bf16":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -13,31 +14,32 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, distributed, launch
+from . import checkpoint, distributed, launch, plots, tensorboard
 from .batching import Cut, bucket_batches, collate, padding_share, truncated_lengths
 from .build import build_model
-from .config import Config, from_dict, to_dict
+from .class_weights import resolve as resolve_class_weights
+from .config import Config, ReportTo, from_dict, to_dict
 from .distributed import SINGLE, Dist, sum_
 from .embeddings import init_embeddings
 from .errors import CheckFailed, CheckpointError, Interrupted, LstmcliError, PeerFailed
 from .evaluation import evaluate
 from .fsutil import write_json
 from .prepare import EncodedSplit, Prepared
-from .progress import EpochReporter
+from .progress import EpochReporter, StepCallback, chain, epoch_line
 from .rundir import default_out, environment, point_latest
 from .schedule import make_optimizer, make_scheduler, step_per_batch, step_per_epoch
 from .train_state import EpochProgress, GracefulStop, TrainState, load_state, rng_state, state_dict
 
 log = logging.getLogger(__name__)
-StepCallback = Callable[[int, EpochProgress], None]
 
 
 def train_one_epoch(model, split: EncodedSplit, batches: list[torch.Tensor], optimizer, scheduler,
                     device: torch.device, cut: Cut, grad_clip: float, progress: EpochProgress,
                     should_stop: Callable[[], bool], on_step: StepCallback | None = None,
-                    epoch: int = 1, dist: Dist = SINGLE) -> EpochProgress:
+                    epoch: int = 1, dist: Dist = SINGLE,
+                    class_weight: torch.Tensor | None = None) -> EpochProgress:
     """Train on `batches`, continuing from `progress.batches_done` and updating `progress` in place;
-    `on_step(step, progress)` after each step.
+    `on_step(step, progress)` after each step. `class_weight` (C,) weighs each label's loss.
 
     Returns early, between two batches, once `should_stop()` says so. A non-finite loss or gradient
     raises CheckFailed before the optimizer step, so the weights stay the last good ones. Under torchrun
@@ -48,7 +50,7 @@ def train_one_epoch(model, split: EncodedSplit, batches: list[torch.Tensor], opt
     model.train()
     start = time.perf_counter() - progress.seconds
     for step in range(progress.batches_done + 1, len(batches) + 1):
-        loss, totals = _step_loss(model, split, batches[step - 1], cut, device, dist)
+        loss, totals = _step_loss(model, split, batches[step - 1], cut, device, dist, class_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf))
@@ -71,22 +73,26 @@ def train_one_epoch(model, split: EncodedSplit, batches: list[torch.Tensor], opt
 
 
 def _step_loss(model, split: EncodedSplit, rows: torch.Tensor, cut: Cut, device: torch.device,
-               dist: Dist) -> tuple[torch.Tensor, torch.Tensor]:
+               dist: Dist, class_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss to back-propagate for the global batch `rows`, and this rank's float64 totals
     [loss sum, correct, examples, tokens, 0 (the stop request's place)].
 
-    One process: the mean loss. Under torchrun each rank runs its share of the rows, and its loss is its
-    sum over them times world_size / len(rows): DDP averages gradients over the ranks, so the result is
-    the gradient of the mean over the whole global batch, however unevenly the rows divide."""
+    One process: the mean loss (with class weights, the weighted mean: sum w_y * loss / sum w_y, as
+    F.cross_entropy's). Under torchrun each rank runs its share of the rows, and its loss is its sum over
+    them times world_size / (the rows' total weight): DDP averages gradients over the ranks, so the
+    result is the gradient of the mean over the whole global batch, however unevenly the rows divide."""
     mine, live = dist.shard(rows)
     batch = collate(split, mine, cut).to(device)
     parts = model(batch.ids, batch.lengths, parts=True)  # (P, B, C): each branch learns on its own
     logits = parts.sum(0)  # (B, C): what evaluation and prediction see
+    w = None if class_weight is None else class_weight.to(device)
     if dist.enabled:
-        loss_sum = sum(F.cross_entropy(part, batch.labels, reduction="sum") for part in parts) * live
-        loss = loss_sum * (dist.world_size / len(rows))
+        total = len(rows) if w is None else float(class_weight[split.labels[rows]].sum())
+        losses = [F.cross_entropy(part, batch.labels, weight=w, reduction="sum") for part in parts]
+        loss_sum = sum(losses) * live
+        loss = loss_sum * (dist.world_size / total)
     else:
-        loss = sum(F.cross_entropy(part, batch.labels) for part in parts)
+        loss = sum(F.cross_entropy(part, batch.labels, weight=w) for part in parts)
     # reported: the loss of the summed logits, as validation reports it (with one branch, the loss
     # trained); a non-finite trained loss is reported as it is, so that the step stops on it
     value = F.cross_entropy(logits.detach(), batch.labels, reduction="sum").item() * live
@@ -95,13 +101,6 @@ def _step_loss(model, split: EncodedSplit, rows: torch.Tensor, cut: Cut, device:
     n = len(batch.labels) * live
     correct = int((logits.argmax(1) == batch.labels).sum()) * live
     return loss, torch.tensor([value, correct, n, batch.num_tokens * live, 0.0], dtype=torch.float64)
-
-
-def _epoch_line(stats: dict, epochs: int, improved: bool) -> str:
-    s = stats
-    return (f"epoch {s['epoch']}/{epochs}: train loss {s['train_loss']:.4f} acc {s['train_accuracy']:.4f}"
-            f" | val loss {s['val_loss']:.4f} acc {s['val_accuracy']:.4f} | {s['seconds']:.1f}s "
-            f"{s['tokens_per_s']:,.0f} tok/s, padding {s['padding']:.1%}{'  *best' if improved else ''}")
 
 
 @dataclass
@@ -120,6 +119,27 @@ class Run:
     scheduler: object
     state: TrainState
     metrics: dict
+    class_weight: torch.Tensor | None = None  # (C,) the loss's weight of each label
+    tb: tensorboard.TensorBoard | None = None  # rank 0's event writer, when asked for
+
+
+def _class_weights(cfg: Config, data: Prepared) -> dict[str, float] | None:
+    """{label: its weight in the loss}, from the config and the training split's label counts."""
+    counts = torch.bincount(data.splits["train"].labels, minlength=len(data.label_names)).tolist()
+    weights = resolve_class_weights(cfg.train.class_weights, data.label_names, counts)
+    return None if weights is None else dict(zip(data.label_names, weights, strict=True))
+
+
+def _as_tensor(weights: dict[str, float] | None) -> torch.Tensor | None:
+    return None if weights is None else torch.tensor(list(weights.values()), dtype=torch.float32)
+
+
+def _open_tensorboard(r: Run) -> Run:
+    """The run `r` with its event writer, continuing after the steps already taken."""
+    if r.cfg.train.report_to is ReportTo.tensorboard and r.dist.is_main:
+        done = (r.state.epoch - 1) * _steps_per_epoch(r.cfg, r.data) + r.state.progress.batches_done
+        r.tb = tensorboard.TensorBoard(r.run_dir, done)
+    return r
 
 
 def _steps_per_epoch(cfg: Config, data: Prepared) -> int:
@@ -130,12 +150,17 @@ def start(cfg: Config) -> Run:
     """A new run: data, model and vectors first (bad input leaves no run folder behind), then the folder."""
     dist, device = launch.place(cfg)
     precision, why, ck_cfg = launch.precision_of(cfg, device)  # before the data: a bad bf16 fails at once
+    if cfg.train.report_to is ReportTo.tensorboard:
+        tensorboard.require()
     data = launch.prepared(cfg, dist)
+    class_weights = _class_weights(cfg, data)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(ck_cfg.model, len(data.vocab), len(data.label_names)).to(device)
     metrics = {"data": {**{s: len(data.splits[s]) for s in data.splits}, "vocab": len(data.vocab),
                         "labels": data.label_names},
                "environment": environment(device, precision, dist), "history": [], "best_epoch": None}
+    if class_weights is not None:
+        metrics["class_weights"] = class_weights
     if cfg.train.embeddings:
         metrics["embeddings"] = init_embeddings(model.embedding, cfg.train.embeddings, data.vocab)
         e = metrics["embeddings"]
@@ -152,8 +177,10 @@ def start(cfg: Config) -> Run:
              f"precision {why}{launch.launch_line(dist)}")
     if dist.rank:  # each rank its own dropout masks; rank 0 draws those of a single process
         torch.manual_seed(cfg.train.seed + dist.rank)
-    return Run(cfg, ck_cfg, run_dir, data, dist, device, model, distributed.wrap(model, dist, device),
-               optimizer, make_scheduler(optimizer, cfg, _steps_per_epoch(cfg, data)), TrainState(), metrics)
+    return _open_tensorboard(Run(
+        cfg, ck_cfg, run_dir, data, dist, device, model, distributed.wrap(model, dist, device), optimizer,
+        make_scheduler(optimizer, cfg, _steps_per_epoch(cfg, data)), TrainState(), metrics,
+        _as_tensor(class_weights)))
 
 
 def _resume_command(r: Run) -> str:
@@ -177,6 +204,8 @@ def reopen(run_dir: Path) -> Run:
         raise LstmcliError(f"run {run_dir} has already finished; nothing to resume")
     dist, device = launch.place(cfg)
     precision, why, ck_cfg = launch.precision_of(cfg, device)
+    if cfg.train.report_to is ReportTo.tensorboard:
+        tensorboard.require()
     metrics["environment"] = environment(device, precision, dist)  # where it runs from now on
     data = launch.prepared(cfg, dist)
     last = checkpoint.load(run_dir / "last", str(device), precision=precision.value)
@@ -193,8 +222,8 @@ def reopen(run_dir: Path) -> Run:
     log.info(f"resuming {run_dir} in epoch {state.epoch} after {state.progress.batches_done} batches, "
              f"precision {why}{launch.launch_line(dist)}")
     trained = distributed.wrap(last.model, dist, device)
-    return Run(cfg, ck_cfg, run_dir, data, dist, device, last.model, trained, optimizer, scheduler, state,
-               metrics)
+    return _open_tensorboard(Run(cfg, ck_cfg, run_dir, data, dist, device, last.model, trained, optimizer,
+                                 scheduler, state, metrics, _as_tensor(_class_weights(cfg, data))))
 
 
 def _save_last(r: Run, val_report: dict | None) -> None:
@@ -233,7 +262,11 @@ def _finish_epoch(r: Run, batches: list[torch.Tensor], lengths: torch.Tensor) ->
     if r.dist.is_main:
         write_json(r.run_dir / "metrics.json", r.metrics)
         point_latest(r.run_dir)
-    log.info(_epoch_line(stats, t.epochs, improved))
+        plots.learning_curves(r.metrics, r.run_dir / plots.LEARNING_CURVES,
+                              f"{r.run_dir.name}: learning curves")
+    if r.tb is not None:
+        r.tb.on_epoch(stats)
+    log.info(epoch_line(stats, t.epochs, improved))
 
 
 def fit(r: Run) -> dict:
@@ -241,13 +274,15 @@ def fit(r: Run) -> dict:
     t, cut = r.cfg.train, Cut.of(r.cfg.data)
     train = r.data.splits["train"]
     lengths = truncated_lengths(train, cut.length)
-    with GracefulStop() as stop:
+    with GracefulStop() as stop, (contextlib.closing(r.tb) if r.tb else contextlib.nullcontext()):
         while r.state.epoch <= t.epochs and not r.state.stopped_early:
             epoch, p = r.state.epoch, r.state.progress
             batches = bucket_batches(lengths, t.batch_size, t.seed, epoch)  # the same on every rank
             with EpochReporter(epoch, t.epochs, len(batches), p.batches_done, t.log_every) as report:
+                on_step = report if r.tb is None else chain(report, r.tb.on_step(epoch, len(batches),
+                                                                                 r.optimizer, p))
                 train_one_epoch(r.trained, train, batches, r.optimizer, r.scheduler, r.device, cut,
-                                t.grad_clip, p, stop, report, epoch, r.dist)
+                                t.grad_clip, p, stop, on_step, epoch, r.dist, r.class_weight)
             if p.batches_done < len(batches):
                 _save_last(r, None)
                 raise Interrupted(f"interrupted in epoch {epoch} after {p.batches_done}/{len(batches)} "
@@ -262,6 +297,8 @@ def fit(r: Run) -> dict:
                                  r.data.label_names, r.dist)
     if r.dist.is_main:
         write_json(r.run_dir / "metrics.json", r.metrics)
+        plots.confusion_matrix(r.metrics["test"], r.run_dir / plots.CONFUSION,
+                               f"{r.run_dir.name}: test split, best/")
     log.info(f"test accuracy of best/ (epoch {r.metrics['best_epoch']}): {r.metrics['test']['accuracy']:.4f} "
              f"(n={r.metrics['test']['n']})")
     return r.metrics

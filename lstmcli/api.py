@@ -1,0 +1,77 @@
+"""The Python API, which the command line itself calls: train, resume, evaluate, load, export.
+
+    import lstmcli
+    run_dir = lstmcli.train("configs/imdb_small.toml", epochs=1)   # a config file, dict or Config
+    report = lstmcli.evaluate(run_dir / "best", split="test")      # the dict `lstmcli eval --json` prints
+    clf = lstmcli.load(run_dir / "best")                           # safetensors + JSON, never a pickle
+    clf.predict(["What a wonderful film", "Utterly boring"], top_k=2)
+    clf.encode("What a wonderful film")                            # the ids an exported model takes
+
+Errors a caller can cause raise lstmcli.errors.LstmcliError (its subclasses say which kind); the CLI
+turns them into one line and an exit code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .config import Config, apply, apply_flags, resolve
+from .predict import Classifier
+
+
+def _config(config: Config | Mapping[str, Any] | str | Path | None, overrides: dict[str, Any]) -> Config:
+    """Defaults, $LSTMCLI_DATA_DIR, then `config` (a TOML file, a nested dict as in TOML, or a Config),
+    then `overrides` by field name (what flags are to the CLI)."""
+    if config is None or isinstance(config, (str, Path)):
+        return resolve(config, overrides)
+    if isinstance(config, Mapping):
+        return apply_flags(apply(resolve(), dict(config), "config"), overrides)
+    if isinstance(config, Config):
+        return apply_flags(config, overrides)
+    raise TypeError(f"config must be a path, a dict or a Config, not {type(config).__name__}")
+
+
+def train(config: Config | Mapping[str, Any] | str | Path | None = None, **overrides: Any) -> Path:
+    """Train as `config` and `overrides` say (e.g. `train("configs/tiny.toml", epochs=2, seed=1)`);
+    returns the run folder: config.json, metrics.json (history, test), best/, last/ and the pictures."""
+    from . import training
+    return training.run(_config(config, overrides))
+
+
+def resume(run_dir: str | Path) -> Path:
+    """Continue a stopped run folder exactly where it stopped; returns it."""
+    from . import training
+    return training.resume(Path(run_dir))
+
+
+def evaluate(checkpoint: str | Path, split: str = "test", dataset: str | None = None,
+             data_dir: str | None = None, batch_size: int | None = None, device: str = "auto",
+             impl: str | None = None, precision: str | None = None,
+             threshold: float | None = None) -> dict[str, Any]:
+    """Metrics of a checkpoint on a split of its dataset (or on every row of the file `dataset`):
+    accuracy, loss, macro-F1, per-class P/R/F1, the confusion matrix, and for two labels ROC-AUC and the
+    F1-best threshold; `threshold` decides two labels by probability. Also written beside the checkpoint
+    as eval-SPLIT.json and confusion-SPLIT.png (their paths under the report's "files")."""
+    from .evaluation import run_eval
+    return run_eval(Path(checkpoint), split, dataset, data_dir, batch_size, device, impl, precision,
+                    threshold)
+
+
+def load(checkpoint: str | Path, device: str = "cpu", impl: str | None = None,
+         precision: str | None = None, max_length: int | None = None) -> Classifier:
+    """A Classifier for the checkpoint folder: `.predict(texts, top_k=1, threshold=None)`,
+    `.probabilities(texts)`, `.encode(text)`, `.labels`."""
+    from .device import resolve_device
+    return Classifier(Path(checkpoint), resolve_device(device), impl, max_length, precision)
+
+
+def export(checkpoint: str | Path, out: str | Path, format: str = "onnx") -> tuple[Path, Path]:
+    """Write the checkpoint as an ONNX model (ids, lengths) -> logits, and beside it a JSON of its labels,
+    vocabulary, tokenizer rules and cut; returns both paths."""
+    if format != "onnx":
+        from .errors import LstmcliError
+        raise LstmcliError(f"unknown export format {format!r}; valid: onnx")
+    from .onnx_export import export_onnx
+    return export_onnx(Path(checkpoint), Path(out))

@@ -1,0 +1,182 @@
+"""`lstmcli export`: a checkpoint as an ONNX model, (ids, lengths) -> logits, plus a JSON of what it needs.
+
+The graph is written operator by operator from the checkpoint's weights (onnx.helper), not traced by
+torch.onnx. Each recurrent layer becomes ONNX's own LSTM / GRU / RNN operator with `sequence_lens`,
+which runs every sequence over its real steps only (the backward direction starting from its last real
+token, as lstmcli's encoders do) and writes zeros past them, so one model serves any batch size, any
+padded width and any mix of lengths with lstmcli's own logits. Tracing, by contrast, records the one
+code path the example took. Positions past a length are ignored whatever ids they hold.
+
+Shapes below: B batch, T padded width, E embedding size, H state size, D directions, C classes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__, checkpoint
+from .errors import LstmcliError
+from .fsutil import write_bytes, write_json
+from .models.ngrams import HASH_MULTIPLIER
+from .text import PAD_ID, UNK_ID, literal_rules
+
+OPSET = 18  # Reduce* take their axes as an input from 18 on
+# PyTorch stacks gate rows as LSTM (i, f, g, o) and GRU (r, z, n); ONNX as (i, o, f, c) and (z, r, h)
+GATE_ORDER = {"lstm": [0, 3, 1, 2], "gru": [1, 0, 2], "rnn": [0]}
+ONNX_OP = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise LstmcliError("ONNX export needs the onnx package: pip install 'lstmcli[export]'") from None
+    return onnx
+
+
+class _Graph:
+    """A growing list of nodes and initializers with fresh names."""
+
+    def __init__(self, onnx):
+        self.onnx, self.nodes, self.inits, self.count = onnx, [], [], 0
+
+    def const(self, value, dtype=np.float32) -> str:
+        name = f"c{len(self.inits)}"
+        self.inits.append(self.onnx.numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs) -> str | list[str]:
+        self.count += 1
+        names = [f"{op_type.lower()}{self.count}_{i}" for i in range(outputs)]
+        self.nodes.append(self.onnx.helper.make_node(op_type, list(inputs), names, **attrs))
+        return names[0] if outputs == 1 else names
+
+
+def _weights(state: dict[str, torch.Tensor], prefix: str) -> dict[str, np.ndarray]:
+    return {k[len(prefix):]: v.detach().float().cpu().numpy()
+            for k, v in state.items() if k.startswith(prefix)}
+
+
+def _recurrent_layer(g: _Graph, w: dict, x: str, lens32: str, encoder: str, layer: int,
+                     directions: int, hidden: int, peephole: bool) -> tuple[str, str]:
+    """x (T, B, In) -> Y (T, D, B, H) and Y_h (D, B, H), one ONNX recurrent operator."""
+    def rows(a: np.ndarray) -> np.ndarray:  # PyTorch's gate blocks in ONNX's order
+        return np.concatenate([a[i * hidden:(i + 1) * hidden] for i in GATE_ORDER[encoder]])
+    sfx = ["", "_reverse"][:directions]
+    W = np.stack([rows(w[f"weight_ih_l{layer}{s}"]) for s in sfx])  # (D, G*H, In)
+    R = np.stack([rows(w[f"weight_hh_l{layer}{s}"]) for s in sfx])  # (D, G*H, H)
+    Bias = np.stack([np.concatenate([rows(w[f"bias_ih_l{layer}{s}"]), rows(w[f"bias_hh_l{layer}{s}"])])
+                     for s in sfx])  # (D, 2*G*H)
+    inputs = [x, g.const(W), g.const(R), g.const(Bias), lens32]
+    attrs = {"hidden_size": hidden, "direction": "bidirectional" if directions == 2 else "forward"}
+    if encoder == "lstm" and peephole:  # P (D, 3H) in ONNX's order i, o, f
+        P = np.stack([np.concatenate([w[f"weight_c{gate}_l{layer}{s}"] for gate in "iof"]) for s in sfx])
+        inputs += ["", "", g.const(P)]  # no initial_h, initial_c
+    if encoder == "gru":
+        attrs["linear_before_reset"] = 1  # PyTorch's n = tanh(W x + b + r * (U h + b_h))
+    y, y_h = g.op(ONNX_OP[encoder], *inputs, outputs=3 if encoder == "lstm" else 2, **attrs)[:2]
+    return y, y_h
+
+
+def _pool(g: _Graph, out: str, y_h: str, mask: str, lengths: str, how: str) -> str:
+    """out (T, B, F) with mask (T, B, 1) -> (B, F) as models.classifier.pool; y_h (D, B, H) for 'last'."""
+    if how == "last":  # (D, B, H) -> (B, D, H) -> (B, D*H): forward state, then backward, as lstmcli
+        return g.op("Reshape", g.op("Transpose", y_h, perm=[1, 0, 2]), g.const([0, -1], np.int64))
+    axis0 = g.const([0], np.int64)
+    if how == "mean":
+        total = g.op("ReduceSum", g.op("Where", mask, out, g.const(0.0)), axis0, keepdims=0)
+        return g.op("Div", total, g.op("Unsqueeze", g.op("Cast", lengths, to=1), g.const([1], np.int64)))
+    return g.op("ReduceMax", g.op("Where", mask, out, g.const(-np.inf)), axis0, keepdims=0)
+
+
+def _ngram_bag(g: _Graph, w: dict, ids: str, lengths: str, width: str, vocab: int, buckets: int) -> str:
+    """The n-gram bag's mean vector (B, dim), as models.ngrams: each real word, then each pair of
+    neighbouring real words hashed into vocab + bucket; <pad> rows (id 0) count for nothing."""
+    one = g.const(1, np.int64)
+    ax1 = g.const([1], np.int64)
+    positions = g.op("Unsqueeze", g.op("Range", g.const(0, np.int64), width, one), g.const([0], np.int64))
+    words = g.op("Where", g.op("Less", positions, g.op("Unsqueeze", lengths, ax1)), ids, g.const(0, np.int64))
+    left = g.op("Slice", words, g.const([0], np.int64), g.const([-1], np.int64), ax1)
+    right = g.op("Slice", words, ax1, g.const([2**62], np.int64), ax1)
+    product = g.op("Add", g.op("Mul", left, g.const(HASH_MULTIPLIER, np.int64)), right)
+    hashed = g.op("Add", g.op("Mod", product, g.const(buckets, np.int64)), g.const(vocab, np.int64))
+    pair_pos = g.op("Slice", positions, g.const([0], np.int64), g.const([-1], np.int64), ax1)
+    inside = g.op("Less", pair_pos, g.op("Unsqueeze", g.op("Sub", lengths, one), ax1))
+    pairs = g.op("Where", inside, hashed, g.const(0, np.int64))
+    rows = g.op("Concat", words, pairs, axis=1)  # (B, 2T-1)
+    real = g.op("Cast", g.op("Not", g.op("Equal", rows, g.const(PAD_ID, np.int64))), to=1)  # (B, 2T-1)
+    vectors = g.op("Gather", g.const(w["table.weight"]), rows)  # (B, 2T-1, dim)
+    total = g.op("ReduceSum", g.op("Mul", vectors, g.op("Unsqueeze", real, g.const([2], np.int64))), ax1,
+                 keepdims=0)
+    count = g.op("Max", g.op("ReduceSum", real, ax1, keepdims=1), g.const(1.0))
+    return g.op("Div", total, count)
+
+
+def build_onnx(model, vocab_size: int):
+    """The ONNX ModelProto of a TextClassifier (eval mode: dropout is the identity)."""
+    onnx = _onnx()
+    spec, state = model.spec, model.state_dict()
+    g = _Graph(onnx)
+    ids, lengths = "ids", "lengths"  # (B, T) int64, (B,) int64 >= 1
+    width = g.op("Gather", g.op("Shape", ids), g.const(1, np.int64), axis=0)  # T, a scalar
+    lens32 = g.op("Cast", lengths, to=6)  # sequence_lens is int32
+    x = g.op("Transpose", g.op("Gather", g.const(state["embedding.weight"].float().numpy()), ids),
+             perm=[1, 0, 2])  # (T, B, E): ONNX's recurrent operators are time-major
+    w = _weights(state, "encoder.rnn.")
+    for layer in range(spec.num_layers):
+        y, y_h = _recurrent_layer(g, w, x, lens32, spec.encoder, layer, spec.num_directions,
+                                  spec.hidden_size, spec.peephole)
+        # (T, D, B, H) -> (T, B, D, H) -> (T, B, D*H), the next layer's input and what pooling reads
+        x = g.op("Reshape", g.op("Transpose", y, perm=[0, 2, 1, 3]), g.const([0, 0, -1], np.int64))
+    steps = g.op("Range", g.const(0, np.int64), width, g.const(1, np.int64))
+    mask = g.op("Unsqueeze", g.op("Less", g.op("Unsqueeze", steps, g.const([1], np.int64)),
+                                  g.op("Unsqueeze", lengths, g.const([0], np.int64))),
+                g.const([2], np.int64))  # (T, B, 1): real positions
+    pooled = _pool(g, x, y_h, mask, lengths, spec.pooling)
+    head = _weights(state, "head.")
+    logits = g.op("Gemm", pooled, g.const(head["weight"]), g.const(head["bias"]), transB=1)
+    if spec.ngram_buckets:
+        bag = _ngram_bag(g, _weights(state, "ngrams."), ids, lengths, width, vocab_size, spec.ngram_buckets)
+        nh = _weights(state, "ngram_head.")
+        logits = g.op("Add", logits, g.op("Gemm", bag, g.const(nh["weight"]), g.const(nh["bias"]), transB=1))
+    g.nodes.append(onnx.helper.make_node("Identity", [logits], ["logits"]))
+    T = onnx.TensorProto
+    graph = onnx.helper.make_graph(
+        g.nodes, "lstmcli", [onnx.helper.make_tensor_value_info("ids", T.INT64, ["batch", "time"]),
+                             onnx.helper.make_tensor_value_info("lengths", T.INT64, ["batch"])],
+        [onnx.helper.make_tensor_value_info("logits", T.FLOAT, ["batch", spec.num_classes])], g.inits)
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", OPSET)],
+                                   producer_name="lstmcli", producer_version=__version__)
+    proto.ir_version = 8  # understood by onnxruntime 1.14 and newer
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def sidecar(ck) -> dict:
+    """What a program needs besides the .onnx file: text -> inputs (tokenizer, vocabulary, cut), logits ->
+    labels."""
+    data = ck.config.data
+    return {"format": "lstmcli-onnx/1", "lstmcli": __version__,
+            "inputs": {"ids": "int64 (batch, time): token ids, 0 (<pad>) past each length",
+                       "lengths": "int64 (batch,): tokens per text, >= 1"},
+            "outputs": {"logits": "float32 (batch, classes): softmax gives probabilities"},
+            "labels": ck.label_names,
+            "tokenizer": {"name": "basic_english", "lowercase": True, "replace": literal_rules(),
+                          "then": "split on whitespace"},
+            "cut": {"max_length": data.max_length, "truncate": data.truncate.value},
+            "pad_id": PAD_ID, "unk_id": UNK_ID, "empty_text": [UNK_ID], "vocab": ck.vocab.itos}
+
+
+def export_onnx(checkpoint_dir: Path, out: Path) -> tuple[Path, Path]:
+    """Write `out` (the ONNX model) and `out` with suffix .json (labels, vocabulary, tokenizer, cut)."""
+    ck = checkpoint.load(checkpoint_dir, "cpu", precision="fp32")  # an exported model runs in float32
+    proto = build_onnx(ck.model, len(ck.vocab))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes(out, proto.SerializeToString())
+    meta = out.with_suffix(".json")
+    write_json(meta, sidecar(ck))
+    return out, meta

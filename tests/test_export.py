@@ -1,0 +1,117 @@
+"""`lstmcli export --format onnx`: onnxruntime gives lstmcli's logits for every model shape, any batch of
+any lengths (1 included), whatever the padding holds; the JSON beside it is enough to use it."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lstmcli.models.classifier import TextClassifier
+from lstmcli.models.spec import ModelSpec
+from lstmcli.onnx_export import build_onnx
+from lstmcli.text import basic_english
+
+from .conftest import TINY, ok, one_line_error, run
+
+ort = pytest.importorskip("onnxruntime")
+VOCAB = 60
+
+SHAPES = [  # encoder, impl, bidirectional, pooling, layers, n-gram buckets, peephole
+    ("lstm", "builtin", True, "last", 1, 0, False),
+    ("lstm", "builtin", False, "mean", 2, 0, False),
+    ("lstm", "builtin", True, "max", 1, 16, False),
+    ("gru", "builtin", True, "max", 2, 0, False),
+    ("gru", "builtin", False, "last", 1, 0, False),
+    ("rnn", "builtin", True, "mean", 1, 0, False),
+    ("rnn", "builtin", False, "last", 2, 0, False),
+    ("lstm", "scratch", True, "last", 2, 0, False),
+    ("lstm", "scratch", True, "max", 1, 16, True),
+    ("gru", "scratch", True, "mean", 1, 0, False),
+    ("rnn", "scratch", False, "max", 1, 8, False),
+]
+
+
+def session(model: TextClassifier):
+    proto = build_onnx(model, VOCAB)
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def padded_batch(gen: torch.Generator, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    lens = torch.tensor(lengths)
+    ids = torch.randint(1, VOCAB, (len(lengths), max(lengths)), generator=gen)
+    ids[torch.arange(max(lengths))[None, :] >= lens[:, None]] = 0
+    return ids, lens
+
+
+@pytest.mark.parametrize("encoder,impl,bidirectional,pooling,layers,buckets,peephole", SHAPES)
+def test_onnx_logits_equal_lstmcli_for_every_shape(encoder, impl, bidirectional, pooling, layers, buckets,
+                                                    peephole):
+    torch.manual_seed(0)
+    spec = ModelSpec(vocab_size=VOCAB, num_classes=3, encoder=encoder, impl=impl, bidirectional=bidirectional,
+                     pooling=pooling, num_layers=layers, ngram_buckets=buckets, ngram_dim=8,
+                     peephole=peephole, embedding_dim=16, hidden_size=12)
+    model = TextClassifier(spec).eval()
+    with torch.no_grad():  # weights of a trained size (not init's +-1/sqrt(H)), so that errors would show
+        for p in model.parameters():
+            p.mul_(3.0)
+    sess = session(model)
+    gen = torch.Generator().manual_seed(1)
+    for lengths in ([1], [5, 1, 3], [17, 16, 9, 4, 2, 1, 1, 13], [40] * 2 + [1] * 3):
+        ids, lens = padded_batch(gen, lengths)
+        with torch.no_grad():
+            expected = model(ids, lens).numpy()
+        got = sess.run(["logits"], {"ids": ids.numpy(), "lengths": lens.numpy()})[0]
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() <= 1e-4, (lengths, got, expected)
+        # whatever sits past a length is ignored
+        junk = ids.clone()
+        junk[junk == 0] = 7
+        got_junk = sess.run(["logits"], {"ids": junk.numpy(), "lengths": lens.numpy()})[0]
+        np.testing.assert_allclose(got_junk, got, rtol=0, atol=1e-6)
+        # a text's logits do not depend on the batch it is in, nor on the padded width
+        last = {"ids": ids[-1:, : lengths[-1]].numpy(), "lengths": lens[-1:].numpy()}
+        alone = sess.run(["logits"], last)[0]
+        np.testing.assert_allclose(alone[0], got[-1], rtol=0, atol=1e-5)
+    assert abs(expected).max() > 0.1  # (the comparison is not between near-zero numbers)
+
+
+def test_export_cli_writes_a_model_that_needs_only_its_json(mirror, workdir):
+    ok(run("train", "--config", TINY, "--bidirectional", "--pooling", "mean", "--ngram-buckets", 256,
+           "--out", "r", "--quiet"))
+    result = ok(run("export", "r/best", "--format", "onnx", "--out", "exported/model.onnx"))
+    assert result.stdout.strip() == "exported/model.onnx"
+    meta = json.loads(Path("exported/model.json").read_text())
+    assert meta["labels"] == ["neg", "pos"] and meta["vocab"][:2] == ["<pad>", "<unk>"]
+    assert meta["cut"] == {"max_length": 64, "truncate": "head"}
+
+    def encode(text: str) -> list[int]:  # what a program without lstmcli does with the JSON alone
+        text = text.lower()
+        for old, new in meta["tokenizer"]["replace"]:
+            text = text.replace(old, new)
+        index = {t: i for i, t in enumerate(meta["vocab"])}
+        ids = [index.get(t, meta["unk_id"]) for t in text.split()][: meta["cut"]["max_length"]]
+        return ids or meta["empty_text"]
+
+    texts = ["A wonderful, moving film!", "", "dull", "Boring (very) boring. " * 30,
+             "Great acting; great story"]
+    import lstmcli
+    clf = lstmcli.load("r/best")
+    encoded = [encode(t) for t in texts]
+    assert encoded == [clf.encode(t) for t in texts]
+    assert encoded[0] == clf.ck.vocab.encode(basic_english(texts[0]))
+    width = max(map(len, encoded))
+    ids = np.array([e + [0] * (width - len(e)) for e in encoded], dtype=np.int64)
+    lengths = np.array([len(e) for e in encoded], dtype=np.int64)
+    sess = ort.InferenceSession("exported/model.onnx", providers=["CPUExecutionProvider"])
+    logits = sess.run(["logits"], {"ids": ids, "lengths": lengths})[0]
+    probs = torch.tensor(logits).softmax(-1)
+    np.testing.assert_allclose(probs.numpy(), clf.probabilities(texts).numpy(), rtol=0, atol=1e-5)
+
+
+def test_export_errors_are_one_line(mirror, workdir):
+    one_line_error(run("export", "nowhere"), 2, "no checkpoint at nowhere")
+    ok(run("train", "--config", TINY, "--out", "r", "--quiet"))
+    result = run("export", "r/best", "--format", "tflite")
+    assert result.exit_code == 2 and "tflite" in result.output
