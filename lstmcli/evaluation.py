@@ -37,10 +37,11 @@ def evaluate(model, split: EncodedSplit, device: torch.device, batch_size: int, 
         batch = collate(split, indices, cut).to(device)
         logits = model(batch.ids, batch.lengths)
         loss_sum += float(F.cross_entropy(logits, batch.labels, reduction="sum"))
-        preds = logits.argmax(1) if threshold is None else (logits.softmax(1)[:, 1] >= threshold).long()
+        positive = logits.softmax(1)[:, -1]  # (B,) with two labels: the second one's probability
+        preds = logits.argmax(1) if threshold is None else (positive >= threshold).long()
         confusion += confusion_matrix(batch.labels.cpu(), preds.cpu(), k)
         if k == 2:
-            scores.append(logits.softmax(1)[:, 1].float().cpu())
+            scores.append(positive.float().cpu())
             targets.append(batch.labels.cpu())
     confusion = sum_(dist, confusion)
     loss_sum = float(sum_(dist, torch.tensor([loss_sum], dtype=torch.float64)))

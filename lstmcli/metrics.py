@@ -53,6 +53,13 @@ def format_report(report: dict, title: str = "") -> str:
     loss = f"  loss {report['loss']:.4f}" if "loss" in report else ""
     lines.append(f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}{loss}  "
                  f"(n={report['n']})")
+    if report.get("threshold") is not None:
+        lines.append(f"decided at threshold {report['threshold']:.4f} on p({report['positive_label']})")
+    if report.get("roc_auc") is not None:
+        best = report["best_threshold"]
+        lines.append(f"ROC-AUC {report['roc_auc']:.4f}  best F1 of {report['positive_label']} "
+                     f"{best['f1']:.4f} at threshold {best['threshold']:.4f} (precision "
+                     f"{best['precision']:.4f}, recall {best['recall']:.4f})")
     lines.append("")
     lines.append(f"{'class':<{width}}  precision  recall      f1  support")
     for name in names:

@@ -63,13 +63,13 @@ class Classifier:
 
         `threshold` (two labels only): the second label (labels[1], e.g. IMDB's "pos") is predicted when
         its probability is at least `threshold`, else the first; without it, the most probable label."""
+        if threshold is not None:
+            check_threshold(threshold, self.labels)
         probs = self.probabilities(texts, batch_size)
         k = max(1, min(top_k, len(self.labels)))
         if threshold is None:
-            top = probs.topk(k, dim=-1)
-            order = top.indices
+            order = probs.topk(k, dim=-1).indices
         else:
-            check_threshold(threshold, self.labels)
             decided = (probs[:, 1] >= threshold).long()  # (N,) 1 = the positive label
             order = torch.stack([decided, 1 - decided], dim=1)[:, :k]
         return [[(self.labels[j], float(row[j])) for j in idx] for row, idx in zip(probs, order.tolist(),

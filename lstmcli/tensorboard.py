@@ -7,6 +7,7 @@ learning rate and the epoch's tokens/s so far; per epoch the train and validatio
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .errors import LstmcliError
@@ -28,8 +29,10 @@ class TensorBoard:
         from tensorboardX import SummaryWriter
 
         # a resumed run purges what the stopped one wrote after its last saved step
+        # the file name holds the time in seconds and the host: the pid keeps a resumed run started
+        # within the same second as the stopped one from writing into its file
         self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=first_step or None,
-                                    flush_secs=30)
+                                    flush_secs=30, filename_suffix=f".{os.getpid()}")
 
     def on_step(self, epoch: int, steps_per_epoch: int, optimizer, p: EpochProgress):
         """A train_one_epoch step callback for `epoch`, starting from the totals `p` holds now."""

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import lstmcli
 from lstmcli.batching import Cut
 from lstmcli.class_weights import resolve as resolve_weights
-from lstmcli.distributed import SINGLE
+from lstmcli.distributed import SINGLE, Dist
 from lstmcli.errors import ConfigError, LstmcliError
 from lstmcli.metrics import best_f1_threshold, roc_auc
 from lstmcli.predict import _as_split
@@ -142,3 +142,26 @@ def test_the_weighted_loss_is_the_weighted_mean(mirror, workdir):
     expected = (per * weight[batch.labels]).sum() / weight[batch.labels].sum()
     assert loss.item() == pytest.approx(expected.item())
     assert totals[0] == pytest.approx(per.sum().item())  # reported: the unweighted loss, as validation's
+
+
+@pytest.mark.parametrize("weight", [None, torch.tensor([3.0, 0.5])], ids=["unweighted", "weighted"])
+def test_data_parallel_shares_average_to_the_global_weighted_mean(mirror, workdir, weight):
+    """What DDP does with the ranks' losses (the mean of their gradients) equals the gradient of the
+    single process's (weighted) mean over the global batch, for uneven shares and one empty share."""
+    ok(run("train", "--config", TINY, "--out", "r", "--quiet"))
+    model = lstmcli.load("r/best").ck.model
+    split = _as_split([[5, 6, 7], [8, 9], [10], [11, 12, 13, 14], [4, 4]])
+    split.labels[:] = torch.tensor([0, 1, 1, 0, 1])
+
+    def grads(rows: torch.Tensor, dist) -> list[torch.Tensor]:
+        model.zero_grad()
+        loss, _ = _step_loss(model, split, rows, Cut(), torch.device("cpu"), dist, weight)
+        loss.backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    for rows, world in ((torch.arange(5), 2), (torch.arange(5), 3), (torch.tensor([2]), 2)):
+        single = grads(rows, SINGLE)
+        ranks = [grads(rows, Dist(r, world, r, world, "gloo")) for r in range(world)]
+        for k, g in enumerate(single):
+            averaged = sum(rank[k] for rank in ranks) / world
+            assert torch.allclose(averaged, g, rtol=1e-5, atol=1e-7), (rows, world, k)

@@ -40,6 +40,7 @@ def test_train_eval_predict(mirror, workdir, dataset, labels):
     assert json.loads((run_dir / "eval-test.json").read_text())["accuracy"] == report["accuracy"]
     table = ok(run("eval", "--split", "val")).stdout
     assert "macro-F1" in table and "confusion" in table and labels[0] in table
+    assert ("ROC-AUC" in ok(run("eval")).stdout) == (len(labels) == 2)
 
     text = {"ag_news": "the coach and the cup match goal", "imdb": "a great wonderful superb film"}[dataset]
     want = {"ag_news": "Sports", "imdb": "pos"}[dataset]

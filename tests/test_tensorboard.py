@@ -56,3 +56,25 @@ def test_without_the_extra_it_is_one_line_and_exit_2(mirror, workdir, monkeypatc
                    "tensorboardX", "pip install 'lstmcli[tensorboard]'")
     assert not Path("r").exists()
     ok(run("train", "--config", TINY, "--out", "r", "-q"))  # not asked for: not needed
+
+
+def test_a_resumed_run_continues_its_event_steps(mirror, workdir):
+    import os
+    import signal
+    import subprocess
+
+    args = [sys.executable, "-m", "lstmcli", "train", "--config", TINY, "--epochs", "2", "--batch-size", "4",
+            "--log-every", "1", "--tensorboard", "--out", "r"]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stderr:
+        if line.startswith("epoch 2 step 3/"):
+            proc.send_signal(signal.SIGINT)
+            break
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    ok(run("train", "--resume", "r", "-q"))
+    scalars = read_scalars(Path("r/tensorboard"))
+    assert len(list(Path("r/tensorboard").glob("events.out.tfevents.*"))) == 2  # one file per process
+    assert sorted(scalars["step/train_loss"]) == list(range(1, 2 * 19 + 1))  # 76 reviews in batches of 4
+    assert sorted(scalars["epoch/val_accuracy"]) == [1, 2]
