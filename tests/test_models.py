@@ -6,7 +6,7 @@ import torch
 from lstmcli.batching import Cut, collate
 from lstmcli.distributed import SINGLE
 from lstmcli.models.builtin import BuiltinEncoder
-from lstmcli.models.classifier import TextClassifier, build_encoder
+from lstmcli.models.classifier import TextClassifier, build_encoder, pool
 from lstmcli.models.lengths import last_real, reverse_within_length
 from lstmcli.models.spec import ModelSpec
 from lstmcli.prepare import EncodedSplit
@@ -79,6 +79,27 @@ def test_pooling_ignores_padding(pooling, encoder):
     # at most 2 layers x 9 steps x (8 + 12) products
     tol = float32_tolerance(2 * 9 * 20, alone.abs().max().item())
     torch.testing.assert_close(inside[0], alone[0], atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("how", ["mean", "max"])
+def test_pool_equals_masking_every_step(how):
+    """pool reduces the steps every row has as they are and masks only the tail: the same values and
+    gradients as masking all T steps (float64, so that only the order of the sums could differ)."""
+    torch.manual_seed(0)
+    for lengths in ([5, 3, 1], [4, 4, 4], [1], [6, 6, 2]):
+        lens = torch.tensor(lengths)
+        outputs = torch.randn(len(lengths), max(lengths), 7, dtype=torch.float64, requires_grad=True)
+        mask = (torch.arange(max(lengths))[None, :] < lens[:, None])[:, :, None]
+        if how == "mean":
+            expected = (outputs * mask).sum(1) / lens[:, None]
+        else:
+            expected = outputs.masked_fill(~mask, float("-inf")).amax(1)
+        got = pool(outputs, outputs[:, 0], lens, how)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+        weights = torch.randn_like(got)
+        (g_got,) = torch.autograd.grad((got * weights).sum(), outputs)
+        (g_exp,) = torch.autograd.grad((expected * weights).sum(), outputs)
+        torch.testing.assert_close(g_got, g_exp, rtol=1e-12, atol=1e-12)
 
 
 def test_unknown_names_list_the_valid_ones():
