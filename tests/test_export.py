@@ -2,6 +2,7 @@
 any lengths (1 included), whatever the padding holds; the JSON beside it is enough to use it."""
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +116,10 @@ def test_export_errors_are_one_line(mirror, workdir):
     ok(run("train", "--config", TINY, "--out", "r", "--quiet"))
     result = run("export", "r/best", "--format", "tflite")
     assert result.exit_code == 2 and "tflite" in result.output
+
+
+def test_without_the_extra_export_is_one_line(mirror, workdir, monkeypatch):
+    ok(run("train", "--config", TINY, "--out", "r", "--quiet"))
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
+    one_line_error(run("export", "r/best"), 2, "needs the onnx package", "pip install 'lstmcli[export]'")
+    assert not Path("model.onnx").exists() and not Path("model.json").exists()
