@@ -21,6 +21,7 @@ from . import __version__, checkpoint
 from .errors import LstmcliError
 from .fsutil import write_bytes, write_json
 from .models.ngrams import HASH_MULTIPLIER
+from .predict import DEFAULT_MAX_LENGTH
 from .text import PAD_ID, UNK_ID, literal_rules
 
 OPSET = 18  # Reduce* take their axes as an input from 18 on
@@ -166,15 +167,19 @@ def sidecar(ck) -> dict:
             "labels": ck.label_names,
             "tokenizer": {"name": "basic_english", "lowercase": True, "replace": literal_rules(),
                           "then": "split on whitespace"},
-            "cut": {"max_length": data.max_length, "truncate": data.truncate.value},
+            # as `predict` and Classifier.encode cut: the training cut, else DEFAULT_MAX_LENGTH tokens
+            "cut": {"max_length": data.max_length or DEFAULT_MAX_LENGTH, "truncate": data.truncate.value},
             "pad_id": PAD_ID, "unk_id": UNK_ID, "empty_text": [UNK_ID], "vocab": ck.vocab.itos}
 
 
 def export_onnx(checkpoint_dir: Path, out: Path) -> tuple[Path, Path]:
     """Write `out` (the ONNX model) and `out` with suffix .json (labels, vocabulary, tokenizer, cut)."""
+    out = Path(out)
+    if out.suffix == ".json":
+        raise LstmcliError(f"--out {out}: the model's JSON goes beside it under that name; give the model "
+                           "file another suffix, e.g. .onnx")
     ck = checkpoint.load(checkpoint_dir, "cpu", precision="fp32")  # an exported model runs in float32
     proto = build_onnx(ck.model, len(ck.vocab))
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(out, proto.SerializeToString())
     meta = out.with_suffix(".json")

@@ -113,7 +113,10 @@ def test_export_cli_writes_a_model_that_needs_only_its_json(mirror, workdir):
 
 def test_export_errors_are_one_line(mirror, workdir):
     one_line_error(run("export", "nowhere"), 2, "no checkpoint at nowhere")
-    ok(run("train", "--config", TINY, "--out", "r", "--quiet"))
+    ok(run("train", "--config", TINY, "--max-length", 0, "--out", "r", "--quiet"))
+    one_line_error(run("export", "r/best", "--out", "m.json"), 2, "another suffix")
+    ok(run("export", "r/best", "--out", "m.onnx"))
+    assert json.loads(Path("m.json").read_text())["cut"]["max_length"] == 2048  # what predict cuts at
     result = run("export", "r/best", "--format", "tflite")
     assert result.exit_code == 2 and "tflite" in result.output
 
