@@ -12,7 +12,6 @@ alike. Prints reviews/s and tokens/s (medians of --repeats) and the largest logi
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -21,20 +20,15 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from bench_predict import encoded_batches, parse_args  # this folder's sibling script
 
 from lstmcli.api import export
-from lstmcli.batching import collate, sorted_batches
 from lstmcli.datasets import load_splits
-from lstmcli.predict import Classifier, _as_split
+from lstmcli.predict import Classifier
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--reviews", type=int, default=5000)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parse_args(__doc__)
 
     models = {"lstmcli fp32": Classifier(args.checkpoint, "cpu", precision="fp32")}
     own = Classifier(args.checkpoint, "cpu")
@@ -43,9 +37,7 @@ def main() -> None:
     clf = models["lstmcli fp32"]
     _, splits = load_splits(clf.ck.config.data)
     texts = splits["test"].texts[: args.reviews]
-    split = _as_split([clf.encode(t) for t in texts])
-    batches = [collate(split, idx) for idx in sorted_batches(split.lengths, args.batch_size)]
-    tokens = int(split.lengths.sum())
+    batches, tokens = encoded_batches(clf, texts, args.batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file, _ = export(args.checkpoint, Path(tmp) / "model.onnx")
         options = ort.SessionOptions()

@@ -38,11 +38,28 @@ def timed(cmd: list[str], stdin: bytes = b"") -> float:
     return time.perf_counter() - start
 
 
+def parse_args(doc: str) -> argparse.Namespace:
+    """The options this script shares with bench_onnx.py: a checkpoint, how many of its dataset's test
+    reviews, the batch size and the repeats."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--reviews", type=int, default=5000)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    return parser.parse_args()
+
+
+def encoded_batches(clf: Classifier, texts: list[str], batch_size: int) -> tuple[list, int]:
+    """`texts` as `predict` batches them (encoded and cut, longest first), and their number of tokens."""
+    split = _as_split([clf.encode(t) for t in texts])
+    batches = [collate(split, idx) for idx in sorted_batches(split.lengths, batch_size)]
+    return batches, int(split.lengths.sum())
+
+
 def in_process(clf: Classifier, texts: list[str], batch_size: int):
     """(seconds of the whole model, seconds of the encoder alone, tokens) over `texts`' batches."""
-    split = _as_split([clf.encode(t) for t in texts])
+    batches, tokens = encoded_batches(clf, texts, batch_size)
     model = clf.ck.model
-    batches = [collate(split, idx) for idx in sorted_batches(split.lengths, batch_size)]
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=model.spec.precision == "bf16")
     with torch.no_grad(), autocast:
         embedded = [model.embedding(b.ids) for b in batches]  # the encoder's input, outside its timing
@@ -54,16 +71,11 @@ def in_process(clf: Classifier, texts: list[str], batch_size: int):
         for x, b in zip(embedded, batches, strict=True):
             model.encoder(x, b.lengths)
         encoder = time.perf_counter() - start
-    return whole, encoder, int(split.lengths.sum())
+    return whole, encoder, tokens
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--reviews", type=int, default=5000)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parse_args(__doc__)
 
     clf = Classifier(Path(args.checkpoint), torch.device("cpu"))
     _, splits = load_splits(clf.ck.config.data)

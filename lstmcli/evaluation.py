@@ -37,7 +37,7 @@ def evaluate(model, split: EncodedSplit, device: torch.device, batch_size: int, 
         batch = collate(split, indices, cut).to(device)
         logits = model(batch.ids, batch.lengths)
         loss_sum += float(F.cross_entropy(logits, batch.labels, reduction="sum"))
-        positive = logits.softmax(1)[:, -1]  # (B,) with two labels: the second one's probability
+        positive = logits.softmax(1)[:, 1] if k == 2 else None  # (B,) the second label's probability
         preds = logits.argmax(1) if threshold is None else (positive >= threshold).long()
         confusion += confusion_matrix(batch.labels.cpu(), preds.cpu(), k)
         if k == 2:

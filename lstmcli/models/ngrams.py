@@ -2,9 +2,10 @@
 
 Much of a review's verdict sits in short phrases ("not good", "a must", "waste of") that bag-of-n-gram
 models (NBSVM, fastText) weigh directly and that a recurrent encoder, reading 500 tokens, has to carry
-through its state. The classifier concatenates this bag's vector with the encoder's pooled one before its
-output layer, so each part learns what the other misses. Bigrams are hashed into a fixed number of
-buckets (fastText's trick: no bigram vocabulary to build or store; collisions cost little).
+through its state. The classifier gives this bag a linear layer of its own and adds its logits to the
+encoder's (each branch trained on its own loss), so each part learns what the other misses. Bigrams are
+hashed into a fixed number of buckets (fastText's trick: no bigram vocabulary to build or store;
+collisions cost little).
 """
 
 from __future__ import annotations
