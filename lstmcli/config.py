@@ -41,6 +41,11 @@ class Pooling(str, Enum):
     max = "max"
 
 
+class NgramBagKind(str, Enum):
+    fasttext = "fasttext"
+    nbsvm = "nbsvm"
+
+
 class Pack(str, Enum):
     auto = "auto"
     always = "always"
@@ -120,9 +125,12 @@ class ModelConfig:
     recurrent_dropout: float = _f(0.0, "DropConnect on the hidden-to-hidden weights (AWD-LSTM's weight "
                                        "drop): one mask per batch, the same at every step")
     pooling: Pooling = _f(Pooling.last, "how encoder outputs become one vector: last state, mean or max")
-    ngram_buckets: int = _f(0, "add a bag of words and hashed word bigrams (fastText-style) beside the "
-                               "encoder, with this many bigram buckets (0 = none)")
-    ngram_dim: int = _f(64, "size of the n-gram bag's vectors")
+    ngram_buckets: int = _f(0, "add a bag of words and hashed word bigrams beside the encoder, with this "
+                               "many bigram buckets (0 = none)")
+    ngram_bag: NgramBagKind = _f(NgramBagKind.fasttext, "the bag: fasttext (mean of learned n-gram vectors, "
+                                 "then a linear layer) or nbsvm (each distinct n-gram's Naive Bayes ratio "
+                                 "from the training split, times a learned weight)")
+    ngram_dim: int = _f(64, "size of the fasttext bag's vectors")
     pack: Pack = _f(Pack.auto, "PackedSequence: auto packs on CUDA only; padded runs are exact too")
     precision: Precision = _f(Precision.fp32, "bf16: matmuls and recurrent kernels run in bfloat16 under "
                               "autocast, weights, optimizer and loss stay float32 (builtin impl only; needs "

@@ -93,9 +93,9 @@ def _pool(g: _Graph, out: str, y_h: str, mask: str, lengths: str, how: str) -> s
     return g.op("ReduceMax", g.op("Where", mask, out, g.const(-np.inf)), axis0, keepdims=0)
 
 
-def _ngram_bag(g: _Graph, w: dict, ids: str, lengths: str, width: str, vocab: int, buckets: int) -> str:
-    """The n-gram bag's mean vector (B, dim), as models.ngrams: each real word, then each pair of
-    neighbouring real words hashed into vocab + bucket; <pad> rows (id 0) count for nothing."""
+def _ngram_rows(g: _Graph, ids: str, lengths: str, width: str, vocab: int, buckets: int) -> str:
+    """(B, 2T-1) rows of a bag's table, as models.ngrams.ngram_ids: each real word, then each pair of
+    neighbouring real words hashed into vocab + bucket; 0 (<pad>) elsewhere."""
     one = g.const(1, np.int64)
     ax1 = g.const([1], np.int64)
     positions = g.op("Unsqueeze", g.op("Range", g.const(0, np.int64), width, one), g.const([0], np.int64))
@@ -107,13 +107,36 @@ def _ngram_bag(g: _Graph, w: dict, ids: str, lengths: str, width: str, vocab: in
     pair_pos = g.op("Slice", positions, g.const([0], np.int64), g.const([-1], np.int64), ax1)
     inside = g.op("Less", pair_pos, g.op("Unsqueeze", g.op("Sub", lengths, one), ax1))
     pairs = g.op("Where", inside, hashed, g.const(0, np.int64))
-    rows = g.op("Concat", words, pairs, axis=1)  # (B, 2T-1)
+    return g.op("Concat", words, pairs, axis=1)
+
+
+def _ngram_bag(g: _Graph, w: dict, rows: str) -> str:
+    """The fasttext bag's mean vector (B, dim); <pad> rows (id 0) count for nothing."""
+    ax1 = g.const([1], np.int64)
     real = g.op("Cast", g.op("Not", g.op("Equal", rows, g.const(PAD_ID, np.int64))), to=1)  # (B, 2T-1)
     vectors = g.op("Gather", g.const(w["table.weight"]), rows)  # (B, 2T-1, dim)
     total = g.op("ReduceSum", g.op("Mul", vectors, g.op("Unsqueeze", real, g.const([2], np.int64))), ax1,
                  keepdims=0)
     count = g.op("Max", g.op("ReduceSum", real, ax1, keepdims=1), g.const(1.0))
     return g.op("Div", total, count)
+
+
+def _nb_bag(g: _Graph, bag, rows: str) -> str:
+    """The NBSVM bag's logits (B, C): each row's repeats dropped (sort descending with TopK, then a row
+    equal to its left neighbour becomes <pad>), then the sum of the bag's table over what is left."""
+    ax1 = g.const([1], np.int64)
+    n = g.op("Reshape", g.op("Gather", g.op("Shape", rows), g.const(1, np.int64), axis=0),
+             g.const([1], np.int64))
+    ranked = g.op("TopK", rows, n, axis=1, largest=1, sorted=1, outputs=2)[0]  # (B, N)
+    head = g.op("Slice", ranked, g.const([0], np.int64), ax1, ax1)  # (B, 1)
+    later = g.op("Slice", ranked, ax1, g.const([2**62], np.int64), ax1)  # (B, N-1)
+    earlier = g.op("Slice", ranked, g.const([0], np.int64), g.const([-1], np.int64), ax1)
+    distinct = g.op("Concat", head, g.op("Where", g.op("Equal", later, earlier), g.const(0, np.int64), later),
+                    axis=1)
+    with torch.no_grad():
+        table = bag.table().float().cpu().numpy()  # (F, C), row 0 = 0
+    total = g.op("ReduceSum", g.op("Gather", g.const(table), distinct), ax1, keepdims=0)  # (B, C)
+    return g.op("Add", total, g.const(bag.bias.detach().float().cpu().numpy()))
 
 
 def build_onnx(model, vocab_size: int):
@@ -140,9 +163,14 @@ def build_onnx(model, vocab_size: int):
     head = _weights(state, "head.")
     logits = g.op("Gemm", pooled, g.const(head["weight"]), g.const(head["bias"]), transB=1)
     if spec.ngram_buckets:
-        bag = _ngram_bag(g, _weights(state, "ngrams."), ids, lengths, width, vocab_size, spec.ngram_buckets)
-        nh = _weights(state, "ngram_head.")
-        logits = g.op("Add", logits, g.op("Gemm", bag, g.const(nh["weight"]), g.const(nh["bias"]), transB=1))
+        rows = _ngram_rows(g, ids, lengths, width, vocab_size, spec.ngram_buckets)
+        if spec.ngram_bag == "nbsvm":
+            bag = _nb_bag(g, model.ngrams, rows)
+        else:
+            nh = _weights(state, "ngram_head.")
+            vectors = _ngram_bag(g, _weights(state, "ngrams."), rows)
+            bag = g.op("Gemm", vectors, g.const(nh["weight"]), g.const(nh["bias"]), transB=1)
+        logits = g.op("Add", logits, bag)
     g.nodes.append(onnx.helper.make_node("Identity", [logits], ["logits"]))
     T = onnx.TensorProto
     graph = onnx.helper.make_graph(

@@ -24,6 +24,7 @@ from .embeddings import init_embeddings
 from .errors import CheckFailed, CheckpointError, Interrupted, LstmcliError, PeerFailed
 from .evaluation import evaluate
 from .fsutil import write_json
+from .ngram_stats import init_nb_bag
 from .prepare import EncodedSplit, Prepared
 from .progress import EpochReporter, StepCallback, chain, epoch_line
 from .rundir import default_out, environment, point_latest
@@ -83,7 +84,8 @@ def _step_loss(model, split: EncodedSplit, rows: torch.Tensor, cut: Cut, device:
     result is the gradient of the mean over the whole global batch, however unevenly the rows divide."""
     mine, live = dist.shard(rows)
     batch = collate(split, mine, cut).to(device)
-    parts = model(batch.ids, batch.lengths, parts=True)  # (P, B, C): each branch learns on its own
+    # (P, B, C): each branch learns on its own; labels: an NBSVM bag leaves each text out of its counts
+    parts = model(batch.ids, batch.lengths, parts=True, labels=batch.labels)
     logits = parts.sum(0)  # (B, C): what evaluation and prediction see
     w = None if class_weight is None else class_weight.to(device)
     if dist.enabled:
@@ -156,6 +158,7 @@ def start(cfg: Config) -> Run:
     class_weights = _class_weights(cfg, data)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(ck_cfg.model, len(data.vocab), len(data.label_names)).to(device)
+    init_nb_bag(model, data.splits["train"], Cut.of(cfg.data))  # an nbsvm bag's ratios (counted)
     metrics = {"data": {**{s: len(data.splits[s]) for s in data.splits}, "vocab": len(data.vocab),
                         "labels": data.label_names},
                "environment": environment(device, precision, dist), "history": [], "best_epoch": None}

@@ -187,6 +187,20 @@ def test_an_ngram_bag_trains_evaluates_and_predicts_through_the_cli(mirror, work
     one_line_error(run("train", "--config", TINY, "--ngram-dim", 0), 2, "model.ngram_dim")
 
 
+def test_an_nbsvm_bag_trains_evaluates_and_predicts_from_its_checkpoint_alone(mirror, workdir):
+    ok(run("train", "--config", TINY, "--dataset", "imdb", *FAST, "--ngram-buckets", 256,
+           "--ngram-bag", "nbsvm", "--out", "nb"))
+    metrics = json.loads(Path("nb/metrics.json").read_text())
+    assert metrics["test"]["accuracy"] > 0.9
+    assert json.loads(Path("nb/best/config.json").read_text())["model"]["ngram_bag"] == "nbsvm"
+    report = json.loads(ok(run("eval", "--checkpoint", "nb/best", "--json")).stdout)
+    assert report["accuracy"] == metrics["test"]["accuracy"]  # the counts travel in the checkpoint
+    out = ok(run("predict", "--checkpoint", "nb/best", "a great wonderful superb film")).stdout
+    assert out.startswith("pos\t")
+    wrong = run("train", "--config", TINY, "--ngram-bag", "tfidf")  # Typer's usage error names the choices
+    assert wrong.exit_code == 2 and "'tfidf' is not one of 'fasttext', 'nbsvm'" in wrong.stderr
+
+
 def test_peephole_through_the_cli(mirror, workdir):
     ok(run("train", "--config", TINY, "--dataset", "imdb", *FAST, "--impl", "scratch", "--peephole",
            "--out", "p"))

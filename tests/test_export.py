@@ -19,18 +19,20 @@ from .conftest import TINY, ok, one_line_error, run
 ort = pytest.importorskip("onnxruntime")
 VOCAB = 60
 
-SHAPES = [  # encoder, impl, bidirectional, pooling, layers, n-gram buckets, peephole
-    ("lstm", "builtin", True, "last", 1, 0, False),
-    ("lstm", "builtin", False, "mean", 2, 0, False),
-    ("lstm", "builtin", True, "max", 1, 16, False),
-    ("gru", "builtin", True, "max", 2, 0, False),
-    ("gru", "builtin", False, "last", 1, 0, False),
-    ("rnn", "builtin", True, "mean", 1, 0, False),
-    ("rnn", "builtin", False, "last", 2, 0, False),
-    ("lstm", "scratch", True, "last", 2, 0, False),
-    ("lstm", "scratch", True, "max", 1, 16, True),
-    ("gru", "scratch", True, "mean", 1, 0, False),
-    ("rnn", "scratch", False, "max", 1, 8, False),
+SHAPES = [  # encoder, impl, bidirectional, pooling, layers, n-gram buckets, peephole, bag
+    ("lstm", "builtin", True, "last", 1, 0, False, "fasttext"),
+    ("lstm", "builtin", False, "mean", 2, 0, False, "fasttext"),
+    ("lstm", "builtin", True, "max", 1, 16, False, "fasttext"),
+    ("gru", "builtin", True, "max", 2, 0, False, "fasttext"),
+    ("gru", "builtin", False, "last", 1, 0, False, "fasttext"),
+    ("rnn", "builtin", True, "mean", 1, 0, False, "fasttext"),
+    ("rnn", "builtin", False, "last", 2, 0, False, "fasttext"),
+    ("lstm", "scratch", True, "last", 2, 0, False, "fasttext"),
+    ("lstm", "scratch", True, "max", 1, 16, True, "fasttext"),
+    ("gru", "scratch", True, "mean", 1, 0, False, "fasttext"),
+    ("rnn", "scratch", False, "max", 1, 8, False, "fasttext"),
+    ("lstm", "builtin", True, "max", 1, 16, False, "nbsvm"),
+    ("gru", "scratch", False, "mean", 2, 64, False, "nbsvm"),
 ]
 
 
@@ -46,14 +48,16 @@ def padded_batch(gen: torch.Generator, lengths: list[int]) -> tuple[torch.Tensor
     return ids, lens
 
 
-@pytest.mark.parametrize("encoder,impl,bidirectional,pooling,layers,buckets,peephole", SHAPES)
+@pytest.mark.parametrize("encoder,impl,bidirectional,pooling,layers,buckets,peephole,bag", SHAPES)
 def test_onnx_logits_equal_lstmcli_for_every_shape(encoder, impl, bidirectional, pooling, layers, buckets,
-                                                    peephole):
+                                                    peephole, bag):
     torch.manual_seed(0)
     spec = ModelSpec(vocab_size=VOCAB, num_classes=3, encoder=encoder, impl=impl, bidirectional=bidirectional,
                      pooling=pooling, num_layers=layers, ngram_buckets=buckets, ngram_dim=8,
-                     peephole=peephole, embedding_dim=16, hidden_size=12)
+                     peephole=peephole, embedding_dim=16, hidden_size=12, ngram_bag=bag)
     model = TextClassifier(spec).eval()
+    if bag == "nbsvm":  # counts as if from training texts; the random texts below repeat n-grams
+        model.ngrams.set_counts(torch.randint(0, 30, (VOCAB + buckets, 3)).float())
     with torch.no_grad():  # weights of a trained size (not init's +-1/sqrt(H)), so that errors would show
         for p in model.parameters():
             p.mul_(3.0)

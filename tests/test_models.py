@@ -242,3 +242,84 @@ def test_each_branch_learns_from_its_own_loss():
     logits = model(batch.ids, batch.lengths)
     reported = torch.nn.functional.cross_entropy(logits, batch.labels, reduction="sum")
     assert totals[0].item() == pytest.approx(reported.item())  # the loss of the logits, as evaluation's
+
+
+def test_distinct_ngram_ids_keep_each_ngram_of_a_text_once():
+    from lstmcli.models.ngrams import distinct_ngram_ids, ngram_ids
+    ids = torch.tensor([[3, 4, 3, 4, 0], [5, 5, 5, 0, 0]])  # 0-padded
+    lengths = torch.tensor([4, 3])
+    got = distinct_ngram_ids(ids, lengths, vocab_size=10, buckets=1000)
+    rows = ngram_ids(ids, lengths, 10, 1000)
+    for g, r in zip(got.tolist(), rows.tolist(), strict=True):
+        assert sorted(x for x in g if x) == sorted(set(r) - {0})  # every n-gram, each once
+    # 3 4 3 4: words 3, 4; pairs (3,4) twice and (4,3) once -> 4 distinct; 5 5 5: 5 and (5,5) -> 2
+    assert [sum(x != 0 for x in g) for g in got.tolist()] == [4, 2]
+
+
+def nb_bag_by_hand(counts, w, bias, grams, label=None):
+    """NBSVM's logits in float64 from the formula: p = n_c + 1, q = n_rest + 1 over the whole table."""
+    from lstmcli.models.ngrams import NbBag
+    counts = counts.double()
+    rest = counts.sum(1, keepdim=True) - counts
+    norm_p, norm_q = (counts + 1).sum(0), (rest + 1).sum(0)
+    total = bias.double().clone()
+    for g in grams:
+        n = counts[g].clone()
+        if label is not None:
+            n[label] -= 1
+        r = ((n + 1) / norm_p).log() - ((n.sum() - n + 1) / norm_q).log()
+        total += (NbBag.GAIN * w[g, 0].double() + NbBag.W_ADJ) * r * NbBag.R_SCALE
+    return total
+
+
+def test_nb_bag_sums_each_distinct_ngrams_ratio_times_its_weight():
+    from lstmcli.models.ngrams import HASH_MULTIPLIER, NbBag
+    torch.manual_seed(0)
+    bag = NbBag(vocab_size=10, buckets=7, num_classes=3)
+    counts = torch.randint(0, 6, (17, 3)).float()
+    counts[[3, 4]] += 1  # every text below holds 3 and 4, so the counts it is left out of are >= 1
+    bag.set_counts(counts)
+    assert bag.counts[0].abs().sum() == 0  # <pad> counts for nothing, whatever it was given
+    with torch.no_grad():
+        bag.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    counts[0] = 0
+    ids, lengths = torch.tensor([[3, 4, 3, 4], [4, 3, 0, 0]]), torch.tensor([4, 2])
+    pair = lambda a, b: 10 + (a * HASH_MULTIPLIER + b) % 7  # noqa: E731
+    grams = [[3, 4, pair(3, 4), pair(4, 3)], [4, 3, pair(4, 3)]]
+    got = bag(ids, lengths)
+    w = bag.weight.weight.detach()
+    for row, g in enumerate(grams):
+        want = nb_bag_by_hand(counts, w, bag.bias.detach(), sorted(set(g)))
+        assert torch.allclose(got[row].double(), want, atol=1e-5), (row, got[row], want)
+    # given the labels (training), each text is left out of its own counts
+    labels = torch.tensor([2, 0])
+    got = bag(ids, lengths, labels)
+    for row, g in enumerate(grams):
+        want = nb_bag_by_hand(counts, w, bag.bias.detach(), sorted(set(g)), int(labels[row]))
+        assert torch.allclose(got[row].double(), want, atol=1e-5), (row, got[row], want)
+    # table() is what each n-gram adds: the logits are the bias plus its distinct rows' sum
+    table = bag.table().detach()
+    assert table[0].abs().sum() == 0
+    assert torch.allclose(bag(ids, lengths)[0], bag.bias + table[sorted(set(grams[0]))].sum(0), atol=1e-6)
+    # padding changes nothing; the weights learn, <pad>'s never
+    assert torch.equal(bag(ids[1:, :2], lengths[1:]), bag(ids[1:], lengths[1:]))
+    bag(ids, lengths, labels).sum().backward()
+    assert bag.weight.weight.grad[[3, 4]].abs().sum() > 0 and bag.weight.weight.grad[0].abs().sum() == 0
+    with pytest.raises(ValueError, match="shape"):
+        bag.set_counts(torch.zeros(16, 3))
+
+
+def test_a_classifier_with_an_nbsvm_bag_passes_training_labels_to_it_only():
+    torch.manual_seed(0)
+    spec = ModelSpec(vocab_size=30, num_classes=2, hidden_size=4, ngram_buckets=64, ngram_bag="nbsvm")
+    model = TextClassifier(spec).eval()
+    assert model.ngram_head is None and model.ngrams.counts.shape == (30 + 64, 2)
+    model.ngrams.set_counts(torch.randint(1, 5, (94, 2)).float())
+    ids, lengths, labels = torch.tensor([[3, 4, 5], [6, 7, 0]]), torch.tensor([3, 2]), torch.tensor([1, 0])
+    parts = model(ids, lengths, parts=True)
+    assert torch.equal(parts[1], model.ngrams(ids, lengths))
+    trained = model(ids, lengths, parts=True, labels=labels)
+    assert torch.equal(trained[1], model.ngrams(ids, lengths, labels))
+    assert not torch.equal(trained[1], parts[1]) and torch.equal(trained[0], parts[0])
+    with pytest.raises(ValueError, match="ngram_bag"):
+        ModelSpec(vocab_size=30, num_classes=2, ngram_bag="tfidf")

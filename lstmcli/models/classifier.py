@@ -1,5 +1,6 @@
 """TextClassifier: Embedding -> dropout -> recurrent encoder -> pooling -> dropout -> Linear, and
-optionally an n-gram bag (ngrams.py) -> Linear beside it, whose logits are added."""
+optionally an n-gram bag beside it (ngrams.py: a fastText bag -> Linear, or an NBSVM bag), whose logits
+are added."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 
 from .builtin import BuiltinEncoder
-from .ngrams import NgramBag
+from .ngrams import NbBag, NgramBag
 from .scratch import ScratchEncoder
 from .spec import ModelSpec
 
@@ -53,31 +54,40 @@ class TextClassifier(nn.Module):
         self.dropout = nn.Dropout(spec.dropout)
         self.head = nn.Linear(spec.hidden_size * spec.num_directions, spec.num_classes)
         self.ngrams, self.ngram_head = None, None
-        if spec.ngram_buckets:
+        if spec.ngram_buckets and spec.ngram_bag == "nbsvm":  # gives logits itself
+            self.ngrams = NbBag(spec.vocab_size, spec.ngram_buckets, spec.num_classes)
+        elif spec.ngram_buckets:
             self.ngrams = NgramBag(spec.vocab_size, spec.ngram_buckets, spec.ngram_dim)
             self.ngram_head = nn.Linear(spec.ngram_dim, spec.num_classes)
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, parts: bool = False) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, parts: bool = False,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
         """ids (B, T) int64 0-padded, lengths (B,) >= 1 -> logits (B, C), float32 at either precision.
 
         parts=True: each branch's own logits, (P, B, C) with P = 1 + (n-gram bag or not); they add up to
         the logits. Training gives each branch its own loss (training._step_loss), so that the bag, which
         fits the training set within an epoch or two, does not leave the encoder without a gradient:
-        the two learn as two classifiers and predict as one (their log-odds add, an ensemble)."""
+        the two learn as two classifiers and predict as one (their log-odds add, an ensemble).
+        labels (B,): given in training only, for an NBSVM bag, which counted the training texts (NbBag)."""
         if self.spec.precision == "bf16":
             # autocast: the matmuls and the fused recurrent kernels take bfloat16 copies of the float32
             # weights (their gradients come back float32); the loss is computed on float32 logits
             with torch.autocast(ids.device.type, dtype=torch.bfloat16):
-                branches = self._branches(ids, lengths).float()
+                branches = self._branches(ids, lengths, labels).float()
         else:
-            branches = self._branches(ids, lengths)
+            branches = self._branches(ids, lengths, labels)
         return branches if parts else branches.sum(0)
 
-    def _branches(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def _branches(self, ids: torch.Tensor, lengths: torch.Tensor,
+                  labels: torch.Tensor | None) -> torch.Tensor:
         outputs, final = self.encoder(self.embedding_dropout(self.embedding(ids)), lengths)
         logits = [self.head(self.dropout(pool(outputs, final, lengths, self.spec.pooling)))]  # (B, C)
         if self.ngrams is not None:
             # no dropout: a bag of averaged n-gram vectors is a linear model in its counts (fastText
             # trains it without any), and dropping half of its few dimensions only slows it down
-            logits.append(self.ngram_head(self.ngrams(ids, lengths)).to(logits[0].dtype))
+            if self.ngram_head is None:  # NBSVM: logits of its own
+                bag = self.ngrams(ids, lengths, labels)
+            else:
+                bag = self.ngram_head(self.ngrams(ids, lengths))
+            logits.append(bag.to(logits[0].dtype))
         return torch.stack(logits)  # (P, B, C)

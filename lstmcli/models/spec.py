@@ -15,7 +15,9 @@ IMPLS = ("builtin", "scratch")  # PyTorch's kernels, or ours
 POOLINGS = ("last", "mean", "max")
 PACKS = ("auto", "always", "never")
 PRECISIONS = ("fp32", "bf16")  # what runs; `auto` is resolved before a model is built
-CHOICES = {"encoder": ENCODERS, "impl": IMPLS, "pooling": POOLINGS, "pack": PACKS, "precision": PRECISIONS}
+NGRAM_BAGS = ("fasttext", "nbsvm")  # models/ngrams.py: NgramBag, NbBag
+CHOICES = {"encoder": ENCODERS, "impl": IMPLS, "pooling": POOLINGS, "pack": PACKS, "precision": PRECISIONS,
+           "ngram_bag": NGRAM_BAGS}
 
 
 def model_problem(encoder: str, impl: str, peephole: bool, precision: str) -> tuple[str, str] | None:
@@ -43,7 +45,8 @@ class ModelSpec:
     recurrent_dropout: float = 0.0  # AWD-LSTM's DropConnect on every weight_hh
     pooling: str = "last"
     ngram_buckets: int = 0  # hashed word-bigram buckets of the n-gram bag beside the encoder (0 = no bag)
-    ngram_dim: int = 64
+    ngram_bag: str = "fasttext"  # which bag (models/ngrams.py)
+    ngram_dim: int = 64  # the fasttext bag's vector size
     pack: str = "auto"
     precision: str = "fp32"
 
