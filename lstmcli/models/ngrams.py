@@ -70,7 +70,8 @@ class NbBag(nn.Module):
     n-gram seen in one training text points at that text's label with a ratio it never has on unseen
     text, the bag fits the training set at once and w learns little (alone on IMDB, 4 epochs: test
     90.98% -> 91.31%). Adam moves w by about the learning rate per step whatever the gradient's scale,
-    and the bag wants a rate about 5x the encoder's (alone: 2e-3 -> 90.73%, 1e-2 -> 90.98%), hence GAIN.
+    and the bag wants a rate about 5x the encoder's, hence GAIN (alone, lr 2e-3, without leaving texts
+    out: GAIN 1 -> 90.23%, 2 -> 90.73%, 5 -> 90.98%).
     """
 
     W_ADJ, R_SCALE, GAIN, SMOOTHING = 0.4, 0.1, 5.0, 1.0
