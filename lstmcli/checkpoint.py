@@ -21,7 +21,7 @@ from .config import Config, Impl, Precision, apply, from_dict, to_dict
 from .errors import CheckpointError, ConfigError
 from .fsutil import replace_dir, temp_dir, write_json
 from .models.classifier import TextClassifier
-from .precision import for_inference
+from .precision import bound_impl, for_inference
 from .text import Vocab
 from .train_state import STATE_FILE
 
@@ -92,13 +92,13 @@ def load(path: Path, device: str = "cpu", impl: str | None = None,
     metrics = _read_json(path / "metrics.json") if (path / "metrics.json").is_file() else {}
     run_impl = Impl(impl) if impl is not None else cfg.model.impl
     run_precision, note = for_inference(cfg.model.precision, Precision(precision) if precision else None,
-                                        run_impl, torch.device(device))
+                                        bound_impl(run_impl, cfg.model.peephole), torch.device(device))
     try:
         cfg = apply(cfg, {"model": {"impl": run_impl.value, "precision": run_precision.value}},
                     f"--impl {run_impl.value} for {path}")
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
-    model = build_model(cfg.model, len(vocab), len(labels))
+    model = build_model(cfg.model, len(vocab), len(labels), device)
     try:
         state = load_file(str(path / "model.safetensors"), device=device)
         model.load_state_dict(state)

@@ -229,7 +229,8 @@ def predict(
 @user_errors
 def bench(
     encoder: Annotated[list[Encoder], typer.Option(help="encoders to measure (repeat it)")] = list(Encoder),
-    impl: Annotated[list[Impl], typer.Option(help="implementations to measure")] = list(Impl),
+    impl: Annotated[list[Impl], typer.Option(help="implementations to measure (builtin, scratch)")] = [
+        Impl.builtin, Impl.scratch],
     embedding_dim: Annotated[int, typer.Option(min=1, help="embedding size")] = 128,
     hidden_size: Annotated[int, typer.Option(min=1, help="recurrent state size")] = 256,
     batch_size: Annotated[int, typer.Option(min=1, help="examples per batch")] = 64,
@@ -249,6 +250,9 @@ def bench(
     from .fsutil import write_json
     if min_length > max_length:
         raise LstmcliError(f"--min-length {min_length} is above --max-length {max_length}")
+    if Impl.auto in impl:
+        raise LstmcliError("--impl auto picks builtin or scratch for a run; bench measures them by name "
+                           "(--impl builtin --impl scratch)")
     shape = BenchShape(embedding_dim, hidden_size, batch_size, min_length, max_length, num_layers,
                        bidirectional, batches, repeats)
     report = run_bench([e.value for e in encoder], [i.value for i in impl], shape, device.value, threads)

@@ -31,6 +31,7 @@ class Encoder(str, Enum):
 
 
 class Impl(str, Enum):
+    auto = "auto"
     builtin = "builtin"
     scratch = "scratch"
 
@@ -113,9 +114,11 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     encoder: Encoder = _f(Encoder.lstm, "recurrent cell")
-    impl: Impl = _f(Impl.builtin, "builtin: PyTorch's nn.LSTM/GRU/RNN; scratch: ours "
-                                  "(lstmcli/models/scratch.py)")
-    peephole: bool = _f(False, "peephole connections (Gers & Schmidhuber 2000); lstm with impl scratch only")
+    impl: Impl = _f(Impl.auto, "builtin: PyTorch's nn.LSTM/GRU/RNN; scratch: ours "
+                               "(lstmcli/models/scratch.py); auto: scratch for an LSTM run in float32 on a "
+                               "CPU where its C++ kernels build (faster there), else builtin")
+    peephole: bool = _f(False, "peephole connections (Gers & Schmidhuber 2000); lstm with impl scratch (or "
+                               "auto) only")
     embedding_dim: int = _f(128, "embedding size")
     hidden_size: int = _f(128, "recurrent state size per direction")
     num_layers: int = _f(1, "stacked recurrent layers")

@@ -1,10 +1,12 @@
-"""Device choice (`auto` picks cuda, then mps, then cpu) and the process-wide float settings for it."""
+"""Device choice (`auto` picks cuda, then mps, then cpu) and the process-wide float and memory settings
+for it."""
 
 from __future__ import annotations
 
 import torch
 
 from .errors import LstmcliError
+from .memory import keep_freed_memory
 
 
 def resolve_device(name: str) -> torch.device:
@@ -22,4 +24,6 @@ def resolve_device(name: str) -> torch.device:
     # handle ~100x slower: measured here, one LSTM backward took 2.95 s instead of 0.24 s. Flushing
     # them to zero changes nothing above 1e-38.
     torch.set_flush_denormal(True)
+    if name == "cpu":
+        keep_freed_memory()  # no fresh page mappings for each step's buffers (memory.py)
     return torch.device(name)

@@ -84,7 +84,7 @@ def run_eval(checkpoint_dir: Path, split: str = "test", dataset: str | None = No
     files = {"json": str(folder / f"eval-{split}.json"),
              "confusion_png": str(folder / f"confusion-{split}.png")}
     report = {"checkpoint": str(ck.path), "dataset": data_cfg.dataset, "split": split,
-              "impl": ck.config.model.impl.value, "precision": ck.config.model.precision.value, **report,
+              "impl": ck.model.spec.impl, "precision": ck.config.model.precision.value, **report,
               "device": str(dev), "torch": torch.__version__, "files": files}
     write_json(Path(files["json"]), report)
     title = f"{data_cfg.dataset} [{split}] with {folder.name}/{ck.path.name}"

@@ -14,7 +14,7 @@ from .config import Config, Precision
 from .device import resolve_device
 from .distributed import Dist
 from .errors import LstmcliError
-from .precision import for_training
+from .precision import bound_impl, for_training
 from .prepare import Prepared, prepare
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 def precision_of(cfg: Config, device: torch.device) -> tuple[Precision, str, Config]:
     """The precision this run trains at on `device`, why, and the config its checkpoints record: `cfg`
     with that precision in place of the request, so that eval/predict know what the weights saw."""
-    precision, why = for_training(cfg.model.precision, cfg.model.impl, device)
+    precision, why = for_training(cfg.model.precision, bound_impl(cfg.model.impl, cfg.model.peephole), device)
     return precision, why, dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, precision=precision))
 
 

@@ -72,9 +72,15 @@ def bf16_support(device_type: str) -> Bf16Support:
                                    f"natively")
 
 
+def bound_impl(impl: Impl, peephole: bool) -> Impl:
+    """The impl the precision rules below see: `auto` stays open (bf16 makes it builtin), except that
+    peephole connections bind it to scratch (float32)."""
+    return Impl.scratch if impl is Impl.auto and peephole else impl
+
+
 def _bf16_or_refuse(device: torch.device, impl: Impl, what: str) -> tuple[Precision, str]:
     """An explicit bf16 request: refused where it cannot run, allowed with a warning where it is slow."""
-    if impl is not Impl.builtin:
+    if impl is Impl.scratch:
         raise LstmcliError("precision bf16 needs impl builtin (the scratch kernels are float32); "
                            "use --precision fp32")
     support = bf16_support(device.type)
@@ -91,7 +97,7 @@ def for_training(requested: Precision, impl: Impl, device: torch.device) -> tupl
         return Precision.fp32, "fp32 (as configured)"
     if requested is Precision.bf16:
         return _bf16_or_refuse(device, impl, "as configured")
-    if impl is not Impl.builtin:
+    if impl is Impl.scratch:
         return Precision.fp32, "fp32 (auto: the scratch kernels are float32)"
     support = bf16_support(device.type)
     picked = Precision.bf16 if support.level == NATIVE else Precision.fp32
@@ -105,9 +111,9 @@ def for_inference(trained: Precision, requested: Precision | None, impl: Impl,
     native: its weights are float32, and fp32 is then both faster and more exact."""
     if requested is None and trained is Precision.bf16:
         support = bf16_support(device.type)
-        if support.level == NATIVE and impl is Impl.builtin:
+        if support.level == NATIVE and impl is not Impl.scratch:
             return Precision.bf16, None
-        reason = support.why if impl is Impl.builtin else f"impl {impl.value} is float32"
+        reason = support.why if impl is not Impl.scratch else f"impl {impl.value} is float32"
         insist = "; --precision bf16 to run it in bf16 anyway" if support.level == NOT_NATIVE else ""
         return Precision.fp32, f"this checkpoint was trained in bf16; running it in fp32 ({reason}){insist}"
     if requested is None or requested is Precision.auto:  # trained: fp32, or auto in a hand-written config

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .config import Config, Precision
+from .config import Config, Impl, Precision
 from .distributed import Dist
 from .precision import bf16_support
 from .registry import REGISTRY
@@ -30,9 +30,10 @@ def point_latest(run_dir: Path) -> None:
     tmp.replace(link)
 
 
-def environment(device: torch.device, precision: Precision, dist: Dist) -> dict:
+def environment(device: torch.device, precision: Precision, impl: Impl, dist: Dist) -> dict:
     """What the numbers of a run depend on besides its config (threads: per process)."""
     return {"lstmcli": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "device": str(device), "threads": torch.get_num_threads(), "precision": precision.value,
+            "impl": impl.value,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "bf16": bf16_support(device.type).level, "world_size": dist.world_size, "backend": dist.backend}

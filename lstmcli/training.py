@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from . import checkpoint, distributed, launch, plots, tensorboard
 from .batching import Cut, bucket_batches, collate, padding_share, truncated_lengths
-from .build import build_model
+from .build import build_model, resolve_impl
 from .class_weights import resolve as resolve_class_weights
 from .config import Config, ReportTo, from_dict, to_dict
 from .distributed import SINGLE, Dist, sum_
@@ -152,16 +152,17 @@ def start(cfg: Config) -> Run:
     """A new run: data, model and vectors first (bad input leaves no run folder behind), then the folder."""
     dist, device = launch.place(cfg)
     precision, why, ck_cfg = launch.precision_of(cfg, device)  # before the data: a bad bf16 fails at once
+    impl, impl_why = resolve_impl(ck_cfg.model, device)
     if cfg.train.report_to is ReportTo.tensorboard:
         tensorboard.require()
     data = launch.prepared(cfg, dist)
     class_weights = _class_weights(cfg, data)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-    model = build_model(ck_cfg.model, len(data.vocab), len(data.label_names)).to(device)
+    model = build_model(ck_cfg.model, len(data.vocab), len(data.label_names), device).to(device)
     init_nb_bag(model, data.splits["train"], Cut.of(cfg.data))  # an nbsvm bag's ratios (counted)
     metrics = {"data": {**{s: len(data.splits[s]) for s in data.splits}, "vocab": len(data.vocab),
                         "labels": data.label_names},
-               "environment": environment(device, precision, dist), "history": [], "best_epoch": None}
+               "environment": environment(device, precision, impl, dist), "history": [], "best_epoch": None}
     if class_weights is not None:
         metrics["class_weights"] = class_weights
     if cfg.train.embeddings:
@@ -177,7 +178,7 @@ def start(cfg: Config) -> Run:
         write_json(run_dir / "config.json", {**to_dict(cfg), "launch": launch.launch_record(dist)})
         write_json(run_dir / "metrics.json", metrics)  # from the start: a run stopped in epoch 1 resumes
     log.info(f"run folder {run_dir}; {sum(p.numel() for p in model.parameters()):,} parameters on {device}, "
-             f"precision {why}{launch.launch_line(dist)}")
+             f"precision {why}, impl {impl_why}{launch.launch_line(dist)}")
     if dist.rank:  # each rank its own dropout masks; rank 0 draws those of a single process
         torch.manual_seed(cfg.train.seed + dist.rank)
     return _open_tensorboard(Run(
@@ -207,9 +208,10 @@ def reopen(run_dir: Path) -> Run:
         raise LstmcliError(f"run {run_dir} has already finished; nothing to resume")
     dist, device = launch.place(cfg)
     precision, why, ck_cfg = launch.precision_of(cfg, device)
+    impl, impl_why = resolve_impl(ck_cfg.model, device)
     if cfg.train.report_to is ReportTo.tensorboard:
         tensorboard.require()
-    metrics["environment"] = environment(device, precision, dist)  # where it runs from now on
+    metrics["environment"] = environment(device, precision, impl, dist)  # where it runs from now on
     data = launch.prepared(cfg, dist)
     last = checkpoint.load(run_dir / "last", str(device), precision=precision.value)
     if last.vocab != data.vocab or last.label_names != data.label_names:
@@ -223,7 +225,7 @@ def reopen(run_dir: Path) -> Run:
                     f"batches and gradient means, but float sums in another order and other dropout masks, "
                     f"so the result is not bit-identical to an uninterrupted run")
     log.info(f"resuming {run_dir} in epoch {state.epoch} after {state.progress.batches_done} batches, "
-             f"precision {why}{launch.launch_line(dist)}")
+             f"precision {why}, impl {impl_why}{launch.launch_line(dist)}")
     trained = distributed.wrap(last.model, dist, device)
     return _open_tensorboard(Run(cfg, ck_cfg, run_dir, data, dist, device, last.model, trained, optimizer,
                                  scheduler, state, metrics, _as_tensor(_class_weights(cfg, data))))

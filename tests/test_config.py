@@ -74,7 +74,7 @@ def test_shipped_configs_load():
     ({"batch_size": 0}, "train.batch_size"),
     ({"dropout": -0.1}, "model.dropout"),
     ({"num_layers": 0}, "model.num_layers"),
-    ({"peephole": True}, "model.peephole"),
+    ({"peephole": True, "impl": "builtin"}, "model.peephole"),
     ({"peephole": True, "impl": "scratch", "encoder": "gru"}, "model.peephole"),
 ])
 def test_out_of_range_values_name_the_key(flags, key):

@@ -21,6 +21,7 @@ fp32, bf16, auto = Precision.fp32, Precision.bf16, Precision.auto
     (UNAVAILABLE, auto, Impl.builtin, fp32), (NATIVE, auto, Impl.scratch, fp32),
     (NATIVE, fp32, Impl.builtin, fp32), (UNAVAILABLE, fp32, Impl.builtin, fp32),
     (NATIVE, bf16, Impl.builtin, bf16), (NOT_NATIVE, bf16, Impl.builtin, bf16),
+    (NATIVE, auto, Impl.auto, bf16), (UNAVAILABLE, auto, Impl.auto, fp32), (NATIVE, bf16, Impl.auto, bf16),
 ])
 def test_training_precision(bf16_level, level, request_, impl, want):
     bf16_level(level)
@@ -47,6 +48,8 @@ def test_an_explicit_bf16_that_cannot_run_is_refused_with_what_to_use(bf16_level
     (UNAVAILABLE, fp32, auto, Impl.builtin, fp32, None),
     (NOT_NATIVE, fp32, bf16, Impl.builtin, bf16, None),
     (NATIVE, auto, None, Impl.builtin, bf16, None),  # a hand-written config may say auto
+    (NATIVE, bf16, None, Impl.auto, bf16, None),
+    (UNAVAILABLE, bf16, None, Impl.auto, fp32, "trained in bf16; running it in fp32 (CPU (AVX2)"),
 ])
 def test_inference_precision(bf16_level, level, trained, request_, impl, want, note):
     bf16_level(level)

@@ -118,7 +118,7 @@ def test_gradcheck_hand_written_backwards(loops):
     dd = dict(dtype=torch.float64, requires_grad=True)
     xl, wil, bl, wl = torch.randn(T, B, 3, **dd), torch.randn(4 * H, 3, **dd), torch.randn(4 * H, **dd), \
         torch.randn(4 * H, H, **dd)
-    assert torch.autograd.gradcheck(lambda *a: LSTMLayer.apply(*a, active), (xl, wil, bl, wl))
+    assert torch.autograd.gradcheck(lambda *a: LSTMLayer.apply(active, *a)[:2], (xl, wil, bl, wl))
     xg, wg, bg = torch.randn(T, B, 3 * H, **dd), torch.randn(3 * H, H, **dd), torch.randn(3 * H, **dd)
     assert torch.autograd.gradcheck(lambda x, w, b: GRULayer.apply(x, w, b, active), (xg, wg, bg))
     xr, wir, br, wr = torch.randn(T, B, 3, **dd), torch.randn(H, 3, **dd), torch.randn(H, **dd), \
@@ -254,6 +254,67 @@ def test_lstm_inference_blocks_of_units_per_thread(threads, loops):
         torch.set_num_threads(saved)
     for name, a, b, c in zip(("output", "h_n", "c_n"), got, want, exact, strict=True):
         assert_float32_close(a, b, c, name)
+
+
+@pytest.fixture
+def two_threads():
+    """Two torch threads: where LSTMLayer runs two directions side by side, one on each."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(saved)
+
+
+def _bidirectional_run(threads: int, x, lengths, ref):
+    """Outputs, h_n, c_n and every gradient of a training pass of a scratch BiLSTM with ref's weights."""
+    torch.manual_seed(0)
+    ours = ScratchRNN("lstm", x.size(-1), ref.hidden_size, num_layers=2, bidirectional=True).to(x.dtype)
+    ours.load_state_dict(ref.state_dict())
+    x = x.clone().requires_grad_()
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out, h_n, c_n = ours(x, lengths)
+        (out.square().sum() + h_n.sum() + c_n.sum()).backward()
+    finally:
+        torch.set_num_threads(saved)
+    return [out, h_n, c_n, x.grad] + [p.grad for p in ours.parameters()]
+
+
+def test_directions_side_by_side_match_one_after_the_other_and_nn_lstm(loops):
+    """On two threads the C++ kernels run a bidirectional layer's two directions at once, one per thread
+    (on one thread, and in Python, one after the other): every output and gradient of a 2-layer BiLSTM
+    training pass stays what nn.LSTM computes, within its own float32 error."""
+    torch.manual_seed(3)
+    ref = nn.LSTM(5, 24, num_layers=2, bidirectional=True, batch_first=True)
+    lengths = torch.tensor([13, 13, 11, 8, 8, 5, 2, 1])
+    x = torch.randn(8, 13, 5)
+    side_by_side, in_turn = _bidirectional_run(2, x, lengths, ref), _bidirectional_run(1, x, lengths, ref)
+    exact = _bidirectional_run(1, x.double(), lengths, copy.deepcopy(ref).double())
+    for i, (a, b, c) in enumerate(zip(side_by_side, in_turn, exact, strict=True)):
+        assert_float32_close(a, b, c, f"tensor {i}")
+
+
+def test_gradcheck_two_directions_side_by_side(loops, two_threads):
+    torch.manual_seed(1)
+    T, B, H = 4, 3, 2
+    active = _active(torch.tensor([4, 3, 1]), T)
+    dd = dict(dtype=torch.float64, requires_grad=True)
+    args = [t for _ in range(2) for t in (torch.randn(T, B, 3, **dd), torch.randn(4 * H, 3, **dd),
+                                          torch.randn(4 * H, **dd), torch.randn(4 * H, H, **dd))]
+    assert torch.autograd.gradcheck(lambda *a: LSTMLayer.apply(active, *a), args)
+
+
+def test_both_directions_flush_denormals_as_the_caller_does(loops, two_threads):
+    """torch.set_flush_denormal sets a per-thread register; the thread that runs the second direction
+    must flush as the caller does. Here c = i * g = σ(-80) * tanh(1e-4) ~ 1.8e-39, a denormal: flushed,
+    both directions' final cell states are exactly 0."""
+    T, B, H = 3, 2, 4
+    bias = torch.cat([torch.full((H,), v) for v in (80.0, -80.0, -80.0, 1e-4)])  # gates (o, i, f, g)
+    one = [torch.zeros(T, B, 1), torch.zeros(4 * H, 1), bias, torch.zeros(4 * H, H)]
+    torch.set_flush_denormal(True)
+    _, c_last, _, c_last_rev = LSTMLayer.apply([B] * T, *one, *one)
+    assert c_last.abs().max().item() == 0.0 and c_last_rev.abs().max().item() == 0.0
 
 
 def test_builds_are_named_for_what_they_were_compiled_for():

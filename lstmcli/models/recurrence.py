@@ -1,18 +1,21 @@
-"""The recurrences of the scratch encoders, one layer and one direction at a time, as autograd Functions.
+"""The recurrences of the scratch encoders, one layer at a time, as autograd Functions.
 
 The equations are in scratch.py. What makes these fast on a CPU:
-  * the input projection of every time step is one matmul, W_ih x for all (t, b) at once, and each
-    step adds W_hh h to its slice in place;
+  * the input projections W_ih x are big matmuls over many (t, b) at once, and each step adds W_hh h
+    to its slice in place;
   * sequences come sorted by length, so step t runs only on the first n_t rows (the batch shrinks as
     sequences end, as with PackedSequence) and padding is never computed;
   * the forward keeps activations in preallocated (T, B, ·) buffers and, when training, also stores the
     backward's per-step factors while the step's values are in cache; the backward is then one matmul
-    and a few fused element-wise ops per step, and the weight gradients are one matmul over all steps.
+    and a few fused element-wise ops per step, and the weight gradients are matmuls over many steps;
+  * a bidirectional LSTM layer's two directions are one call (LSTMLayer), which the C++ kernels run
+    side by side on two threads.
 The per-step loops exist twice with the same signatures: in Python here (_PythonLoops, the reference
 and the fallback) and in C++ (lstmcli/native/recurrence.cpp), where each step is one matmul plus one
-fused pass over its values instead of ~10 element-wise calls. lstmcli.native builds the C++ ones and
-installs them with `use_native`; the tests run both. The RNN has one element-wise op per step and
-stays in Python.
+fused pass over its values instead of ~10 element-wise calls, and the LSTM's parameter gradients are
+formed a few steps at a time, while those steps' gradients are in cache. lstmcli.native builds the C++
+ones and installs them with `use_native`; the tests run both. The RNN has one element-wise op per step
+and stays in Python.
 Tensors are time-major: (T, B, features). `active[t]` is n_t, non-increasing.
 """
 
@@ -104,6 +107,12 @@ class _PythonLoops:
         return d_pre
 
     @staticmethod
+    def lstm_grads(d_hs, d_c_last, acts, K, A, w_hh, w_ih, x, hs, active):
+        """[d_x, d_W_ih, d_b, d_W_hh] of one direction: its d_pre for all steps, then one product each."""
+        d_pre = _PythonLoops.lstm_backward(d_hs, d_c_last, acts, K, A, w_hh, active)
+        return [*_input_grads(d_pre, x, w_ih), d_pre[1:].flatten(0, 1).t() @ hs[:-1].flatten(0, 1)]
+
+    @staticmethod
     def gru_forward(xproj, w_hh, b_hh, active, hs, zs, K):
         T, B, G = xproj.shape
         H = G // 3
@@ -173,37 +182,59 @@ def _loops(t: torch.Tensor):
 
 
 class LSTMLayer(torch.autograd.Function):
-    """One direction of one LSTM layer. Gate order inside is (o, i, f, g): one sigmoid covers three.
+    """One LSTM layer, one direction or two: apply(active, x, w_ih, bias, w_hh[, x', w_ih', bias', w_hh'])
+    -> (hs, c_last[, hs', c_last']), each direction on its own inputs (a backward direction gets its
+    sequences reversed within their lengths). Gate order inside is (o, i, f, g): one sigmoid covers three.
 
     While training, the forward also stores the backward's per-step factors, computed while the
     step's activations are still in cache: dc_t = dc_{t+1} ⊙ f_{t+1} + dh_t ⊙ A_t, and the
     pre-activation gradients are K_o ⊙ dh_t for o and K_{i,f,g} ⊙ dc_t for i, f, g.
+    Two directions on two threads run side by side, one per thread (the C++ kernels' *_pair), instead of
+    one after the other with each step split over both threads; the results are the same.
     """
 
     @staticmethod
-    def forward(ctx, x, w_ih, bias, w_hh, active):
-        # x (T, B, In); w_ih (4H, In); bias (4H,) = b_ih + b_hh; w_hh (4H, H); active: n_t per step
-        T, B = x.shape[:2]
-        H = w_hh.size(1)
+    def forward(ctx, active, *args):
+        # per direction: x (T, B, In); w_ih (4H, In); bias (4H,) = b_ih + b_hh; w_hh (4H, H);
+        # active: n_t per step
+        dirs = [list(args[i:i + 4]) for i in range(0, len(args), 4)]
         train = any(ctx.needs_input_grad)
-        x = x.contiguous()
-        hs, c_last = x.new_empty(T, B, H), x.new_zeros(B, H)
+        for d in dirs:
+            d[0] = d[0].contiguous()
+        x, w_hh = dirs[0][0], dirs[0][3]
+        (T, B), H = x.shape[:2], w_hh.size(1)
+        hs, c_last = [x.new_empty(T, B, H) for _ in dirs], [x.new_zeros(B, H) for _ in dirs]
         # training keeps W_ih x + b and the activations of every step (acts), and the factors K, A
-        acts, K, A = (x.new_empty(T, B, 4 * H), x.new_empty(T, B, 4 * H), x.new_empty(T, B, H)) if train \
-            else (None, None, None)
+        acts, K, A = ([x.new_empty(T, B, G) for _ in dirs] if train else [None] * len(dirs)
+                      for G in (4 * H, 4 * H, H))
         ctx.loops = _loops(x)
-        ctx.loops.lstm_forward(x, w_ih, bias, w_hh, active, hs, c_last, acts, K, A)
+        ins = [list(z) for z in zip(*dirs, strict=True)]  # [xs, w_ihs, biases, w_hhs]
+        if _pair(ctx.loops, len(dirs)):
+            ctx.loops.lstm_forward_pair(*ins, active, hs, c_last, acts, K, A)
+        else:
+            for d, (x_d, w_ih, bias, w_hh_d) in enumerate(dirs):
+                ctx.loops.lstm_forward(x_d, w_ih, bias, w_hh_d, active, hs[d], c_last[d], acts[d], K[d], A[d])
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, w_ih, acts, K, A, hs, w_hh)
-        ctx.active = active
-        return hs, c_last
+        ctx.save_for_backward(*ins[0], *ins[1], *ins[3], *acts, *K, *A, *hs)
+        ctx.active, ctx.num_dirs = active, len(dirs)
+        return tuple(t for pair in zip(hs, c_last, strict=True) for t in pair)
 
     @staticmethod
-    def backward(ctx, d_hs, d_c_last):
-        x, w_ih, acts, K, A, hs, w_hh = ctx.saved_tensors
-        d_hs, d_c_last = (d if d is None else d.contiguous() for d in (d_hs, d_c_last))
-        d_pre = ctx.loops.lstm_backward(d_hs, d_c_last, acts, K, A, w_hh, ctx.active)
-        return _input_grads(d_pre, x, w_ih) + (d_pre[1:].flatten(0, 1).t() @ hs[:-1].flatten(0, 1), None)
+    def backward(ctx, *grads):
+        D = ctx.num_dirs
+        xs, w_ihs, w_hhs, acts, K, A, hs = (ctx.saved_tensors[i:i + D] for i in range(0, 7 * D, D))
+        d_hs, d_c_last = ([g if g is None else g.contiguous() for g in grads[i::2]] for i in (0, 1))
+        per_direction = [d_hs, d_c_last, acts, K, A, w_hhs, w_ihs, xs, hs]  # each: one entry a direction
+        if _pair(ctx.loops, D):  # [d_x, d_W_ih, d_b, d_W_hh] of each direction, in turn
+            return None, *ctx.loops.lstm_grads_pair(*map(list, per_direction), ctx.active)
+        return None, *(g for args in zip(*per_direction, strict=True)
+                       for g in ctx.loops.lstm_grads(*args, ctx.active))
+
+
+def _pair(loops, num_dirs: int) -> bool:
+    """Whether to run two directions side by side: C++ kernels, two of them, and two threads to run them on
+    (measured there; with more threads each direction's steps are split over them as before)."""
+    return num_dirs == 2 and hasattr(loops, "lstm_forward_pair") and torch.get_num_threads() == 2
 
 
 def _input_grads(d_pre: torch.Tensor, x: torch.Tensor, w_ih: torch.Tensor):

@@ -74,12 +74,33 @@ class ScratchRNN(nn.Module):
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
 
-    def _direction(self, seq: torch.Tensor, layer: int, sfx: str, active: list[int], lens: torch.Tensor):
-        """seq (T, B, In) -> hs (T, B, H), and for the LSTM each sequence's final c (B, H), else None."""
+    def _params(self, layer: int, sfx: str) -> dict[str, torch.Tensor]:
+        """One direction's weight_ih, weight_hh, bias_ih, bias_hh, its weight_hh dropped out when training."""
         p = {name: getattr(self, f"{name}_l{layer}{sfx}")
              for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
         if self.training and self.recurrent_dropout:
             p["weight_hh"] = F.dropout(p["weight_hh"], self.recurrent_dropout, training=True)
+        return p
+
+    def _layer(self, inp: torch.Tensor, layer: int, active: list[int], lens: torch.Tensor):
+        """inp (T, B, In) -> per direction, (hs (T, B, H) in its own reading order, for the LSTM each
+        sequence's final c (B, H), else None)."""
+        seqs = [inp if d == 0 else reverse_within_length(inp, lens, time_dim=0)
+                for d in range(len(self.suffixes))]
+        directions = list(zip(seqs, self.suffixes, strict=True))
+        if self.encoder != "lstm" or self.peephole:
+            return [self._direction(seq, layer, sfx, active, lens) for seq, sfx in directions]
+        order, args = self._lstm_order, []
+        for seq, sfx in directions:  # both directions in one call: they run side by side
+            p = self._params(layer, sfx)
+            args += [seq, p["weight_ih"][order], (p["bias_ih"] + p["bias_hh"])[order], p["weight_hh"][order]]
+        out = LSTMLayer.apply(active, *args)  # (hs, c_last) per direction
+        return list(zip(out[::2], out[1::2], strict=True))
+
+    def _direction(self, seq: torch.Tensor, layer: int, sfx: str, active: list[int], lens: torch.Tensor):
+        """GRU, RNN, peephole LSTM: seq (T, B, In) -> hs (T, B, H), and for the LSTM each sequence's final
+        c (B, H), else None."""
+        p = self._params(layer, sfx)
         T, B = seq.shape[:2]
         if self.encoder == "gru":
             xproj = torch.addmm(p["bias_ih"], seq.reshape(T * B, -1), p["weight_ih"].t()).view(T, B, -1)
@@ -87,14 +108,10 @@ class ScratchRNN(nn.Module):
         bias = p["bias_ih"] + p["bias_hh"]
         if self.encoder == "rnn":
             return RNNLayer.apply(seq, p["weight_ih"], bias, p["weight_hh"], active), None
-        if self.peephole:
-            xproj = torch.addmm(bias, seq.reshape(T * B, -1), p["weight_ih"].t()).view(T, B, -1)
-            peep = [getattr(self, f"weight_c{gate}_l{layer}{sfx}") for gate in "ifo"]
-            hs, cs = peephole_lstm(xproj, p["weight_hh"], *peep, active)
-            return hs, last_real(cs, lens, time_dim=0)
-        order = self._lstm_order
-        return LSTMLayer.apply(seq, p["weight_ih"][order], bias[order],
-                               p["weight_hh"][order], active)
+        xproj = torch.addmm(bias, seq.reshape(T * B, -1), p["weight_ih"].t()).view(T, B, -1)
+        peep = [getattr(self, f"weight_c{gate}_l{layer}{sfx}") for gate in "ifo"]
+        hs, cs = peephole_lstm(xproj, p["weight_hh"], *peep, active)
+        return hs, last_real(cs, lens, time_dim=0)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor):
         """x (B, T, In), lengths (B,) on the CPU -> outputs (B, T, D*H) (0 at padding),
@@ -112,9 +129,7 @@ class ScratchRNN(nn.Module):
             if layer > 0 and self.dropout and self.training:
                 inp = F.dropout(inp, self.dropout, training=True)
             outs = []
-            for d, sfx in enumerate(self.suffixes):
-                seq = inp if d == 0 else reverse_within_length(inp, lens, time_dim=0)
-                hs, c_last = self._direction(seq, layer, sfx, active, lens)
+            for d, (hs, c_last) in enumerate(self._layer(inp, layer, active, lens)):
                 h_n.append(last_real(hs, lens, time_dim=0))
                 if c_last is not None:
                     c_n.append(c_last)

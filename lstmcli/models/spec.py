@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ENCODERS = ("lstm", "gru", "rnn")  # the recurrent cell
-IMPLS = ("builtin", "scratch")  # PyTorch's kernels, or ours
+IMPLS = ("builtin", "scratch")  # PyTorch's kernels, or ours (a config's `auto` is resolved to one)
 POOLINGS = ("last", "mean", "max")
 PACKS = ("auto", "always", "never")
 PRECISIONS = ("fp32", "bf16")  # what runs; `auto` is resolved before a model is built
@@ -21,10 +21,11 @@ CHOICES = {"encoder": ENCODERS, "impl": IMPLS, "pooling": POOLINGS, "pack": PACK
 
 
 def model_problem(encoder: str, impl: str, peephole: bool, precision: str) -> tuple[str, str] | None:
-    """(field, what is wrong) for a combination of fields no model can have, else None."""
-    if peephole and (encoder, impl) != ("lstm", "scratch"):
+    """(field, what is wrong) for a combination of fields no model can have, else None. A config's impl
+    `auto` becomes scratch for peephole connections and builtin for bf16."""
+    if peephole and (encoder != "lstm" or impl == "builtin"):
         return "peephole", "peephole connections need encoder 'lstm' and impl 'scratch'"
-    if precision == "bf16" and impl != "builtin":
+    if precision == "bf16" and (impl == "scratch" or peephole):
         return "precision", "precision 'bf16' needs impl 'builtin' (the scratch kernels are float32/float64)"
     return None
 

@@ -8,7 +8,7 @@
 // batch 64 those cost about as much as the matmul itself.
 //
 // Layouts (all contiguous, time-major, rows sorted by length so that the active rows are a prefix):
-//   LSTM acts (T, B, 4H): W_ih x + b + W_hh h, gate blocks (o, i, f, g); the forward leaves σ(f) in
+//   LSTM acts (T, B, 4H): W_ih x + W_hh h (b is added as it is read), gate blocks (o, i, f, g); the forward leaves σ(f) in
 //        the f block (the backward needs f_{t+1}). K (T, B, 4H) = (K_o, K_i, K_f, K_g), A (T, B, H).
 //   GRU  xproj (T, B, 3H) = W_ih x + b_ih, blocks (r, z, n); K (T, B, 4H) = (K_r, K_z, K_n, K_hn).
 #include <torch/extension.h>
@@ -16,6 +16,9 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 #include <omp.h>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
 
 #include <optional>
 #include <type_traits>
@@ -87,11 +90,32 @@ inline void st(V<T> v, T* p, int64_t cnt) {
   cnt == V<T>::size() ? v.store(p) : v.store(p, cnt);
 }
 
+// The caller's floating-point mode, for the threads of a parallel region: the flush of denormals to zero
+// that torch.set_flush_denormal sets (lstmcli.device) is a per-thread register (x86 MXCSR), and OpenMP's
+// workers start without it. Gradients fading through many forget gates reach denormals, which cost x86
+// CPUs ~100x; a worker without the flush would run its direction that much slower.
+struct FloatMode {
+#if defined(__x86_64__) || defined(_M_X64)
+  unsigned csr = _mm_getcsr();
+  struct Apply {
+    unsigned saved = _mm_getcsr();
+    explicit Apply(const FloatMode& m) { _mm_setcsr(m.csr); }
+    ~Apply() { _mm_setcsr(saved); }
+  };
+#else
+  struct Apply {
+    explicit Apply(const FloatMode&) {}
+  };
+#endif
+};
+
 // Rows of a step, split between threads only when a thread gets enough work to pay for the fork.
 template <typename F>
 inline void over_rows(int64_t n, int64_t row_size, const F& f) {
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row_size));
+  const FloatMode mode;
   at::parallel_for(0, n, grain, [&](int64_t b0, int64_t b1) {
+    const FloatMode::Apply as_caller(mode);
     for (int64_t b = b0; b < b1; ++b) f(b);
   });
 }
@@ -185,8 +209,10 @@ void lstm_infer(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const T
   const float* xp = x2.data_ptr<float>();
   float *h0 = hs.data_ptr<float>(), *c0 = c_last.data_ptr<float>();
   const int64_t nb = static_cast<int64_t>(blocks.size());
+  const FloatMode mode;
 #pragma omp parallel num_threads(nb)
   {
+    const FloatMode::Apply as_caller(mode);
     const int64_t tid = omp_get_thread_num(), nth = omp_get_num_threads();
     auto mine = [&](const auto& f) { for (int64_t k = tid; k < nb; k += nth) f(blocks[k]); };
     auto P = [](const Tensor& t) { return reinterpret_cast<float*>(t.data_ptr()); };
@@ -229,10 +255,11 @@ void lstm_infer(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const T
 // LSTM forward over x (T, B, In). hs (T, B, H) is written (0 at ended rows); c_last (B, H), zero on
 // entry, is the running cell state: rows that have ended are no longer touched, so it ends holding
 // each sequence's final c (what c_n needs; the backward needs no other c). Training passes
-// acts, K and A: acts receives the input projections of all steps in one matmul (and then the
-// activations); K and A the backward's factors. Inference projects a few steps at a time into a
-// small buffer instead, so that what a step reads is still in cache: a (T, B, 4H) buffer is tens of
-// MB, written once and read back much later (and freshly mapped, page by page, by each call).
+// acts, K and A: acts (T, B, 4H) keeps each step's σ(f) for the backward, K and A its factors.
+// The input projections W_ih x are made a few steps ahead (~1 MB at a time), so that what a step
+// reads is still in cache: projecting all steps at once writes a (T, B, 4H) buffer of tens of MB that
+// each step then reads back from memory. Inference uses a small buffer for them in the same way.
+int64_t CHUNK_FLOATS = 1 << 18;
 void lstm_forward(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const Tensor& w_hh,
                   const std::vector<int64_t>& active, Tensor hs, Tensor c_last, std::optional<Tensor> acts_,
                   std::optional<Tensor> K, std::optional<Tensor> A) {
@@ -243,23 +270,24 @@ void lstm_forward(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
     return lstm_infer(x, w_ih.contiguous(), bias.contiguous(), w_hh.contiguous(), active, hs, c_last);
   const Tensor x2 = x.reshape({T * B, -1});
   const StepMatmul proj(w_ih, true), rec(w_hh, true);  // · W_ih^T, · W_hh^T
-  const int64_t chunk = train ? T : std::clamp<int64_t>((1 << 18) / (B * 4 * H), 1, T);  // ~1 MB of floats
+  const Tensor b_ = bias.contiguous();
+  const int64_t chunk = std::clamp<int64_t>(CHUNK_FLOATS / (B * 4 * H), 1, T);
   Tensor acts = train ? *acts_ : at::empty({chunk, B, 4 * H}, hs.options());
+  auto slot = [&](int64_t t) { return train ? t : t % chunk; };  // where step t's acts are
   if (train) check(acts, "LSTM buffers");
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "lstm_forward", [&] {
     using T_ = scalar_t;
     for (int64_t t = 0; t < T; ++t) {
       const int64_t n = active[t];
-      if (t % chunk == 0) {  // W_ih x + b for steps t .. t + chunk - 1
+      if (t % chunk == 0) {  // W_ih x for steps t .. t + chunk - 1 (the gate pass adds b)
         const int64_t steps = std::min(chunk, T - t);
-        Tensor out = acts.narrow(0, 0, steps).view({steps * B, 4 * H});
-        out.copy_(bias.expand_as(out));
-        proj(x2.narrow(0, t * B, steps * B), out, true);
+        proj(x2.narrow(0, t * B, steps * B), acts.narrow(0, slot(t), steps).view({steps * B, 4 * H}), false);
       }
-      const Tensor a_t = acts[t % chunk];
+      const Tensor a_t = acts[slot(t)];
       if (n < B) hs[t].narrow(0, n, B - n).zero_();
       if (t > 0) rec(hs[t - 1].narrow(0, 0, n), a_t.narrow(0, 0, n), true);
       T_* a0 = a_t.data_ptr<T_>();
+      const T_* bi = b_.data_ptr<T_>();
       T_ *c0 = c_last.data_ptr<T_>(), *h0 = hs[t].data_ptr<T_>();
       T_* k0 = train ? (*K)[t].data_ptr<T_>() : nullptr;
       T_* A0 = train ? (*A)[t].data_ptr<T_>() : nullptr;
@@ -267,8 +295,8 @@ void lstm_forward(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
         T_* a = a0 + b * 4 * H;
         over_units<T_>(H, [&](int64_t j, int64_t m) {
           const V<T_> one(T_(1));
-          auto o = sigmoid(ld(a + j, m)), i = sigmoid(ld(a + H + j, m));
-          auto f = sigmoid(ld(a + 2 * H + j, m)), g = tanh_(ld(a + 3 * H + j, m));
+          auto pre = [&](int64_t q) { return ld(a + q * H + j, m) + ld(bi + q * H + j, m); };
+          auto o = sigmoid(pre(0)), i = sigmoid(pre(1)), f = sigmoid(pre(2)), g = tanh_(pre(3));
           auto c_prev = ld(c0 + b * H + j, m);  // c_last[b] holds c_{t-1} until overwritten here
           auto c = f * c_prev + i * g;  // c' = f ⊙ c + i ⊙ g
           auto tc = tanh_(c);
@@ -289,25 +317,44 @@ void lstm_forward(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
   });
 }
 
-// LSTM backward: the gradients of the pre-activations (T, B, 4H), 0 at ended rows.
+// LSTM backward, all of it: the gradients of x (T, B, In), W_ih (4H, In), b (4H) and W_hh (4H, H).
+// Per step, from t = T - 1 down, the pre-activation gradients d_pre_t (B, 4H), 0 at ended rows:
 // dc_t = dc_{t+1} ⊙ f_{t+1} + dh_t ⊙ A_t, where at a sequence's last step d c_last takes the place of
-// dc_{t+1} ⊙ f_{t+1}; d_pre = (K_o ⊙ dh_t, K_{i,f,g} ⊙ dc_t);
-// dh_{t-1} = d_pre_t W_hh (+ d_hs_{t-1}).
-Tensor lstm_backward(std::optional<Tensor> d_hs, std::optional<Tensor> d_c_last, const Tensor& acts, const Tensor& K,
-                     const Tensor& A, const Tensor& w_hh, const std::vector<int64_t>& active) {
-  const int64_t T = acts.size(0), B = acts.size(1), H = acts.size(2) / 4;
-  Tensor d_pre = at::empty_like(acts), dc = at::zeros({B, H}, acts.options()), dh_rec = at::zeros({B, H}, acts.options());
+// dc_{t+1} ⊙ f_{t+1}; d_pre = (K_o ⊙ dh_t, K_{i,f,g} ⊙ dc_t); dh_{t-1} = d_pre_t W_hh (+ d_hs_{t-1}).
+// They are kept for a few steps only (`ring`, step t in slot t % slots): each time a block of steps is
+// complete, the products that need them run while they are still in cache, d_x = d_pre W_ih,
+// d_W_ih += d_pre^T x, d_W_hh += d_pre_t^T h_{t-1} and d_b += Σ d_pre. Forming d_pre for all T steps
+// first (tens of MB) and then three big products over it read it back from memory three times.
+void lstm_grads_into(const std::vector<Tensor>& out, Tensor ring, const std::optional<Tensor>& d_hs,
+                     const std::optional<Tensor>& d_c_last, const Tensor& acts, const Tensor& K, const Tensor& A,
+                     const Tensor& w_hh, const Tensor& w_ih, const Tensor& x, const Tensor& hs,
+                     const std::vector<int64_t>& active) {
+  const int64_t T = acts.size(0), B = acts.size(1), H = acts.size(2) / 4, In = x.size(2), slots = ring.size(0);
+  const Tensor &d_x = out[0], &d_w_ih = out[1], &d_b = out[2], &d_w_hh = out[3];
+  Tensor dc = at::zeros({B, H}, acts.options()), dh_rec = at::zeros({B, H}, acts.options());
   const StepMatmul rec(w_hh, false);  // · W_hh
-  AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_backward", [&] {
+  auto block_done = [&](int64_t t0) {  // steps t0 .. t1 - 1 are in slots 0 .. t1 - t0 - 1
+    const int64_t t1 = std::min(t0 + slots, T), s0 = std::max<int64_t>(t0, 1);
+    const Tensor dp = ring.narrow(0, 0, t1 - t0).view({(t1 - t0) * B, 4 * H});
+    Tensor d_x_block = d_x.narrow(0, t0, t1 - t0).view({(t1 - t0) * B, In});
+    at::mm_out(d_x_block, dp, w_ih);
+    d_w_ih.addmm_(dp.t(), x.narrow(0, t0, t1 - t0).view({(t1 - t0) * B, In}));
+    d_b.add_(dp.sum(0));
+    if (s0 < t1)  // step 0 read h_{-1} = 0
+      d_w_hh.addmm_(ring.narrow(0, s0 - t0, t1 - s0).view({(t1 - s0) * B, 4 * H}).t(),
+                    hs.narrow(0, s0 - 1, t1 - s0).view({(t1 - s0) * B, H}));
+  };
+  AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_grads", [&] {
     using T_ = scalar_t;
     for (int64_t t = T - 1; t >= 0; --t) {
       const int64_t n = active[t], n_next = t + 1 < T ? active[t + 1] : 0;
-      if (n < B) d_pre[t].narrow(0, n, B - n).zero_();
+      const Tensor dp_t = ring[t % slots];
+      if (n < B) dp_t.narrow(0, n, B - n).zero_();
       const T_* f_next = t + 1 < T ? acts[t + 1].data_ptr<T_>() + 2 * H : nullptr;
       const T_* dhs = d_hs ? (*d_hs)[t].data_ptr<T_>() : nullptr;
       const T_* dcl = d_c_last ? d_c_last->data_ptr<T_>() : nullptr;
       const T_ *k0 = K[t].data_ptr<T_>(), *A0 = A[t].data_ptr<T_>();
-      T_ *dc0 = dc.data_ptr<T_>(), *dhr0 = dh_rec.data_ptr<T_>(), *dp0 = d_pre[t].data_ptr<T_>();
+      T_ *dc0 = dc.data_ptr<T_>(), *dhr0 = dh_rec.data_ptr<T_>(), *dp0 = dp_t.data_ptr<T_>();
       over_rows(n, 4 * H, [&](int64_t b) {
         const T_* k = k0 + b * 4 * H;
         T_* dp = dp0 + b * 4 * H;
@@ -324,10 +371,28 @@ Tensor lstm_backward(std::optional<Tensor> d_hs, std::optional<Tensor> d_c_last,
           for (int64_t q = 1; q < 4; ++q) st(ld(k + q * H + j, m) * dcv, dp + q * H + j, m);
         });
       });
-      if (t > 0) rec(d_pre[t].narrow(0, 0, n), dh_rec.narrow(0, 0, n), false);
+      if (t > 0) rec(dp_t.narrow(0, 0, n), dh_rec.narrow(0, 0, n), false);
+      if (t % slots == 0) block_done(t);
     }
   });
-  return d_pre;
+}
+
+// The outputs (d_x, d_W_ih, d_b, d_W_hh) and a ring of ~GRAD_ROWS rows of d_pre, allocated by the thread
+// that calls: glibc gives other threads' allocations arenas of their own (see lstmcli/memory.py).
+int64_t GRAD_ROWS = 1024;
+std::pair<std::vector<Tensor>, Tensor> grads_buffers(const Tensor& acts, const Tensor& w_ih, const Tensor& x) {
+  const int64_t slots = std::clamp<int64_t>(GRAD_ROWS / std::max<int64_t>(1, acts.size(1)), 1, std::max<int64_t>(1, acts.size(0)));
+  return {{at::empty_like(x), at::zeros_like(w_ih), at::zeros({acts.size(2)}, acts.options()),
+           at::zeros({acts.size(2), acts.size(2) / 4}, acts.options())},
+          at::empty({slots, acts.size(1), acts.size(2)}, acts.options())};
+}
+
+std::vector<Tensor> lstm_grads(std::optional<Tensor> d_hs, std::optional<Tensor> d_c_last, const Tensor& acts,
+                               const Tensor& K, const Tensor& A, const Tensor& w_hh, const Tensor& w_ih,
+                               const Tensor& x, const Tensor& hs, const std::vector<int64_t>& active) {
+  auto [out, ring] = grads_buffers(acts, w_ih, x);
+  lstm_grads_into(out, ring, d_hs, d_c_last, acts, K, A, w_hh, w_ih, x, hs, active);
+  return out;
 }
 
 // GRU forward. hs (T, B, H) is written (0 at ended rows); zs (T, B, H) and K when given (training).
@@ -417,12 +482,59 @@ std::vector<Tensor> gru_backward(const Tensor& d_hs, const Tensor& zs, const Ten
   return {d_x, d_hh};
 }
 
+// The two directions of a bidirectional LSTM layer at once, one per thread. They share nothing until
+// the layer's output, and each step of one is a small matmul (B x H by H x 4H) plus a gate pass: split
+// over two threads, every step pays two fork/joins and the matmul runs at ~1.6x one thread's speed;
+// run side by side on one thread each, a step needs no synchronisation and each core runs at its full
+// single-thread speed (MKL and at::parallel_for run serially inside a parallel region). Worker threads
+// start with autograd enabled: the guard keeps the kernels' ATen calls off the graph, as on the caller.
+template <typename F>
+void both_directions(const F& f) {
+  const FloatMode mode;
+#pragma omp parallel num_threads(2)
+  {
+    const FloatMode::Apply as_caller(mode);
+    at::NoGradGuard no_grad;
+    const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+    for (int d = tid; d < 2; d += nth) f(d);  // a one-thread team (nested, or OMP limits) runs both
+  }
+}
+
+void lstm_forward_pair(const std::vector<Tensor>& x, const std::vector<Tensor>& w_ih, const std::vector<Tensor>& bias,
+                       const std::vector<Tensor>& w_hh, const std::vector<int64_t>& active,
+                       const std::vector<Tensor>& hs, const std::vector<Tensor>& c_last,
+                       const std::vector<std::optional<Tensor>>& acts, const std::vector<std::optional<Tensor>>& K,
+                       const std::vector<std::optional<Tensor>>& A) {
+  both_directions([&](int d) { lstm_forward(x[d], w_ih[d], bias[d], w_hh[d], active, hs[d], c_last[d], acts[d], K[d], A[d]); });
+}
+
+std::vector<Tensor> lstm_grads_pair(const std::vector<std::optional<Tensor>>& d_hs,
+                                    const std::vector<std::optional<Tensor>>& d_c_last, const std::vector<Tensor>& acts,
+                                    const std::vector<Tensor>& K, const std::vector<Tensor>& A,
+                                    const std::vector<Tensor>& w_hh, const std::vector<Tensor>& w_ih,
+                                    const std::vector<Tensor>& x, const std::vector<Tensor>& hs,
+                                    const std::vector<int64_t>& active) {
+  auto first = grads_buffers(acts[0], w_ih[0], x[0]), second = grads_buffers(acts[1], w_ih[1], x[1]);
+  std::pair<std::vector<Tensor>, Tensor>* bufs[2] = {&first, &second};
+  both_directions([&](int d) {
+    lstm_grads_into(bufs[d]->first, bufs[d]->second, d_hs[d], d_c_last[d], acts[d], K[d], A[d], w_hh[d], w_ih[d], x[d],
+                    hs[d], active);
+  });
+  std::vector<Tensor> out = first.first;
+  out.insert(out.end(), second.first.begin(), second.first.end());
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   auto nogil = py::call_guard<py::gil_scoped_release>();
   m.def("packed_gemm", &have_packed_gemm,
         "whether the float32 step matmuls go through MKL's packed GEMM (else ATen's matmul)");
   m.def("lstm_forward", &lstm_forward, nogil);
-  m.def("lstm_backward", &lstm_backward, nogil);
+  m.def("lstm_grads", &lstm_grads, nogil);
+  m.def("lstm_forward_pair", &lstm_forward_pair, nogil);
+  m.def("lstm_grads_pair", &lstm_grads_pair, nogil);
+  m.def("set_chunk", [](int64_t c) { CHUNK_FLOATS = c; });
+  m.def("set_grad_rows", [](int64_t r) { GRAD_ROWS = r; });
   m.def("gru_forward", &gru_forward, nogil);
   m.def("gru_backward", &gru_backward, nogil);
 }
