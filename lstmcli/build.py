@@ -19,9 +19,10 @@ def resolve_impl(cfg: ModelConfig, device: torch.device | str = "cpu") -> tuple[
 
     `auto` picks scratch where it is the faster one and builtin elsewhere. Both give the same function
     of the same weights (one state_dict), so the pick changes speed, not results. Measured with `lstmcli
-    bench` (BiLSTM 256, batch 64, lengths 50-400, 2 threads, 2-core AVX2 EPYC): training 18,007 against
-    16,683 tokens/s, inference 59,034 against 51,220. Not measured, so not picked: GRU and RNN (the RNN
-    has no C++ loop), bfloat16 (scratch is float32), CUDA and MPS (scratch's loops are for CPUs)."""
+    bench` (BiLSTM 256, batch 64, lengths 50-400, 2 threads, 2-core AVX2 EPYC), two runs: training
+    21,989 and 22,262 tokens/s against 19,689 and 18,266, inference 64,807 and 69,586 against 60,759 and
+    58,947. Not measured, so not picked: GRU and RNN (the RNN has no C++ loop), bfloat16 (scratch is
+    float32), CUDA and MPS (scratch's loops are for CPUs)."""
     if cfg.impl is not Impl.auto:
         return cfg.impl, f"{cfg.impl.value} (as configured)"
     if cfg.peephole:

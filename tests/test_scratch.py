@@ -317,6 +317,19 @@ def test_both_directions_flush_denormals_as_the_caller_does(loops, two_threads):
     assert c_last.abs().max().item() == 0.0 and c_last_rev.abs().max().item() == 0.0
 
 
+def test_an_error_in_a_side_by_side_kernel_is_raised_not_fatal():
+    """An exception thrown on one of the two threads is carried out of the parallel region and raised
+    in Python (escaping an OpenMP region would terminate the process)."""
+    if not native.ensure():
+        pytest.fail("the C++ kernels did not build (the log says why)")
+    T, B, In, H = 3, 2, 2, 4
+    one = [torch.randn(T, B, In)], [torch.randn(4 * H, In)], [torch.zeros(4 * H)], [torch.randn(4 * H, H)]
+    hs = [torch.empty(T, B, H), torch.empty(T, H, B).transpose(1, 2)]  # the second is not contiguous
+    with pytest.raises(RuntimeError, match="contiguous"):
+        recurrence.native_kernels().lstm_forward_pair(*(v * 2 for v in one), [B] * T, hs,
+                                                      [torch.zeros(B, H)] * 2, *[[None] * 2] * 3)
+
+
 def test_builds_are_named_for_what_they_were_compiled_for():
     """A build cache shared between machines must never hand one CPU a build for another: each
     instruction set (and torch version) gets its own module name, and none is -march=native."""

@@ -20,6 +20,7 @@
 #include <immintrin.h>
 #endif
 
+#include <exception>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -259,7 +260,7 @@ void lstm_infer(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const T
 // The input projections W_ih x are made a few steps ahead (~1 MB at a time), so that what a step
 // reads is still in cache: projecting all steps at once writes a (T, B, 4H) buffer of tens of MB that
 // each step then reads back from memory. Inference uses a small buffer for them in the same way.
-int64_t CHUNK_FLOATS = 1 << 18;
+constexpr int64_t CHUNK_FLOATS = 1 << 18;  // ~1 MB of float32
 void lstm_forward(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const Tensor& w_hh,
                   const std::vector<int64_t>& active, Tensor hs, Tensor c_last, std::optional<Tensor> acts_,
                   std::optional<Tensor> K, std::optional<Tensor> A) {
@@ -379,7 +380,7 @@ void lstm_grads_into(const std::vector<Tensor>& out, Tensor ring, const std::opt
 
 // The outputs (d_x, d_W_ih, d_b, d_W_hh) and a ring of ~GRAD_ROWS rows of d_pre, allocated by the thread
 // that calls: glibc gives other threads' allocations arenas of their own (see lstmcli/memory.py).
-int64_t GRAD_ROWS = 1024;
+constexpr int64_t GRAD_ROWS = 1024;  // 16 steps at batch 64, 4 MB at hidden 256 (measured: 512-4096 alike)
 std::pair<std::vector<Tensor>, Tensor> grads_buffers(const Tensor& acts, const Tensor& w_ih, const Tensor& x) {
   const int64_t slots = std::clamp<int64_t>(GRAD_ROWS / std::max<int64_t>(1, acts.size(1)), 1, std::max<int64_t>(1, acts.size(0)));
   return {{at::empty_like(x), at::zeros_like(w_ih), at::zeros({acts.size(2)}, acts.options()),
@@ -488,16 +489,24 @@ std::vector<Tensor> gru_backward(const Tensor& d_hs, const Tensor& zs, const Ten
 // run side by side on one thread each, a step needs no synchronisation and each core runs at its full
 // single-thread speed (MKL and at::parallel_for run serially inside a parallel region). Worker threads
 // start with autograd enabled: the guard keeps the kernels' ATen calls off the graph, as on the caller.
+// An exception must not leave an OpenMP region (that terminates the process): it is carried out of it.
 template <typename F>
 void both_directions(const F& f) {
   const FloatMode mode;
+  std::exception_ptr error;
 #pragma omp parallel num_threads(2)
   {
     const FloatMode::Apply as_caller(mode);
     at::NoGradGuard no_grad;
     const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-    for (int d = tid; d < 2; d += nth) f(d);  // a one-thread team (nested, or OMP limits) runs both
+    try {
+      for (int d = tid; d < 2; d += nth) f(d);  // a one-thread team (nested, or OMP limits) runs both
+    } catch (...) {
+#pragma omp critical
+      if (!error) error = std::current_exception();
+    }
   }
+  if (error) std::rethrow_exception(error);
 }
 
 void lstm_forward_pair(const std::vector<Tensor>& x, const std::vector<Tensor>& w_ih, const std::vector<Tensor>& bias,
@@ -533,8 +542,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lstm_grads", &lstm_grads, nogil);
   m.def("lstm_forward_pair", &lstm_forward_pair, nogil);
   m.def("lstm_grads_pair", &lstm_grads_pair, nogil);
-  m.def("set_chunk", [](int64_t c) { CHUNK_FLOATS = c; });
-  m.def("set_grad_rows", [](int64_t r) { GRAD_ROWS = r; });
   m.def("gru_forward", &gru_forward, nogil);
   m.def("gru_backward", &gru_backward, nogil);
 }
