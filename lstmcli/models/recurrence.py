@@ -190,7 +190,8 @@ class LSTMLayer(torch.autograd.Function):
     step's activations are still in cache: dc_t = dc_{t+1} ⊙ f_{t+1} + dh_t ⊙ A_t, and the
     pre-activation gradients are K_o ⊙ dh_t for o and K_{i,f,g} ⊙ dc_t for i, f, g.
     Two directions on two threads run side by side, one per thread (the C++ kernels' *_pair), instead of
-    one after the other with each step split over both threads; the results are the same.
+    one after the other with each step split over both threads; the results are the same up to float32
+    summation order.
     """
 
     @staticmethod
@@ -204,7 +205,7 @@ class LSTMLayer(torch.autograd.Function):
         x, w_hh = dirs[0][0], dirs[0][3]
         (T, B), H = x.shape[:2], w_hh.size(1)
         hs, c_last = [x.new_empty(T, B, H) for _ in dirs], [x.new_zeros(B, H) for _ in dirs]
-        # training keeps W_ih x + b and the activations of every step (acts), and the factors K, A
+        # training keeps every step's activations (acts: the backward reads σ(f)) and factors K, A
         acts, K, A = ([x.new_empty(T, B, G) for _ in dirs] if train else [None] * len(dirs)
                       for G in (4 * H, 4 * H, H))
         ctx.loops = _loops(x)
