@@ -28,7 +28,6 @@ import torch
 
 from lstmcli.batching import collate, sorted_batches
 from lstmcli.datasets import load_splits
-from lstmcli.device import resolve_device
 from lstmcli.predict import Classifier, _as_split
 
 
@@ -78,9 +77,7 @@ def in_process(clf: Classifier, texts: list[str], batch_size: int):
 def main() -> None:
     args = parse_args(__doc__)
 
-    # the CPU settings `lstmcli predict` runs under (denormals flushed, freed buffers kept), for this
-    # process's in-process timings too
-    clf = Classifier(Path(args.checkpoint), resolve_device("cpu"))
+    clf = Classifier(Path(args.checkpoint), torch.device("cpu"))
     _, splits = load_splits(clf.ck.config.data)
     texts = [t.replace("\r", " ").replace("\n", " ") for t in splits["test"].texts[: args.reviews]]
     stdin = "".join(t + "\n" for t in texts).encode()

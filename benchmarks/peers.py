@@ -29,7 +29,6 @@ import torch
 
 from lstmcli.config import DataConfig, from_dict, resolve
 from lstmcli.datasets import load_splits
-from lstmcli.device import resolve_device
 from lstmcli.predict import Classifier
 from lstmcli.text import basic_english
 
@@ -73,7 +72,7 @@ def fasttext_bigrams(train_tokens, train_labels, test_texts, test_labels, thread
 
 def lstmcli_run(run: Path, test_texts, test_labels) -> dict:
     metrics = json.loads((run / "metrics.json").read_text())
-    clf = Classifier(run / "best", resolve_device("cpu"))  # as `lstmcli predict` sets the CPU up
+    clf = Classifier(run / "best", torch.device("cpu"))
     start = time.perf_counter()
     top = clf.predict(test_texts)
     predict_s = time.perf_counter() - start

@@ -12,6 +12,7 @@ import torch
 from . import checkpoint
 from .batching import Cut, collate, sorted_batches
 from .config import Truncate
+from .device import set_up
 from .metrics import check_threshold
 from .prepare import EncodedSplit
 from .text import basic_english
@@ -25,7 +26,7 @@ class Classifier:
 
     def __init__(self, checkpoint_dir: str | Path, device: str | torch.device = "cpu",
                  impl: str | None = None, max_length: int | None = None, precision: str | None = None):
-        self.device = torch.device(device)
+        self.device = set_up(torch.device(device))
         self.ck = checkpoint.load(Path(checkpoint_dir), str(self.device), impl, precision)
         # A text is cut to what the model was trained on; with no such limit, to DEFAULT_MAX_LENGTH,
         # so that a runaway input (a 10 MB line) costs milliseconds, not minutes.

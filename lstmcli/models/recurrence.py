@@ -110,7 +110,7 @@ class _PythonLoops:
     def lstm_grads(d_hs, d_c_last, acts, K, A, w_hh, w_ih, x, hs, active):
         """[d_x, d_W_ih, d_b, d_W_hh] of one direction: its d_pre for all steps, then one product each."""
         d_pre = _PythonLoops.lstm_backward(d_hs, d_c_last, acts, K, A, w_hh, active)
-        return [*_input_grads(d_pre, x, w_ih), d_pre[1:].flatten(0, 1).t() @ hs[:-1].flatten(0, 1)]
+        return [*_input_grads(d_pre, x, w_ih), _recurrent_weight_grad(d_pre, hs)]
 
     @staticmethod
     def gru_forward(xproj, w_hh, b_hh, active, hs, zs, K):
@@ -244,6 +244,11 @@ def _input_grads(d_pre: torch.Tensor, x: torch.Tensor, w_ih: torch.Tensor):
     return (d2 @ w_ih).view_as(x), d2.t() @ x.reshape(d2.size(0), -1), d2.sum(0)
 
 
+def _recurrent_weight_grad(d_pre: torch.Tensor, hs: torch.Tensor) -> torch.Tensor:
+    """Σ_t d_pre_t^T h_{t-1} over all steps in one matmul: the gradient of W_hh (step 0 read h = 0)."""
+    return d_pre[1:].flatten(0, 1).t() @ hs[:-1].flatten(0, 1)
+
+
 class GRULayer(torch.autograd.Function):
     """One direction of one GRU layer (gate order r, z, n as in PyTorch).
 
@@ -270,7 +275,7 @@ class GRULayer(torch.autograd.Function):
     def backward(ctx, d_hs):
         zs, K, hs, w_hh = ctx.saved_tensors
         d_x, d_hh = ctx.loops.gru_backward(d_hs.contiguous(), zs, K, w_hh, ctx.active)
-        d_w = d_hh[1:].flatten(0, 1).t() @ hs[:-1].flatten(0, 1)
+        d_w = _recurrent_weight_grad(d_hh, hs)
         return d_x, d_w, d_hh.sum((0, 1)), None
 
 
@@ -301,7 +306,7 @@ class RNNLayer(torch.autograd.Function):
             _zero_tails(t, n, d_pre)
             torch.mul(dh_rec[:n] + d_hs[t, :n], K[t, :n], out=d_pre[t, :n])
             torch.mm(d_pre[t, :n], w_hh, out=dh_rec[:n])
-        return _input_grads(d_pre, x, w_ih) + (d_pre[1:].flatten(0, 1).t() @ hs[:-1].flatten(0, 1), None)
+        return _input_grads(d_pre, x, w_ih) + (_recurrent_weight_grad(d_pre, hs), None)
 
 
 def peephole_lstm(xproj, w_hh, w_ci, w_cf, w_co, active):

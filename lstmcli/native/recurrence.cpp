@@ -523,14 +523,14 @@ std::vector<Tensor> lstm_grads_pair(const std::vector<std::optional<Tensor>>& d_
                                     const std::vector<Tensor>& w_hh, const std::vector<Tensor>& w_ih,
                                     const std::vector<Tensor>& x, const std::vector<Tensor>& hs,
                                     const std::vector<int64_t>& active) {
-  auto first = grads_buffers(acts[0], w_ih[0], x[0]), second = grads_buffers(acts[1], w_ih[1], x[1]);
-  std::pair<std::vector<Tensor>, Tensor>* bufs[2] = {&first, &second};
+  const std::pair<std::vector<Tensor>, Tensor> buf[2] = {grads_buffers(acts[0], w_ih[0], x[0]),
+                                                         grads_buffers(acts[1], w_ih[1], x[1])};
   both_directions([&](int d) {
-    lstm_grads_into(bufs[d]->first, bufs[d]->second, d_hs[d], d_c_last[d], acts[d], K[d], A[d], w_hh[d], w_ih[d], x[d],
+    lstm_grads_into(buf[d].first, buf[d].second, d_hs[d], d_c_last[d], acts[d], K[d], A[d], w_hh[d], w_ih[d], x[d],
                     hs[d], active);
   });
-  std::vector<Tensor> out = first.first;
-  out.insert(out.end(), second.first.begin(), second.first.end());
+  std::vector<Tensor> out = buf[0].first;
+  out.insert(out.end(), buf[1].first.begin(), buf[1].first.end());
   return out;
 }
 
