@@ -1,35 +1,31 @@
-"""Training: train_one_epoch, and a run's life: start, epochs, checkpoints, stop, resume, test."""
+"""Training: train_one_epoch, and a run's epochs: validate, checkpoint, stop and resume, test best/.
+run_setup.py starts or reopens the Run this takes through them."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, distributed, launch, plots, tensorboard
+from . import checkpoint, distributed, plots
 from .batching import Cut, bucket_batches, collate, padding_share, truncated_lengths
-from .build import build_model, resolve_impl
-from .class_weights import resolve as resolve_class_weights
-from .config import Config, ReportTo, from_dict, to_dict
+from .config import Config
 from .distributed import SINGLE, Dist, sum_
-from .embeddings import init_embeddings
-from .errors import CheckFailed, CheckpointError, Interrupted, LstmcliError, PeerFailed
+from .errors import CheckFailed, Interrupted, PeerFailed
 from .evaluation import evaluate
 from .fsutil import write_json
-from .ngram_stats import init_nb_bag
-from .prepare import EncodedSplit, Prepared
+from .prepare import EncodedSplit
 from .progress import EpochReporter, StepCallback, chain, epoch_line
-from .rundir import default_out, environment, point_latest
-from .schedule import make_optimizer, make_scheduler, step_per_batch, step_per_epoch
-from .train_state import EpochProgress, GracefulStop, TrainState, load_state, rng_state, state_dict
+from .run_setup import Run, reopen, start
+from .rundir import point_latest
+from .schedule import step_per_batch, step_per_epoch
+from .train_state import EpochProgress, GracefulStop, TrainState, rng_state, state_dict
 
 log = logging.getLogger(__name__)
 
@@ -105,130 +101,9 @@ def _step_loss(model, split: EncodedSplit, rows: torch.Tensor, cut: Cut, device:
     return loss, torch.tensor([value, correct, n, batch.num_tokens * live, 0.0], dtype=torch.float64)
 
 
-@dataclass
-class Run:
-    """Everything a run carries from epoch to epoch."""
-
-    cfg: Config
-    ck_cfg: Config  # what checkpoints record: cfg with the precision resolved for this device
-    run_dir: Path
-    data: Prepared
-    dist: Dist
-    device: torch.device
-    model: torch.nn.Module  # the TextClassifier itself: evaluated and saved
-    trained: torch.nn.Module  # what the training steps run: model, or DDP around it
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    state: TrainState
-    metrics: dict
-    class_weight: torch.Tensor | None = None  # (C,) the loss's weight of each label
-    tb: tensorboard.TensorBoard | None = None  # rank 0's event writer, when asked for
-
-
-def _class_weights(cfg: Config, data: Prepared) -> dict[str, float] | None:
-    """{label: its weight in the loss}, from the config and the training split's label counts."""
-    counts = torch.bincount(data.splits["train"].labels, minlength=len(data.label_names)).tolist()
-    weights = resolve_class_weights(cfg.train.class_weights, data.label_names, counts)
-    return None if weights is None else dict(zip(data.label_names, weights, strict=True))
-
-
-def _as_tensor(weights: dict[str, float] | None) -> torch.Tensor | None:
-    return None if weights is None else torch.tensor(list(weights.values()), dtype=torch.float32)
-
-
-def _open_tensorboard(r: Run) -> Run:
-    """The run `r` with its event writer, continuing after the steps already taken."""
-    if r.cfg.train.report_to is ReportTo.tensorboard and r.dist.is_main:
-        done = (r.state.epoch - 1) * _steps_per_epoch(r.cfg, r.data) + r.state.progress.batches_done
-        r.tb = tensorboard.TensorBoard(r.run_dir, done)
-    return r
-
-
-def _steps_per_epoch(cfg: Config, data: Prepared) -> int:
-    return math.ceil(len(data.splits["train"]) / cfg.train.batch_size)
-
-
-def start(cfg: Config) -> Run:
-    """A new run: data, model and vectors first (bad input leaves no run folder behind), then the folder."""
-    dist, device = launch.place(cfg)
-    precision, why, ck_cfg = launch.precision_of(cfg, device)  # before the data: a bad bf16 fails at once
-    impl, impl_why = resolve_impl(ck_cfg.model, device)
-    if cfg.train.report_to is ReportTo.tensorboard:
-        tensorboard.require()
-    data = launch.prepared(cfg, dist)
-    class_weights = _class_weights(cfg, data)
-    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
-    model = build_model(ck_cfg.model, len(data.vocab), len(data.label_names), device).to(device)
-    init_nb_bag(model, data.splits["train"], Cut.of(cfg.data))  # an nbsvm bag's ratios (counted)
-    metrics = {"data": {**{s: len(data.splits[s]) for s in data.splits}, "vocab": len(data.vocab),
-                        "labels": data.label_names},
-               "environment": environment(device, precision, impl, dist), "history": [], "best_epoch": None}
-    if class_weights is not None:
-        metrics["class_weights"] = class_weights
-    if cfg.train.embeddings:
-        metrics["embeddings"] = init_embeddings(model.embedding, cfg.train.embeddings, data.vocab)
-        e = metrics["embeddings"]
-        log.info(f"embeddings: {e['found']:,} of {e['vocab']:,} vocabulary tokens ({e['coverage']:.1%}) "
-                 f"found among {e['vectors_read']:,} vectors in {e['path']}")
-    model.embedding.weight.requires_grad_(not cfg.train.freeze_embeddings)
-    optimizer = make_optimizer(model, cfg)
-    run_dir = distributed.broadcast(dist, Path(cfg.train.out) if cfg.train.out else default_out(cfg))
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", {**to_dict(cfg), "launch": launch.launch_record(dist)})
-        write_json(run_dir / "metrics.json", metrics)  # from the start: a run stopped in epoch 1 resumes
-    log.info(f"run folder {run_dir}; {sum(p.numel() for p in model.parameters()):,} parameters on {device}, "
-             f"precision {why}, impl {impl_why}{launch.launch_line(dist)}")
-    if dist.rank:  # each rank its own dropout masks; rank 0 draws those of a single process
-        torch.manual_seed(cfg.train.seed + dist.rank)
-    return _open_tensorboard(Run(
-        cfg, ck_cfg, run_dir, data, dist, device, model, distributed.wrap(model, dist, device), optimizer,
-        make_scheduler(optimizer, cfg, _steps_per_epoch(cfg, data)), TrainState(), metrics,
-        _as_tensor(class_weights)))
-
-
 def _resume_command(r: Run) -> str:
     launcher = f"torchrun --nproc-per-node {r.dist.local_world_size} -m " if r.dist.enabled else ""
     return f"{launcher}lstmcli train --resume {r.run_dir}"
-
-
-def reopen(run_dir: Path) -> Run:
-    """A stopped run, exactly as it was when it stopped: weights, optimizer, schedule, RNG, position."""
-    run_dir = Path(run_dir)
-    try:
-        config_file = run_dir / "config.json"
-        saved = json.loads(config_file.read_text(encoding="utf-8"))
-        if isinstance(saved, dict):
-            saved.pop("launch", None)
-        cfg = from_dict(saved, str(config_file))
-        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot resume {run_dir}: not a run folder ({exc})") from None
-    if "test" in metrics:  # (a run stopped after its last epoch but before testing resumes into the test)
-        raise LstmcliError(f"run {run_dir} has already finished; nothing to resume")
-    dist, device = launch.place(cfg)
-    precision, why, ck_cfg = launch.precision_of(cfg, device)
-    impl, impl_why = resolve_impl(ck_cfg.model, device)
-    if cfg.train.report_to is ReportTo.tensorboard:
-        tensorboard.require()
-    metrics["environment"] = environment(device, precision, impl, dist)  # where it runs from now on
-    data = launch.prepared(cfg, dist)
-    last = checkpoint.load(run_dir / "last", str(device), precision=precision.value)
-    if last.vocab != data.vocab or last.label_names != data.label_names:
-        raise CheckpointError(f"cannot resume {run_dir}: its data has changed since the run started")
-    last.model.embedding.weight.requires_grad_(not cfg.train.freeze_embeddings)
-    optimizer = make_optimizer(last.model, cfg)
-    scheduler = make_scheduler(optimizer, cfg, _steps_per_epoch(cfg, data))
-    state, saved_by = load_state(run_dir / "last", optimizer, scheduler, dist.rank)
-    if saved_by != dist.world_size:
-        log.warning(f"resuming a run saved by {saved_by} process(es) with {dist.world_size}: the same "
-                    f"batches and gradient means, but float sums in another order and other dropout masks, "
-                    f"so the result is not bit-identical to an uninterrupted run")
-    log.info(f"resuming {run_dir} in epoch {state.epoch} after {state.progress.batches_done} batches, "
-             f"precision {why}, impl {impl_why}{launch.launch_line(dist)}")
-    trained = distributed.wrap(last.model, dist, device)
-    return _open_tensorboard(Run(cfg, ck_cfg, run_dir, data, dist, device, last.model, trained, optimizer,
-                                 scheduler, state, metrics, _as_tensor(_class_weights(cfg, data))))
 
 
 def _save_last(r: Run, val_report: dict | None) -> None:

@@ -64,6 +64,20 @@ def test_reverse_within_length_is_an_involution_in_either_layout():
     assert torch.equal(last_real(x.transpose(0, 1), lengths, time_dim=0), last_real(x, lengths))
 
 
+@pytest.mark.parametrize("time_dim", [0, 1])
+def test_reverse_within_length_passes_gradients_back_reversed(time_dim):
+    """Its own backward (the same permutation of whole rows), checked against finite differences, on a
+    non-contiguous input, with features in two dimensions."""
+    torch.manual_seed(0)
+    lengths = torch.tensor([7, 5, 2, 1])
+    shape = (7, 4, 3, 2) if time_dim == 0 else (4, 7, 3, 2)
+    x = torch.randn(*shape[:2][::-1], *shape[2:], dtype=torch.float64).transpose(0, 1).requires_grad_()
+    assert not x.is_contiguous()
+    assert torch.autograd.gradcheck(lambda z: reverse_within_length(z, lengths, time_dim), (x,))
+    (grad,) = torch.autograd.grad(reverse_within_length(x, lengths, time_dim).sum(), x)
+    assert torch.equal(grad, torch.ones_like(x))  # a permutation: each input read exactly once
+
+
 @pytest.mark.parametrize("pooling", ["last", "mean", "max"])
 @pytest.mark.parametrize("encoder", ["lstm", "gru", "rnn"])
 def test_pooling_ignores_padding(pooling, encoder):
