@@ -73,8 +73,9 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         setup_logging(quiet=bool(kwargs.get("quiet")), debug=DEBUG["on"])
+        previous = None
         with contextlib.suppress(ValueError):  # not the main thread (an embedding program's worker)
-            signal.signal(signal.SIGTERM, _sigterm)
+            previous = signal.signal(signal.SIGTERM, _sigterm)
         try:
             return fn(*args, **kwargs)
         except LstmcliError as exc:
@@ -85,6 +86,9 @@ def user_errors(fn):
             raise typer.Exit(EXIT_PIPE) from None
         except OSError as exc:  # a folder that cannot be written, a full disk, ...
             fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc), EXIT_USAGE)
+        finally:  # the command is over: a SIGTERM from now on (torchrun ending a launch) is no error of ours
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     return wrapper
 
 
@@ -311,17 +315,32 @@ def datasets_(
                 typer.echo(f"  {f.url} (md5 {f.md5})")
 
 
+def _ignore_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def main() -> None:
     """The console entry point: run the command, flush the output, and leave without the interpreter's
     teardown. Tearing torch down after inference (its allocators, thread pools, thousands of modules)
     took 0.35-0.55 s here, up to a third of a one-text `predict`. Every command has closed (and renamed into
     place) what it wrote by the time it returns, so once stdout and stderr are flushed there is nothing
-    left for the teardown to do. An exception that escapes a command still ends the usual way."""
+    left for the teardown to do. An exception that escapes a command still ends the usual way.
+
+    Once the command has returned, SIGINT and SIGTERM are ignored: one that arrives now (torchrun ends
+    the other ranks of a launch whose rank failed) must not turn a finished command into a traceback or
+    change its exit code. (A mask would not do: it holds for this thread only, and torch's threads would
+    take the signal.)"""
     try:
-        app()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
+        try:
+            app()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+        _ignore_signals()
+    except KeyboardInterrupt:  # Ctrl-C in the moment between the command's end and the line above
+        _ignore_signals()
+        code = EXIT_INTERRUPTED
     if code is None:
         code = 0
     elif not isinstance(code, int):  # sys.exit("message"): Python prints it and exits 1

@@ -100,6 +100,42 @@ def test_the_process_flushes_its_output_and_keeps_the_exit_codes(mirror, workdir
     assert proc.wait(timeout=120) == 141 and proc.stderr.read() == ""
 
 
+LATE_SIGTERM = """
+import os, signal, sys
+import typer
+from lstmcli import cli
+from lstmcli.errors import PeerFailed
+
+app = typer.Typer()
+
+@app.command()
+@cli.user_errors
+def failing() -> None:
+    raise PeerFailed("rank 0: another process of this torchrun launch failed")
+
+class KilledOnFlush:  # main() flushes stdout after the command; torchrun's SIGTERM lands right then
+    def __init__(self, stream):
+        self.stream = stream
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+    def flush(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        self.stream.flush()
+
+cli.app = app
+sys.stdout = KilledOnFlush(sys.stdout)
+cli.main()
+"""
+
+
+def test_a_sigterm_after_the_command_keeps_its_exit_code_and_prints_nothing_more():
+    """Under torchrun, a rank that failed on its own is sent SIGTERM as the launch ends; landing after the
+    command returned, it once raised KeyboardInterrupt in main() and printed a traceback (a CI failure)."""
+    done = subprocess.run([sys.executable, "-c", LATE_SIGTERM], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == "lstmcli: error: rank 0: another process of this torchrun launch failed\n"
+
+
 def test_user_csv_dataset_and_eval_on_a_file(workdir, tmp_path):
     rows = "".join(f'"{"great fun" if i % 2 else "dull mess"} {i}",{"yes" if i % 2 else "no"}\n'
                    for i in range(200))
