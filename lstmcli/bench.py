@@ -110,8 +110,8 @@ def _time_pass(model, batches, optimizer, train: bool) -> float:
     return time.perf_counter() - start
 
 
-def _measure(encoder: str, impls: list[str], shape: BenchShape, batches, dev: torch.device, seed: int,
-             peaks: list[float]) -> dict[str, dict[str, float]]:
+def _measure(encoder: str, impls: list[str], shape: BenchShape, batches, tokens: int, dev: torch.device,
+             seed: int, peaks: list[float]) -> dict[str, dict[str, float]]:
     """{impl: {mode: median tokens/s}} of one encoder; appends a GEMM rate sample to `peaks` after each
     round (every impl once)."""
     models = {}
@@ -132,7 +132,6 @@ def _measure(encoder: str, impls: list[str], shape: BenchShape, batches, dev: to
                 model.train(mode == "train")
                 times[(impl, mode)].append(_time_pass(model, batches, opt, mode == "train"))
             peaks.append(sgemm_peak(dev, repeats=2))
-    tokens = sum(int(lengths.sum()) for _, lengths in batches)
     return {impl: {mode: tokens / statistics.median(times[(impl, mode)]) for mode in ("train", "infer")}
             for impl in impls}
 
@@ -149,7 +148,9 @@ def run_bench(encoders: list[str], impls: list[str], shape: BenchShape, device: 
         loops += " (MKL packed GEMM)"
     peaks = [sgemm_peak(dev)]
     batches = make_batches(shape, dev, seed)
-    results = {encoder: _measure(encoder, impls, shape, batches, dev, seed, peaks) for encoder in encoders}
+    tokens = sum(int(lengths.sum()) for _, lengths in batches)
+    results = {encoder: _measure(encoder, impls, shape, batches, tokens, dev, seed, peaks)
+               for encoder in encoders}
     peak = max(peaks)  # one limit for every figure, known once all are measured
     for encoder, by_impl in results.items():
         flops = {"train": 3 * encoder_flops(encoder, shape), "infer": encoder_flops(encoder, shape)}
@@ -163,7 +164,7 @@ def run_bench(encoders: list[str], impls: list[str], shape: BenchShape, device: 
     return {"shape": asdict(shape), "device": str(dev), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "scratch_loops": loops, "sgemm_flops": peak, "sgemm_samples": peaks,
-            "tokens_per_pass": sum(int(lengths.sum()) for _, lengths in batches), "results": results}
+            "tokens_per_pass": tokens, "results": results}
 
 
 def format_bench(report: dict) -> str:

@@ -315,9 +315,21 @@ def datasets_(
                 typer.echo(f"  {f.url} (md5 {f.md5})")
 
 
-def _ignore_signals() -> None:
+def _exit_status(code: int | str | None) -> int:
+    """SystemExit's code as the process's: None is 0; sys.exit("message") prints it and exits 1, as
+    Python does."""
+    if code is None:
+        return 0
+    if not isinstance(code, int):
+        print(code, file=sys.stderr)
+        return 1
+    return code
+
+
+def _leave_on_signal(code: int) -> None:
+    """From now on SIGINT and SIGTERM end the process at once with exit code `code`."""
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+        signal.signal(sig, lambda *_: os._exit(code))
 
 
 def main() -> None:
@@ -327,25 +339,20 @@ def main() -> None:
     place) what it wrote by the time it returns, so once stdout and stderr are flushed there is nothing
     left for the teardown to do. An exception that escapes a command still ends the usual way.
 
-    Once the command has returned, SIGINT and SIGTERM are ignored: one that arrives now (torchrun ends
-    the other ranks of a launch whose rank failed) must not turn a finished command into a traceback or
-    change its exit code. (A mask would not do: it holds for this thread only, and torch's threads would
-    take the signal.)"""
+    Once the command has returned, SIGINT and SIGTERM end the process with the command's own exit code: one
+    that arrives now (torchrun ends the other ranks of a launch whose rank failed) must not turn a finished
+    command into a traceback, and a flush that blocks on a stalled pipe can still be ended. (A signal mask
+    would not do: it holds for this thread only, and torch's threads would take the signal.)"""
     try:
         try:
             app()
             code = 0
         except SystemExit as exc:
-            code = exc.code
-        _ignore_signals()
+            code = _exit_status(exc.code)
+        _leave_on_signal(code)
     except KeyboardInterrupt:  # Ctrl-C in the moment between the command's end and the line above
-        _ignore_signals()
         code = EXIT_INTERRUPTED
-    if code is None:
-        code = 0
-    elif not isinstance(code, int):  # sys.exit("message"): Python prints it and exits 1
-        print(code, file=sys.stderr)
-        code = 1
+        _leave_on_signal(code)
     try:  # click.echo flushes as it writes; this covers anything written another way
         sys.stdout.flush()
         sys.stderr.flush()
