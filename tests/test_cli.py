@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -134,6 +135,10 @@ def test_a_sigterm_after_the_command_keeps_its_exit_code_and_prints_nothing_more
     done = subprocess.run([sys.executable, "-c", LATE_SIGTERM], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout) == (1, "")
     assert done.stderr == "lstmcli: error: rank 0: another process of this torchrun launch failed\n"
+    # in a program that runs commands in-process, each puts back the SIGTERM handler it found
+    before = signal.getsignal(signal.SIGTERM)
+    one_line_error(run("train", "--dataset", "imbd"), 2, "unknown dataset 'imbd'")
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_user_csv_dataset_and_eval_on_a_file(workdir, tmp_path):
