@@ -129,7 +129,7 @@ cli.main()
 """
 
 
-def test_a_sigterm_after_the_command_keeps_its_exit_code_and_prints_nothing_more():
+def test_a_sigterm_after_the_command_keeps_its_exit_code_and_prints_nothing_more(workdir):
     """Under torchrun, a rank that failed on its own is sent SIGTERM as the launch ends; landing after the
     command returned, it once raised KeyboardInterrupt in main() and printed a traceback (a CI failure)."""
     done = subprocess.run([sys.executable, "-c", LATE_SIGTERM], capture_output=True, text=True, timeout=60)
