@@ -10,7 +10,8 @@ lose against one. Rows (the FLOPs are the same useful products in each pair of r
   bwd / gemm bwd    its backward (d_x, d_W_ih, d_b, d_W_hh and the per-step d_pre W_hh), and the same
                     products through torch.mm;
   fwd pair / bwd pair   both directions side by side on two threads, as a bidirectional layer trains;
-  sgemm 1 / sgemm 2 one square product of n = 2048 on one and on two threads.
+  sgemm 1 / sgemm 2 the GEMM rate `lstmcli bench` samples for its limit (bench.sgemm_peak: the best
+                    square product of n = 1024 and 2048), on one thread and on two.
 Lengths run evenly from --steps down to 85% of it, as in one length-sorted batch. Best of --repeats.
 """
 
@@ -20,6 +21,7 @@ import time
 import torch
 
 from lstmcli import native
+from lstmcli.bench import sgemm_peak
 from lstmcli.device import resolve_device
 from lstmcli.models import recurrence
 
@@ -72,11 +74,12 @@ def main() -> None:
         kernels.lstm_grads(one["d_hs"], None, one["acts"], one["K"], one["A"], one["w_hh"], one["w_ih"],
                            one["x"], one["hs"], active)
 
+    w_hh_t, out = one["w_hh"].t().contiguous(), torch.empty(B, 4 * H)  # made once, outside the timings
+
     def gemm_fwd():
         torch.mm(one["x"].view(T * B, In), one["w_ih"].t(), out=one["acts"].view(T * B, 4 * H))
-        w_t, out = one["w_hh"].t().contiguous(), torch.empty(B, 4 * H)
         for t in range(1, T):
-            torch.mm(one["hs"][t - 1, : active[t]], w_t, out=out[: active[t]])
+            torch.mm(one["hs"][t - 1, : active[t]], w_hh_t, out=out[: active[t]])
 
     def gemm_bwd():
         d_pre, dh = one["K"].view(T * B, 4 * H), torch.empty(B, H)
@@ -101,11 +104,9 @@ def main() -> None:
                                                ("d_hs", "acts", "K", "A", "w_hh", "w_ih", "x", "hs"))
         kernels.lstm_grads_pair(d_hs, [None, None], acts, K, A, w_hh, w_ih, x, hs, active)
 
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     rows = [("fwd", 1, fwd, flops), ("gemm fwd", 1, gemm_fwd, flops), ("bwd", 1, bwd, 2 * flops),
             ("gemm bwd", 1, gemm_bwd, 2 * flops), ("fwd pair", 2, fwd_pair, 2 * flops),
-            ("bwd pair", 2, bwd_pair, 4 * flops), ("sgemm 1", 1, lambda: torch.mm(a, b), 2 * 2048**3),
-            ("sgemm 2", 2, lambda: torch.mm(a, b), 2 * 2048**3)]
+            ("bwd pair", 2, bwd_pair, 4 * flops)]
     print(f"T {T}, batch {B}, input {In}, hidden {H}, lengths {T}-{int(0.85 * T)}; best of {args.repeats}; "
           f"torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}")
     for name, threads, fn, work in rows:
@@ -113,6 +114,11 @@ def main() -> None:
         seconds = best_seconds(fn, args.repeats)
         print(f"{name:10s} {threads} thread{'s' if threads > 1 else ' '} {seconds * 1000:8.1f} ms "
               f"{work / seconds / 1e9:7.1f} GFLOP/s", flush=True)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        rate = sgemm_peak(torch.device("cpu"), repeats=args.repeats)
+        print(f"{f'sgemm {threads}':10s} {threads} thread{'s' if threads > 1 else ' '} {'':>8}    "
+              f"{rate / 1e9:7.1f} GFLOP/s", flush=True)
 
 
 if __name__ == "__main__":
