@@ -59,6 +59,15 @@ def evaluate(checkpoint: str | Path, split: str = "test", dataset: str | None = 
                     threshold)
 
 
+def calibrate(checkpoint: str | Path, data_dir: str | None = None, batch_size: int | None = None,
+              device: str = "auto") -> dict[str, Any]:
+    """Fit the checkpoint's branch weights on its run's validation split and write them into it (train
+    does this itself unless `calibrate = false`); returns the weights and the split's log-loss and
+    accuracy before and after."""
+    from .calibration import run_calibrate
+    return run_calibrate(Path(checkpoint), data_dir, batch_size, device)
+
+
 def load(checkpoint: str | Path, device: str = "cpu", impl: str | None = None,
          precision: str | None = None, max_length: int | None = None) -> Classifier:
     """A Classifier for the checkpoint folder: `.predict(texts, top_k=1, threshold=None)`,

@@ -2,6 +2,8 @@
 
 Weights are safetensors, which hold tensors only, so loading never runs code from the file. Saving
 writes a sibling temporary folder and swaps it in, so a crash mid-save leaves the old checkpoint.
+Checkpoints written before calibration existed lack `branch_scale`; they load with it all ones, which
+is how they predicted.
 """
 
 from __future__ import annotations
@@ -60,6 +62,24 @@ def save(path: Path, cfg: Config, vocab: Vocab, label_names: list[str], model: T
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def update(path: Path, model: TextClassifier, metrics: dict) -> None:
+    """Give the checkpoint at `path` `model`'s weights and `metrics`; every other file in it (config,
+    vocabulary, labels, trainer state) stays as it is, byte for byte. A changed copy is swapped in, as
+    save() does, so a crash leaves the checkpoint as it was."""
+    path = Path(path)
+    tmp = temp_dir(path)
+    try:
+        for f in path.iterdir():
+            if f.is_file() and f.name not in ("model.safetensors", "metrics.json"):
+                shutil.copy2(f, tmp / f.name)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        write_json(tmp / "metrics.json", metrics)
+        replace_dir(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -101,6 +121,7 @@ def load(path: Path, device: str = "cpu", impl: str | None = None,
     model = build_model(cfg.model, len(vocab), len(labels), device)
     try:
         state = load_file(str(path / "model.safetensors"), device=device)
+        state.setdefault("branch_scale", torch.ones_like(model.branch_scale))  # (written before calibration)
         model.load_state_dict(state)
     except (SafetensorError, RuntimeError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

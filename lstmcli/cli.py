@@ -180,6 +180,25 @@ def eval_(
         raise CheckFailed(f"{metric.value} {report[metric.value]:.4f} is below --fail-under {fail_under}")
 
 
+@app.command()
+@user_errors
+def calibrate(
+    checkpoint: Annotated[Path, typer.Option(help="checkpoint folder")] = DEFAULT_CHECKPOINT,
+    data_dir: Annotated[str | None, typer.Option(help="dataset cache folder (default: $LSTMCLI_DATA_DIR, "
+                                                    "else the one the checkpoint was trained from)")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="examples per batch")] = None,
+    device: Annotated[Device, typer.Option(help="device")] = Device.auto,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Fit one weight per branch of a checkpoint (the encoder's, an n-gram bag's) on its run's validation
+    split and write them into it. train does this itself (unless --no-calibrate); this is for
+    checkpoints trained without it. Afterwards its val metrics are fitted ones; test stays untouched."""
+    from . import api
+    from .calibration import format_calibration
+    report = api.calibrate(checkpoint, data_dir or env_data_dir(), batch_size, device.value)
+    typer.echo(json.dumps(report) if json_out else format_calibration(report))
+
+
 def read_texts(texts: list[str]) -> list[str]:
     """The texts to classify: `-` reads one text per line from stdin (bad bytes replaced).
 

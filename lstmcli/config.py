@@ -162,6 +162,10 @@ class TrainConfig:
     embeddings: str = _f("", "pretrained vectors (GloVe / word2vec text) for the embedding rows of known "
                              "tokens")
     freeze_embeddings: bool = _f(False, "keep the embedding layer fixed during training")
+    calibrate: bool = _f(True, "after training, fit one weight per branch of best/ (the encoder's, an "
+                               "n-gram bag's) on the validation split by log-loss: with a bag it sets "
+                               "how much each counts; alone it is temperature scaling, which keeps every "
+                               "prediction and makes the probabilities honest")
     class_weights: str = _f("none", "weights of the labels in the loss: none, balanced (n / (classes x "
                                     "count)), or label:w,label:w (others weigh 1)")
     report_to: ReportTo = _f(ReportTo.none, "also write TensorBoard event files under RUN_DIR/tensorboard "

@@ -162,6 +162,8 @@ def build_onnx(model, vocab_size: int):
     pooled = _pool(g, x, y_h, mask, lengths, spec.pooling)
     head = _weights(state, "head.")
     logits = g.op("Gemm", pooled, g.const(head["weight"]), g.const(head["bias"]), transB=1)
+    scale = state["branch_scale"].float().numpy()  # (P,) the branches' weights (calibration.py)
+    logits = g.op("Mul", logits, g.const(scale[0]))
     if spec.ngram_buckets:
         rows = _ngram_rows(g, ids, lengths, width, vocab_size, spec.ngram_buckets)
         if spec.ngram_bag == "nbsvm":
@@ -170,7 +172,7 @@ def build_onnx(model, vocab_size: int):
             nh = _weights(state, "ngram_head.")
             vectors = _ngram_bag(g, _weights(state, "ngrams."), rows)
             bag = g.op("Gemm", vectors, g.const(nh["weight"]), g.const(nh["bias"]), transB=1)
-        logits = g.op("Add", logits, bag)
+        logits = g.op("Add", logits, g.op("Mul", bag, g.const(scale[1])))
     g.nodes.append(onnx.helper.make_node("Identity", [logits], ["logits"]))
     T = onnx.TensorProto
     graph = onnx.helper.make_graph(

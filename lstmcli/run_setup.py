@@ -83,6 +83,11 @@ def _as_tensor(weights: dict[str, float] | None) -> torch.Tensor | None:
     return None if weights is None else torch.tensor(list(weights.values()), dtype=torch.float32)
 
 
+def loss_weight(cfg: Config, data: Prepared) -> torch.Tensor | None:
+    """(C,) the loss's weight of each label, as training weighs them (None: all 1)."""
+    return _as_tensor(_class_weights(cfg, data))
+
+
 def _open_tensorboard(r: Run) -> Run:
     """The run `r` with its event writer, continuing after the steps already taken."""
     if r.cfg.train.report_to is ReportTo.tensorboard and r.dist.is_main:
@@ -170,4 +175,4 @@ def reopen(run_dir: Path) -> Run:
              f"{at.line}")
     trained = distributed.wrap(last.model, dist, device)
     return _open_tensorboard(Run(cfg, at.ck_cfg, run_dir, data, dist, device, last.model, trained, optimizer,
-                                 scheduler, state, metrics, _as_tensor(_class_weights(cfg, data))))
+                                 scheduler, state, metrics, loss_weight(cfg, data)))

@@ -1,5 +1,5 @@
-"""Training: train_one_epoch, and a run's epochs: validate, checkpoint, stop and resume, test best/.
-run_setup.py starts or reopens the Run this takes through them."""
+"""Training: train_one_epoch, and a run's epochs: validate, checkpoint, stop and resume, calibrate and
+test best/. run_setup.py starts or reopens the Run this takes through them."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import torch.nn.functional as F
 
 from . import checkpoint, distributed, plots
 from .batching import Cut, bucket_batches, collate, padding_share, truncated_lengths
+from .calibration import calibrate
 from .config import Config
 from .distributed import SINGLE, Dist, sum_
-from .errors import CheckFailed, Interrupted, PeerFailed
+from .errors import CheckFailed, Interrupted, LstmcliError, PeerFailed
 from .evaluation import evaluate
 from .fsutil import write_json
 from .prepare import EncodedSplit
@@ -82,7 +83,8 @@ def _step_loss(model, split: EncodedSplit, rows: torch.Tensor, cut: Cut, device:
     batch = collate(split, mine, cut).to(device)
     # (P, B, C): each branch learns on its own; labels: an NBSVM bag leaves each text out of its counts
     parts = model(batch.ids, batch.lengths, parts=True, labels=batch.labels)
-    logits = parts.sum(0)  # (B, C): what evaluation and prediction see
+    # (B, C): what evaluation and prediction see (branch_scale is all ones until training has ended)
+    logits = parts.sum(0)
     w = None if class_weight is None else class_weight.to(device)
     if dist.enabled:
         total = len(rows) if w is None else float(class_weight[split.labels[rows]].sum())
@@ -173,6 +175,8 @@ def fit(r: Run) -> dict:
             if stopped and r.state.epoch <= t.epochs and not r.state.stopped_early:
                 raise Interrupted(f"interrupted after epoch {epoch}; continue with: {_resume_command(r)}")
     best = checkpoint.load(r.run_dir / "best", str(r.device), precision=r.ck_cfg.model.precision.value)
+    if t.calibrate:
+        _calibrate_best(r, best)
     r.metrics["test"] = evaluate(best.model, r.data.splits["test"], r.device, t.batch_size, cut,
                                  r.data.label_names, r.dist)
     if r.dist.is_main:
@@ -182,6 +186,26 @@ def fit(r: Run) -> dict:
     log.info(f"test accuracy of best/ (epoch {r.metrics['best_epoch']}): {r.metrics['test']['accuracy']:.4f} "
              f"(n={r.metrics['test']['n']})")
     return r.metrics
+
+
+def _calibrate_best(r: Run, best: checkpoint.Checkpoint) -> None:
+    """Fit best/'s branch weights on the validation split (calibration.py) and write them into best/.
+    Its branch logits ignore the weights it has, so a resumed run that calibrates again gets the same."""
+    t = r.cfg.train
+    try:
+        report = calibrate(best.model, r.data.splits["val"], r.device, t.batch_size, Cut.of(r.cfg.data),
+                           r.dist, r.class_weight)
+    except LstmcliError as exc:  # (every rank holds the same labels, so every rank returns here)
+        r.metrics["calibration"] = {"skipped": str(exc)}
+        log.info(f"best/ is not calibrated: {exc}")
+        return
+    r.metrics["calibration"] = report
+    if r.dist.is_main:
+        checkpoint.update(best.path, best.model, {**best.metrics, "calibration": report})
+    b, a = report["before"], report["after"]
+    weights = ", ".join(f"{n} {w:.3g}" for n, w in zip(report["branches"], report["scales"], strict=True))
+    log.info(f"calibrated best/ on val (n={report['split_size']}): weights {weights}; log-loss "
+             f"{b['loss']:.4f} -> {a['loss']:.4f}, accuracy {b['accuracy']:.4f} -> {a['accuracy']:.4f}")
 
 
 def _to_the_end(r: Run) -> Path:

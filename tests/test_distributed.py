@@ -93,6 +93,18 @@ def test_two_processes_train_the_weights_one_process_does(mirror, workdir):
     assert "2 processes (gloo)" in err and err.count("epoch 1/2: train loss") == 1  # rank 1 logs nothing
 
 
+def test_two_processes_calibrate_on_the_whole_validation_split(mirror, workdir):
+    """Each rank runs half the val batches; both fit on all of them, as one process does."""
+    args = [*ARGS, "--epochs", "1", "--val-fraction", "0.3"]  # 24 val reviews of both labels
+    ok(run("train", *args, "--quiet", "--out", "one"))
+    code, _, err = finished(torchrun(*args, "--out", "two"))
+    assert code == 0, err
+    c1, c2 = (json.loads(Path(d, "metrics.json").read_text())["calibration"] for d in ("one", "two"))
+    assert c2["split_size"] == c1["split_size"] == 24
+    assert c2["scales"] == pytest.approx(c1["scales"], rel=1e-3)  # (weights equal up to float32 rounding)
+    assert weights(Path("two"), "best")["branch_scale"].tolist() == pytest.approx(c2["scales"], rel=1e-6)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_stopped_under_torchrun_then_resumed_equals_uninterrupted(mirror, workdir, sig):
     args = [*ARGS, "--batch-size", "2", "--log-every", "1"]

@@ -1,6 +1,6 @@
 """TextClassifier: Embedding -> dropout -> recurrent encoder -> pooling -> dropout -> Linear, and
 optionally an n-gram bag beside it (ngrams.py: a fastText bag -> Linear, or an NBSVM bag), whose logits
-are added."""
+are added, each branch's times its weight (branch_scale: ones until calibration.py fits them)."""
 
 from __future__ import annotations
 
@@ -59,15 +59,17 @@ class TextClassifier(nn.Module):
         elif spec.ngram_buckets:
             self.ngrams = NgramBag(spec.vocab_size, spec.ngram_buckets, spec.ngram_dim)
             self.ngram_head = nn.Linear(spec.ngram_dim, spec.num_classes)
+        # (P,) one weight per branch, fitted after training on the validation split (calibration.py)
+        self.register_buffer("branch_scale", torch.ones(1 + (self.ngrams is not None)))
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor, parts: bool = False,
                 labels: torch.Tensor | None = None) -> torch.Tensor:
         """ids (B, T) int64 0-padded, lengths (B,) >= 1 -> logits (B, C), float32 at either precision.
 
-        parts=True: each branch's own logits, (P, B, C) with P = 1 + (n-gram bag or not); they add up to
-        the logits. Training gives each branch its own loss (training._step_loss), so that the bag, which
-        fits the training set within an epoch or two, does not leave the encoder without a gradient:
-        the two learn as two classifiers and predict as one (their log-odds add, an ensemble).
+        parts=True: each branch's own logits, (P, B, C) with P = 1 + (n-gram bag or not), which combine()
+        weighs and adds up. Training gives each branch its own loss (training._step_loss), so that the
+        bag, which fits the training set within an epoch or two, does not leave the encoder without a
+        gradient: the two learn as two classifiers and predict as one (their log-odds add, an ensemble).
         labels (B,): given in training only, for an NBSVM bag, which counted the training texts (NbBag)."""
         if self.spec.precision == "bf16":
             # autocast: the matmuls and the fused recurrent kernels take bfloat16 copies of the float32
@@ -76,7 +78,11 @@ class TextClassifier(nn.Module):
                 branches = self._branches(ids, lengths, labels).float()
         else:
             branches = self._branches(ids, lengths, labels)
-        return branches if parts else branches.sum(0)
+        return branches if parts else self.combine(branches)
+
+    def combine(self, parts: torch.Tensor) -> torch.Tensor:
+        """(P, B, C) branch logits -> (B, C): their sum, each times its weight in branch_scale."""
+        return torch.einsum("p,pbc->bc", self.branch_scale.to(parts.dtype), parts)
 
     def _branches(self, ids: torch.Tensor, lengths: torch.Tensor,
                   labels: torch.Tensor | None) -> torch.Tensor:
