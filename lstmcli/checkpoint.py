@@ -42,6 +42,13 @@ class Checkpoint:
     note: str | None = None  # why it runs at another precision than it was trained at (also logged)
 
 
+def _write_weights(folder: Path, model: TextClassifier, metrics: dict) -> None:
+    """model.safetensors and metrics.json in `folder` (a checkpoint's temporary folder)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    write_json(folder / "metrics.json", metrics)
+
+
 def save(path: Path, cfg: Config, vocab: Vocab, label_names: list[str], model: TextClassifier,
          metrics: dict, trainer_state: dict | None = None) -> None:
     """Write the checkpoint folder `path` (and, to resume from, `trainer_state.pt`) atomically."""
@@ -49,12 +56,10 @@ def save(path: Path, cfg: Config, vocab: Vocab, label_names: list[str], model: T
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(path)
     try:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"))
+        _write_weights(tmp, model, metrics)
         write_json(tmp / "config.json", to_dict(cfg))
         (tmp / "vocab.json").write_text(vocab.to_json(), encoding="utf-8")
         write_json(tmp / "labels.json", label_names)
-        write_json(tmp / "metrics.json", metrics)
         if trainer_state is not None:
             torch.save(trainer_state, tmp / STATE_FILE)
         replace_dir(tmp, path)
@@ -72,9 +77,7 @@ def update(path: Path, model: TextClassifier, metrics: dict) -> None:
         for f in path.iterdir():
             if f.is_file() and f.name not in ("model.safetensors", "metrics.json"):
                 shutil.copy2(f, tmp / f.name)
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"))
-        write_json(tmp / "metrics.json", metrics)
+        _write_weights(tmp, model, metrics)
         replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

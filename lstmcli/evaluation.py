@@ -19,6 +19,14 @@ from .metrics import best_f1_threshold, check_threshold, confusion_matrix, repor
 from .prepare import EncodedSplit, encode_file, prepare
 
 
+def rank_batches(split: EncodedSplit, batch_size: int, cut: Cut, device: torch.device, dist: Dist = SINGLE):
+    """This rank's share of `split` in length-sorted batches, collated onto `device`: every
+    world_size-th batch from its rank's, so that the ranks together see every example once."""
+    batches = sorted_batches(truncated_lengths(split, cut.length), batch_size)
+    for indices in batches[dist.rank::dist.world_size]:
+        yield collate(split, indices, cut).to(device)
+
+
 @torch.no_grad()
 def evaluate(model, split: EncodedSplit, device: torch.device, batch_size: int, cut: Cut,
              label_names: list[str], dist: Dist = SINGLE, threshold: float | None = None) -> dict:
@@ -32,9 +40,7 @@ def evaluate(model, split: EncodedSplit, device: torch.device, batch_size: int, 
     model.eval()
     k = len(label_names)
     confusion, loss_sum, scores, targets = torch.zeros(k, k, dtype=torch.int64), 0.0, [], []
-    batches = sorted_batches(truncated_lengths(split, cut.length), batch_size)
-    for indices in batches[dist.rank::dist.world_size]:
-        batch = collate(split, indices, cut).to(device)
+    for batch in rank_batches(split, batch_size, cut, device, dist):
         logits = model(batch.ids, batch.lengths)
         loss_sum += float(F.cross_entropy(logits, batch.labels, reduction="sum"))
         positive = logits.softmax(1)[:, 1] if k == 2 else None  # (B,) the second label's probability
