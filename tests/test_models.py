@@ -6,8 +6,9 @@ import torch
 from lstmcli.batching import Cut, collate
 from lstmcli.distributed import SINGLE
 from lstmcli.models.builtin import BuiltinEncoder
-from lstmcli.models.classifier import TextClassifier, build_encoder, pool
+from lstmcli.models.classifier import TextClassifier, build_encoder
 from lstmcli.models.lengths import last_real, reverse_within_length
+from lstmcli.models.pooling import pool
 from lstmcli.models.spec import ModelSpec
 from lstmcli.prepare import EncodedSplit
 from lstmcli.training import _step_loss
@@ -95,14 +96,19 @@ def test_pooling_ignores_padding(pooling, encoder):
     torch.testing.assert_close(inside[0], alone[0], atol=tol, rtol=0)
 
 
+@pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("how", ["mean", "max"])
-def test_pool_equals_masking_every_step(how):
+def test_pool_equals_masking_every_step(how, ties):
     """pool reduces the steps every row has as they are and masks only the tail: the same values and
-    gradients as masking all T steps (float64, so that only the order of the sums could differ)."""
+    gradients as masking all T steps (float64, so that only the order of the sums could differ). With
+    ties (outputs of 0, 1 and 2 only), max shares each gradient among the real steps holding the
+    maximum, head and tail alike, as amax over all of them does."""
     torch.manual_seed(0)
     for lengths in ([5, 3, 1], [4, 4, 4], [1], [6, 6, 2]):
         lens = torch.tensor(lengths)
-        outputs = torch.randn(len(lengths), max(lengths), 7, dtype=torch.float64, requires_grad=True)
+        shape = (len(lengths), max(lengths), 7)
+        values = torch.randint(0, 3, shape).double() if ties else torch.randn(shape, dtype=torch.float64)
+        outputs = values.requires_grad_()
         mask = (torch.arange(max(lengths))[None, :] < lens[:, None])[:, :, None]
         if how == "mean":
             expected = (outputs * mask).sum(1) / lens[:, None]
@@ -114,6 +120,22 @@ def test_pool_equals_masking_every_step(how):
         (g_got,) = torch.autograd.grad((got * weights).sum(), outputs)
         (g_exp,) = torch.autograd.grad((expected * weights).sum(), outputs)
         torch.testing.assert_close(g_got, g_exp, rtol=1e-12, atol=1e-12)
+
+
+def test_max_pool_gradient_comes_back_in_the_outputs_layout():
+    """The scratch encoder's outputs are a batch-first view of time-major steps: the max pool's gradient
+    comes back laid out the same way (no transposing copy), and equals amax's."""
+    lens = torch.tensor([6, 5, 3])
+    steps = torch.randn(6, 3, 4)  # (T, B, F), as the encoder writes them
+    outputs = steps.transpose(0, 1).requires_grad_()  # (B, T, F) view
+    mask = (torch.arange(6)[None, :] < lens[:, None])[:, :, None]
+    weights = torch.randn(3, 4)
+    (got,) = torch.autograd.grad((pool(outputs, outputs[:, 0], lens, "max") * weights).sum(), outputs)
+    (expected,) = torch.autograd.grad((outputs.masked_fill(~mask, float("-inf")).amax(1) * weights).sum(),
+                                      outputs)
+    assert got.stride() == outputs.stride()
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert int((got != 0).sum()) == 3 * 4  # one step per (row, feature): no ties in random floats
 
 
 def test_unknown_names_list_the_valid_ones():

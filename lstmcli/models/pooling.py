@@ -1,0 +1,82 @@
+"""Pooling over time: an encoder's outputs (B, T, F) -> one vector (B, F) per sequence, from its real steps.
+
+Batches are length-sorted, so most of the width is real in every row: the steps up to the shortest
+length are reduced as they are (a view), and only the tail past it is masked. Masking all T steps
+copied the whole (B, T, F) tensor: for IMDB batches of 256 x 500 x 512 that was most of the cost.
+
+Max pooling in training is an autograd Function (_MaxOverTime) for its backward. Autograd's, through
+amax and the two slices, makes zeros of the outputs' shape twice (batch-first: one per slice), copies
+each slice's gradient into one and adds them, and the scratch encoder then copies the sum back to its
+time-major layout: passes over the model's largest activation (64 MB at batch 64, 500 steps, BiLSTM
+256) for B x F non-zeros. _MaxOverTime writes the gradient once, in the outputs' own layout. Measured
+(2-core AVX2 EPYC, that shape, pool + concatenation + reversal to the encoder's gradients): backward
+67-86 ms -> 40-48 ms; the whole imdb_nbsvm training step, old and new interleaved batch by batch over
+32 real batches, three times: 1.3%, 2.1% and 4.7% faster (median per batch; the VM's noise is larger).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _tail_inside(outputs: torch.Tensor, lengths: torch.Tensor, shortest: int) -> torch.Tensor:
+    """(B, T - shortest, 1) bool: which steps past the shortest length are real."""
+    steps = torch.arange(shortest, outputs.size(1), device=outputs.device)
+    return (steps[None, :] < lengths[:, None])[:, :, None]
+
+
+def _empty_laid_out(shape: torch.Size, stride: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised tensor of `shape` whose dimensions lie in memory in the order `stride` gives (a
+    transposed view's gradient is a transposed tensor), so that the gradient reaches the encoder in the
+    layout it wrote its outputs in; dtype and device of `like`."""
+    order = sorted(range(len(shape)), key=lambda d: -stride[d])  # outermost dimension first
+    empty = like.new_empty([shape[d] for d in order])
+    return empty.permute([order.index(d) for d in range(len(shape))])
+
+
+def _max(outputs: torch.Tensor, lengths: torch.Tensor, shortest: int, inside: torch.Tensor) -> torch.Tensor:
+    top = outputs[:, :shortest].amax(1)  # (B, F)
+    if outputs.size(1) > shortest:  # (amax of an empty dimension is an error)
+        top = torch.maximum(top, outputs[:, shortest:].masked_fill(~inside, float("-inf")).amax(1))
+    return top
+
+
+class _MaxOverTime(torch.autograd.Function):
+    """outputs (B, T, F), lengths (B,) -> (B, F): the max over each row's real steps. The gradient is
+    shared among the real steps that hold the maximum, as amax shares it (ties are rare but for bf16)."""
+
+    @staticmethod
+    def forward(ctx, outputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        shortest = int(lengths.min())
+        inside = _tail_inside(outputs, lengths, shortest)
+        top = _max(outputs, lengths, shortest, inside)
+        ctx.save_for_backward(outputs, top, inside)
+        ctx.shortest = shortest
+        return top
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        outputs, top, inside = ctx.saved_tensors
+        s = ctx.shortest
+        hits = [outputs[:, :s] == top[:, None], (outputs[:, s:] == top[:, None]) & inside]  # (B, ., F) bool
+        share = grad / (hits[0].sum(1) + hits[1].sum(1))  # (B, F): what each maximum's step gets
+        d_outputs = _empty_laid_out(outputs.shape, outputs.stride(), grad)
+        zero = grad.new_zeros(())
+        torch.where(hits[0], share[:, None], zero, out=d_outputs[:, :s])  # every position written once
+        torch.where(hits[1], share[:, None], zero, out=d_outputs[:, s:])
+        return d_outputs, None
+
+
+def pool(outputs: torch.Tensor, final: torch.Tensor, lengths: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, T, F) outputs -> (B, F), looking at real positions only ("last": the final state `final`)."""
+    if how == "last":
+        return final
+    lengths = lengths.to(outputs.device)
+    if how == "max" and torch.is_grad_enabled() and outputs.requires_grad:
+        return _MaxOverTime.apply(outputs, lengths)
+    shortest = int(lengths.min())
+    inside = _tail_inside(outputs, lengths, shortest)
+    if how == "mean":
+        tail = outputs[:, shortest:] * inside
+        return (outputs[:, :shortest].sum(1) + tail.sum(1)) / lengths.to(outputs.dtype)[:, None]
+    return _max(outputs, lengths, shortest, inside)
