@@ -35,7 +35,7 @@ def test_models_import_torch_and_each_other_only(path):
 
 def test_only_the_command_line_prints():
     for path in sorted(PACKAGE.rglob("*.py")):
-        if path.name == "cli.py":
+        if path.name in ("cli.py", "exits.py"):  # the commands, and how their errors end them
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call):
