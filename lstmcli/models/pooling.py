@@ -34,7 +34,8 @@ def _empty_laid_out(shape: torch.Size, stride: tuple[int, ...], like: torch.Tens
     return empty.permute([order.index(d) for d in range(len(shape))])
 
 
-def _max(outputs: torch.Tensor, lengths: torch.Tensor, shortest: int, inside: torch.Tensor) -> torch.Tensor:
+def _max(outputs: torch.Tensor, shortest: int, inside: torch.Tensor) -> torch.Tensor:
+    """(B, F): the max over the first `shortest` steps and the real ones of the tail (`inside`)."""
     top = outputs[:, :shortest].amax(1)  # (B, F)
     if outputs.size(1) > shortest:  # (amax of an empty dimension is an error)
         top = torch.maximum(top, outputs[:, shortest:].masked_fill(~inside, float("-inf")).amax(1))
@@ -49,7 +50,7 @@ class _MaxOverTime(torch.autograd.Function):
     def forward(ctx, outputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         shortest = int(lengths.min())
         inside = _tail_inside(outputs, lengths, shortest)
-        top = _max(outputs, lengths, shortest, inside)
+        top = _max(outputs, shortest, inside)
         ctx.save_for_backward(outputs, top, inside)
         ctx.shortest = shortest
         return top
@@ -79,4 +80,4 @@ def pool(outputs: torch.Tensor, final: torch.Tensor, lengths: torch.Tensor, how:
     if how == "mean":
         tail = outputs[:, shortest:] * inside
         return (outputs[:, :shortest].sum(1) + tail.sum(1)) / lengths.to(outputs.dtype)[:, None]
-    return _max(outputs, lengths, shortest, inside)
+    return _max(outputs, shortest, inside)
