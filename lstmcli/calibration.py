@@ -31,6 +31,7 @@ from .device import resolve_device
 from .distributed import SINGLE, Dist, gather
 from .errors import LstmcliError
 from .evaluation import rank_batches
+from .models.classifier import weigh
 from .prepare import EncodedSplit, prepare
 from .run_setup import loss_weight
 
@@ -54,18 +55,13 @@ def branch_logits(model, split: EncodedSplit, device: torch.device, batch_size: 
     return torch.cat([e[0] for e in every], 1), torch.cat([e[1] for e in every])
 
 
-def _weighted(scales: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
-    """(P,) weights, (P, N, C) branch logits -> (N, C): what the model predicts with those weights."""
-    return torch.einsum("p,pnc->nc", scales, parts)
-
-
 def _loss(u: torch.Tensor, parts: torch.Tensor, labels: torch.Tensor,
           class_weight: torch.Tensor | None) -> torch.Tensor:
     """The objective of log-weights u (P,): the mean log-loss of sum_p w[p] * parts[p] ((P, N, C) against
     (N,)) with w = exp(u), plus the -log of a normal prior on each w[p] around 1 (sigma 1), per example."""
     w = u.exp()
     prior = ((w - 1) ** 2).sum() / (2 * len(labels))
-    return F.cross_entropy(_weighted(w, parts), labels, weight=class_weight) + prior
+    return F.cross_entropy(weigh(w, parts), labels, weight=class_weight) + prior
 
 
 def fit_scales(parts: torch.Tensor, labels: torch.Tensor,
@@ -107,7 +103,7 @@ def calibrate(model, split: EncodedSplit, device: torch.device, batch_size: int,
     after = fit_scales(parts, labels, class_weight)
 
     def measured(scales: torch.Tensor) -> dict:
-        logits = _weighted(scales, parts)
+        logits = weigh(scales, parts)
         return {"loss": float(F.cross_entropy(logits, labels)),
                 "accuracy": float((logits.argmax(1) == labels).double().mean())}
 

@@ -75,9 +75,9 @@ def _leave_on_signal(code: int) -> None:
 def run(app: typer.Typer) -> None:
     """Run `app`'s command, flush the output, and leave without the interpreter's teardown. Tearing torch
     down after inference (its allocators, thread pools, thousands of modules) took 0.35-0.55 s here, up
-    to a third of a one-text `predict`. Every command has closed (and renamed into
-    place) what it wrote by the time it returns, so once stdout and stderr are flushed there is nothing
-    left for the teardown to do. An exception that escapes a command still ends the usual way.
+    to a third of a one-text `predict`. Every command has closed (and renamed into place) what it wrote
+    by the time it returns, so once stdout and stderr are flushed there is nothing left for the teardown
+    to do. An exception that escapes a command still ends the usual way.
 
     Once the command has returned, SIGINT and SIGTERM end the process with the command's own exit code: one
     that arrives now (torchrun ends the other ranks of a launch whose rank failed) must not turn a finished

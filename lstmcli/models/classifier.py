@@ -24,6 +24,12 @@ def build_encoder(spec: ModelSpec) -> nn.Module:
     return BuiltinEncoder(**args, pack=spec.pack)
 
 
+def weigh(scales: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
+    """(P,) branch weights, (P, B, C) branch logits -> (B, C): how a TextClassifier combines its branches
+    (calibration.py fits the weights through this same function)."""
+    return torch.einsum("p,pbc->bc", scales, parts)
+
+
 class TextClassifier(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -62,7 +68,7 @@ class TextClassifier(nn.Module):
 
     def combine(self, parts: torch.Tensor) -> torch.Tensor:
         """(P, B, C) branch logits -> (B, C): their sum, each times its weight in branch_scale."""
-        return torch.einsum("p,pbc->bc", self.branch_scale.to(parts.dtype), parts)
+        return weigh(self.branch_scale.to(parts.dtype), parts)
 
     def _branches(self, ids: torch.Tensor, lengths: torch.Tensor,
                   labels: torch.Tensor | None) -> torch.Tensor:

@@ -43,13 +43,11 @@ def _max(outputs: torch.Tensor, shortest: int, inside: torch.Tensor) -> torch.Te
 
 
 class _MaxOverTime(torch.autograd.Function):
-    """outputs (B, T, F), lengths (B,) -> (B, F): the max over each row's real steps. The gradient is
-    shared among the real steps that hold the maximum, as amax shares it (ties are rare but for bf16)."""
+    """outputs (B, T, F) -> (B, F): _max's value, with the gradient shared among the real steps that hold
+    the maximum, as amax shares it (ties are rare but for bf16)."""
 
     @staticmethod
-    def forward(ctx, outputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        shortest = int(lengths.min())
-        inside = _tail_inside(outputs, lengths, shortest)
+    def forward(ctx, outputs: torch.Tensor, shortest: int, inside: torch.Tensor) -> torch.Tensor:
         top = _max(outputs, shortest, inside)
         ctx.save_for_backward(outputs, top, inside)
         ctx.shortest = shortest
@@ -65,7 +63,7 @@ class _MaxOverTime(torch.autograd.Function):
         zero = grad.new_zeros(())
         torch.where(hits[0], share[:, None], zero, out=d_outputs[:, :s])  # every position written once
         torch.where(hits[1], share[:, None], zero, out=d_outputs[:, s:])
-        return d_outputs, None
+        return d_outputs, None, None
 
 
 def pool(outputs: torch.Tensor, final: torch.Tensor, lengths: torch.Tensor, how: str) -> torch.Tensor:
@@ -73,11 +71,11 @@ def pool(outputs: torch.Tensor, final: torch.Tensor, lengths: torch.Tensor, how:
     if how == "last":
         return final
     lengths = lengths.to(outputs.device)
-    if how == "max" and torch.is_grad_enabled() and outputs.requires_grad:
-        return _MaxOverTime.apply(outputs, lengths)
     shortest = int(lengths.min())
     inside = _tail_inside(outputs, lengths, shortest)
     if how == "mean":
         tail = outputs[:, shortest:] * inside
         return (outputs[:, :shortest].sum(1) + tail.sum(1)) / lengths.to(outputs.dtype)[:, None]
+    if torch.is_grad_enabled() and outputs.requires_grad:  # its own backward (see the module's docstring)
+        return _MaxOverTime.apply(outputs, shortest, inside)
     return _max(outputs, shortest, inside)
