@@ -6,8 +6,8 @@ Says where a training step's time goes below `lstmcli bench`: whether the kernel
 fused gate passes and the bookkeeping) lose against their own products, or the machine's two threads
 lose against one. Rows (the FLOPs are the same useful products in each pair of rows):
   fwd / gemm fwd    one direction's training forward on one thread, and the same products through
-                    torch.mm (the input projection of all steps, then W_hh h_{t-1} at each step's rows);
-  bwd / gemm bwd    its backward (d_x, d_W_ih, d_b, d_W_hh and the per-step d_pre W_hh), and the same
+                    torch.mm ([x_t | h_{t-1}] [W_ih | W_hh]^T at each step's rows);
+  bwd / gemm bwd    its backward (d_x, d_b, d[W_ih | W_hh] and the per-step d_pre W_hh), and the same
                     products through torch.mm;
   fwd pair / bwd pair   both directions side by side on two threads, as a bidirectional layer trains;
   sgemm 1 / sgemm 2 the GEMM rate `lstmcli bench` samples for its limit (bench.sgemm_peak: the best
@@ -74,20 +74,20 @@ def main() -> None:
         kernels.lstm_grads(one["d_hs"], None, one["acts"], one["K"], one["A"], one["w_hh"], one["w_ih"],
                            one["x"], one["hs"], active)
 
-    w_hh_t, out = one["w_hh"].t().contiguous(), torch.empty(B, 4 * H)  # made once, outside the timings
+    # made once, outside the timings: [W_ih | W_hh]^T and every step's [x_t | h_{t-1}]
+    w_t = torch.cat([one["w_ih"], one["w_hh"]], 1).t().contiguous()
+    xh = torch.cat([one["x"], torch.cat([torch.zeros(1, B, H), one["hs"][:-1]])], 2)
 
     def gemm_fwd():
-        torch.mm(one["x"].view(T * B, In), one["w_ih"].t(), out=one["acts"].view(T * B, 4 * H))
-        for t in range(1, T):
-            torch.mm(one["hs"][t - 1, : active[t]], w_hh_t, out=out[: active[t]])
+        for t in range(T):
+            torch.mm(xh[t, : active[t]], w_t, out=one["acts"][t, : active[t]])
 
     def gemm_bwd():
         d_pre, dh = one["K"].view(T * B, 4 * H), torch.empty(B, H)
         for t in range(T - 1, 0, -1):
             torch.mm(one["K"][t, : active[t]], one["w_hh"], out=dh[: active[t]])
         torch.mm(d_pre, one["w_ih"])
-        torch.mm(d_pre.t(), one["x"].view(T * B, In))
-        torch.mm(d_pre.t(), one["hs"].view(T * B, H))
+        torch.mm(d_pre.t(), xh.view(T * B, In + H))
 
     def pair(*names):
         return [p[n] for n in names for p in d]
