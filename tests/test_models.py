@@ -96,6 +96,29 @@ def test_pooling_ignores_padding(pooling, encoder):
     torch.testing.assert_close(inside[0], alone[0], atol=tol, rtol=0)
 
 
+@pytest.mark.parametrize("impl,pack", [("builtin", "never"), ("builtin", "always"), ("scratch", "never")])
+@pytest.mark.parametrize("encoder", ["lstm", "gru"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_without_outputs_an_encoder_gives_none_and_the_same_final_states_and_gradients(impl, pack, encoder,
+                                                                                       layers):
+    torch.manual_seed(0)
+    spec = ModelSpec(vocab_size=10, num_classes=2, encoder=encoder, impl=impl, pack=pack, embedding_dim=6,
+                     hidden_size=5, num_layers=layers, bidirectional=True)
+    enc = build_encoder(spec)
+    lengths = torch.tensor([7, 1, 4, 7, 2])  # not sorted: the scratch encoder's reordering runs too
+    x = torch.randn(5, 7, 6)
+    runs = []
+    for outputs in (True, False):
+        xi = x.clone().requires_grad_()
+        enc.zero_grad()
+        out, fin = enc(xi, lengths, outputs=outputs)
+        assert (out is None) == (not outputs)
+        fin.square().sum().backward()
+        runs.append([fin, xi.grad, *(p.grad for p in enc.parameters())])
+    for full, lean in zip(*runs, strict=True):
+        assert torch.equal(full, lean)
+
+
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("how", ["mean", "max"])
 def test_pool_equals_masking_every_step(how, ties):

@@ -29,7 +29,9 @@ _KERNELS = {"lstm": torch.lstm, "gru": torch.gru, "rnn": torch.rnn_tanh}
 
 
 class BuiltinEncoder(nn.Module):
-    """Batch-first recurrent encoder: (B, T, E) + lengths -> outputs (B, T, D*H), final (B, D*H)."""
+    """Batch-first recurrent encoder: (B, T, E) + lengths -> outputs (B, T, D*H), final (B, D*H).
+    outputs=False: the last layer's per-step outputs are not assembled and None comes back in their place
+    (pooling "last" reads `final` only)."""
 
     def __init__(self, encoder: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, pack: str = "auto",
@@ -42,9 +44,10 @@ class BuiltinEncoder(nn.Module):
         self.num_directions = 2 if bidirectional else 1
         self.output_size = hidden_size * self.num_directions
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor,
+                outputs: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
         use_pack = self.pack == "always" or (self.pack == "auto" and x.is_cuda)
-        return self._packed(x, lengths) if use_pack else self._padded(x, lengths)
+        return self._packed(x, lengths, outputs) if use_pack else self._padded(x, lengths, outputs)
 
     def _weight_hh(self, name: str) -> torch.Tensor:
         """The recurrent weight `name` as this batch uses it: dropped out while training."""
@@ -52,7 +55,7 @@ class BuiltinEncoder(nn.Module):
         p = self.recurrent_dropout
         return F.dropout(w, p, training=True) if self.training and p else w
 
-    def _packed(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _packed(self, x: torch.Tensor, lengths: torch.Tensor, outputs: bool):
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         if self.training and self.recurrent_dropout:
             # one mask per weight_hh, drawn before the run (for one layer: as the padded path draws them)
@@ -63,9 +66,9 @@ class BuiltinEncoder(nn.Module):
         else:
             out, state = self.rnn(packed)
         h_n = state[0] if self.encoder == "lstm" else state  # (L*D, B, H)
-        outputs, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
+        padded = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))[0] if outputs else None
         final = torch.cat(list(h_n[-self.num_directions:]), dim=-1)  # last layer, fwd then bwd
-        return outputs, final
+        return padded, final
 
     def _run_direction(self, x: torch.Tensor, layer: int, suffix: str) -> torch.Tensor:
         rnn = self.rnn
@@ -77,16 +80,20 @@ class BuiltinEncoder(nn.Module):
         out = _KERNELS[self.encoder](x, hx, params, True, 1, 0.0, self.training, False, True)[0]
         return out
 
-    def _padded(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _padded(self, x: torch.Tensor, lengths: torch.Tensor, outputs: bool):
         finals = []
         for layer in range(self.rnn.num_layers):
+            # the last layer's outputs are assembled (backward direction mapped back, directions side by
+            # side: two copies of the whole sequence) only for a pooling that reads them
+            keep = outputs or layer < self.rnn.num_layers - 1
             if layer > 0 and self.rnn.dropout and self.training:
                 x = F.dropout(x, self.rnn.dropout, training=True)
             fwd = self._run_direction(x, layer, "")
             outs, finals = [fwd], [last_real(fwd, lengths)]
             if self.num_directions == 2:
                 bwd_rev = self._run_direction(reverse_within_length(x, lengths), layer, "_reverse")
-                outs.append(reverse_within_length(bwd_rev, lengths))
+                if keep:
+                    outs.append(reverse_within_length(bwd_rev, lengths))
                 finals.append(last_real(bwd_rev, lengths))  # after reading the whole sequence backwards
-            x = torch.cat(outs, dim=-1) if len(outs) > 1 else fwd
+            x = (torch.cat(outs, dim=-1) if len(outs) > 1 else fwd) if keep else None
         return x, torch.cat(finals, dim=-1)

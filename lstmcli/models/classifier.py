@@ -72,7 +72,9 @@ class TextClassifier(nn.Module):
 
     def _branches(self, ids: torch.Tensor, lengths: torch.Tensor,
                   labels: torch.Tensor | None) -> torch.Tensor:
-        outputs, final = self.encoder(self.embedding_dropout(self.embedding(ids)), lengths)
+        # pooling "last" reads the final states only: the per-step outputs are then not assembled
+        outputs, final = self.encoder(self.embedding_dropout(self.embedding(ids)), lengths,
+                                      outputs=self.spec.pooling != "last")
         logits = [self.head(self.dropout(pool(outputs, final, lengths, self.spec.pooling)))]  # (B, C)
         if self.ngrams is not None:
             # no dropout: a bag of averaged n-gram vectors is a linear model in its counts (fastText

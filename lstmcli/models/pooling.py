@@ -66,8 +66,9 @@ class _MaxOverTime(torch.autograd.Function):
         return d_outputs, None, None
 
 
-def pool(outputs: torch.Tensor, final: torch.Tensor, lengths: torch.Tensor, how: str) -> torch.Tensor:
-    """(B, T, F) outputs -> (B, F), looking at real positions only ("last": the final state `final`)."""
+def pool(outputs: torch.Tensor | None, final: torch.Tensor, lengths: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, T, F) outputs -> (B, F), looking at real positions only ("last": the final state `final`;
+    the encoder then gives None for the outputs)."""
     if how == "last":
         return final
     lengths = lengths.to(outputs.device)

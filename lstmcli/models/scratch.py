@@ -113,9 +113,10 @@ class ScratchRNN(nn.Module):
         hs, cs = peephole_lstm(xproj, p["weight_hh"], *peep, active)
         return hs, last_real(cs, lens, time_dim=0)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor):
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, outputs: bool = True):
         """x (B, T, In), lengths (B,) on the CPU -> outputs (B, T, D*H) (0 at padding),
-        h_n (L*D, B, H), c_n (L*D, B, H) or None: as nn.LSTM gives for a PackedSequence."""
+        h_n (L*D, B, H), c_n (L*D, B, H) or None: as nn.LSTM gives for a PackedSequence.
+        outputs=False: None in place of the outputs, whose last layer is then not assembled."""
         order = lengths.argsort(descending=True, stable=True)
         lens = lengths[order]
         active = _steps_active(lens, x.size(1))
@@ -128,19 +129,21 @@ class ScratchRNN(nn.Module):
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout and self.training:
                 inp = F.dropout(inp, self.dropout, training=True)
+            keep = outputs or layer < self.num_layers - 1  # as in BuiltinEncoder._padded
             outs = []
             for d, (hs, c_last) in enumerate(self._layer(inp, layer, active, lens)):
                 h_n.append(last_real(hs, lens, time_dim=0))
                 if c_last is not None:
                     c_n.append(c_last)
-                outs.append(hs if d == 0 else reverse_within_length(hs, lens, time_dim=0))
-            inp = torch.cat(outs, 2) if len(outs) > 1 else outs[0]
+                if keep:
+                    outs.append(hs if d == 0 else reverse_within_length(hs, lens, time_dim=0))
+            inp = (torch.cat(outs, 2) if len(outs) > 1 else outs[0]) if keep else None
         h_n, c_n = torch.stack(h_n), (torch.stack(c_n) if c_n else None)
         if not in_order:
             back = order.argsort().to(x.device)
-            inp, h_n = inp.index_select(1, back), h_n[:, back]
+            inp, h_n = (inp.index_select(1, back) if keep else None), h_n[:, back]
             c_n = c_n[:, back] if c_n is not None else None
-        return inp.transpose(0, 1), h_n, c_n  # outputs (B, T, D*H): a view of the time-major ones
+        return (inp.transpose(0, 1) if keep else None), h_n, c_n  # outputs: a view of the time-major ones
 
 
 class ScratchEncoder(nn.Module):
@@ -155,6 +158,7 @@ class ScratchEncoder(nn.Module):
         self.num_directions = len(self.rnn.suffixes)
         self.output_size = hidden_size * self.num_directions
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        outputs, h_n, _ = self.rnn(x, lengths.cpu())
-        return outputs, torch.cat(list(h_n[-self.num_directions:]), dim=-1)
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor,
+                outputs: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+        seq, h_n, _ = self.rnn(x, lengths.cpu(), outputs)
+        return seq, torch.cat(list(h_n[-self.num_directions:]), dim=-1)
