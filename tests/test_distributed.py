@@ -69,7 +69,12 @@ def test_two_processes_train_the_weights_one_process_does(mirror, workdir):
     the single process's up to float32 summation order, and so do the metrics.
 
     How far 32 Adam steps carry a float32 rounding difference is measured, not assumed: the same single
-    process with the scratch kernels (the same mathematics, other summation orders) is the yardstick."""
+    process with the scratch kernels (the same mathematics, other summation orders) is the yardstick,
+    its largest difference anywhere in the model. Per parameter, such a maximum is one draw of a
+    heavy-tailed spread (Adam magnifies rounding where a gradient's second moment is tiny): in one run
+    the two processes' largest difference per parameter was 0.06x to 5.4x the yardstick's for the same
+    parameter, while over the whole model they were 7.4e-6 and 3.3e-6. Real differences in the
+    mathematics are far larger: lr 0.00301 instead of 0.003 moved every encoder weight by 1e-4 to 5e-4."""
     ok(run("train", *ARGS, "--quiet", "--out", "one"))
     ok(run("train", *ARGS, "--quiet", "--impl", "scratch", "--out", "other_order"))
     code, out, err = finished(torchrun(*ARGS, "--out", "two"))
@@ -77,9 +82,9 @@ def test_two_processes_train_the_weights_one_process_does(mirror, workdir):
     assert out.strip() == "two"  # rank 0 alone answers on stdout
     m1, m2 = (json.loads(Path(d, "metrics.json").read_text()) for d in ("one", "two"))
     one, two, other = weights(Path("one")), weights(Path("two")), weights(Path("other_order"))
+    yardstick = max((w - other[name]).abs().max().item() for name, w in one.items())
     for name, w in one.items():
-        yardstick = (w - other[name]).abs().max().item()
-        bound = max(4 * yardstick, 32 * F32_EPS * w.abs().max().item())
+        bound = max(8 * yardstick, 32 * F32_EPS * w.abs().max().item())
         assert (w - two[name]).abs().max().item() <= bound, (name, yardstick)
     assert m2["environment"]["world_size"] == 2 and m2["environment"]["backend"] == "gloo"
     assert m2["environment"]["threads"] == 1  # 2 cores shared by 2 ranks (CI has 2)
