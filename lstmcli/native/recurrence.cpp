@@ -3,9 +3,9 @@
 // Same equations, same buffers and same results as the Python loops there, which stay the reference
 // and the fallback. Per time step: one matmul for the active rows (the LSTM's [x_t | h_{t-1}] times
 // [W_ih | W_hh]^T, the GRU's W_hh h), then ONE pass over the step's values that applies every gate
-// non-linearity and the cell update, and, when training, stores the backward's per-step factors. The Python loop needs ~10 element-wise ATen calls
-// per step for that, each a pass over memory plus dispatch and interpreter overhead; at hidden 256 /
-// batch 64 those cost about as much as the matmul itself.
+// non-linearity and the cell update, and, when training, stores the backward's per-step factors. The
+// Python loop needs ~10 element-wise ATen calls per step for that, each a pass over memory plus
+// dispatch and interpreter overhead; at hidden 256 / batch 64 those cost about as much as the matmul.
 //
 // Layouts (all contiguous, time-major, rows sorted by length so that the active rows are a prefix):
 //   LSTM acts (T, B, 4H): W_ih x + W_hh h (b is added as it is read), gate blocks (o, i, f, g); the forward
@@ -328,10 +328,11 @@ void lstm_forward(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
 // They are kept for a few steps only (`ring`, step t in slot t % slots): each time a block of steps is
 // complete, the products that need them run while they are still in cache, d_x = d_pre W_ih,
 // d_b += Σ d_pre and d[W_ih | W_hh] += d_pre^T [x_t | h_{t-1}]. Forming d_pre for all T steps first
-// (tens of MB) and then big products over it read it back from memory three times. The weights'
+// (tens of MB) and then big products over it read it back from memory for each product. The weights'
 // gradient is one product over the rows [x_t | h_{t-1}], copied side by side into `xh` (as the forward
 // multiplies them), into d_w (4H, In + H): against one product for W_ih (N = In) and one for W_hh
-// (N = H), 8% less time in them (BiLSTM 256, embedding 128, batch 64, AVX2 EPYC).
+// (N = H), 8-11% less time in them in three of four interleaved runs, 1% in the fourth (BiLSTM 256,
+// embedding 128, batch 64, AVX2 EPYC).
 struct GradBuffers {
   std::vector<Tensor> out;  // d_x, d_W_ih, d_b, d_W_hh
   Tensor ring, xh, d_w;
