@@ -71,7 +71,7 @@ def main() -> None:
                              one["acts"], one["K"], one["A"])
 
     def bwd():
-        kernels.lstm_grads(one["d_hs"], None, one["acts"], one["K"], one["A"], one["w_hh"], one["w_ih"],
+        kernels.lstm_grads(one["d_hs"], None, None, one["acts"], one["K"], one["A"], one["w_hh"], one["w_ih"],
                            one["x"], one["hs"], active)
 
     # made once, outside the timings: [W_ih | W_hh]^T and every step's [x_t | h_{t-1}]
@@ -102,7 +102,7 @@ def main() -> None:
     def bwd_pair():
         d_hs, acts, K, A, w_hh, w_ih, x, hs = (pair(n) for n in
                                                ("d_hs", "acts", "K", "A", "w_hh", "w_ih", "x", "hs"))
-        kernels.lstm_grads_pair(d_hs, [None, None], acts, K, A, w_hh, w_ih, x, hs, active)
+        kernels.lstm_grads_pair(d_hs, [None, None], [None, None], acts, K, A, w_hh, w_ih, x, hs, active)
 
     rows = [("fwd", 1, fwd, flops), ("gemm fwd", 1, gemm_fwd, flops), ("bwd", 1, bwd, 2 * flops),
             ("gemm bwd", 1, gemm_bwd, 2 * flops), ("fwd pair", 2, fwd_pair, 2 * flops),

@@ -118,7 +118,10 @@ def test_gradcheck_hand_written_backwards(loops):
     dd = dict(dtype=torch.float64, requires_grad=True)
     xl, wil, bl, wl = torch.randn(T, B, 3, **dd), torch.randn(4 * H, 3, **dd), torch.randn(4 * H, **dd), \
         torch.randn(4 * H, H, **dd)
-    assert torch.autograd.gradcheck(lambda *a: LSTMLayer.apply(active, *a)[:2], (xl, wil, bl, wl))
+    # outputs (hs, c_last, h_last): all of them read, then only the final states (d_hs is None)
+    for read in (slice(None), slice(1, None), slice(2, None)):
+        layer = lambda *a, read=read: LSTMLayer.apply(active, *a)[read]  # noqa: E731
+        assert torch.autograd.gradcheck(layer, (xl, wil, bl, wl))
     xg, wg, bg = torch.randn(T, B, 3 * H, **dd), torch.randn(3 * H, H, **dd), torch.randn(3 * H, **dd)
     assert torch.autograd.gradcheck(lambda x, w, b: GRULayer.apply(x, w, b, active), (xg, wg, bg))
     xr, wir, br, wr = torch.randn(T, B, 3, **dd), torch.randn(H, 3, **dd), torch.randn(H, **dd), \
@@ -302,7 +305,8 @@ def test_gradcheck_two_directions_side_by_side(loops, two_threads):
     dd = dict(dtype=torch.float64, requires_grad=True)
     args = [t for _ in range(2) for t in (torch.randn(T, B, 3, **dd), torch.randn(4 * H, 3, **dd),
                                           torch.randn(4 * H, **dd), torch.randn(4 * H, H, **dd))]
-    assert torch.autograd.gradcheck(lambda *a: LSTMLayer.apply(active, *a), args)
+    for read in (slice(None), slice(2, None, 3)):  # every output; each direction's final h only
+        assert torch.autograd.gradcheck(lambda *a, read=read: LSTMLayer.apply(active, *a)[read], args)
 
 
 def test_both_directions_flush_denormals_as_the_caller_does(loops, two_threads):
@@ -313,7 +317,7 @@ def test_both_directions_flush_denormals_as_the_caller_does(loops, two_threads):
     bias = torch.cat([torch.full((H,), v) for v in (80.0, -80.0, -80.0, 1e-4)])  # gates (o, i, f, g)
     one = [torch.zeros(T, B, 1), torch.zeros(4 * H, 1), bias, torch.zeros(4 * H, H)]
     torch.set_flush_denormal(True)
-    _, c_last, _, c_last_rev = LSTMLayer.apply([B] * T, *one, *one)
+    _, c_last, _, _, c_last_rev, _ = LSTMLayer.apply([B] * T, *one, *one)
     assert c_last.abs().max().item() == 0.0 and c_last_rev.abs().max().item() == 0.0
 
 

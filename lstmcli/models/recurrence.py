@@ -82,9 +82,12 @@ class _PythonLoops:
         c_last.copy_(cs[_last_steps(active, B), torch.arange(B)])
 
     @staticmethod
-    def lstm_backward(d_hs, d_c_last, acts, K, A, w_hh, active):
+    def lstm_backward(d_hs, d_c_last, d_h_last, acts, K, A, w_hh, active):
         T, B, G = acts.shape
         H = G // 4
+        if d_h_last is not None:  # the gradient of each row's final h enters at its last step
+            d_hs = d_hs.clone() if d_hs is not None else acts.new_zeros(T, B, H)
+            d_hs[_last_steps(active, B), torch.arange(B)] += d_h_last
         d_cs = None
         if d_c_last is not None:  # the gradient of each row's final c enters at its last step
             d_cs = acts.new_zeros(T, B, H)
@@ -108,9 +111,9 @@ class _PythonLoops:
         return d_pre
 
     @staticmethod
-    def lstm_grads(d_hs, d_c_last, acts, K, A, w_hh, w_ih, x, hs, active):
+    def lstm_grads(d_hs, d_c_last, d_h_last, acts, K, A, w_hh, w_ih, x, hs, active):
         """[d_x, d_W_ih, d_b, d_W_hh] of one direction: its d_pre for all steps, then one product each."""
-        d_pre = _PythonLoops.lstm_backward(d_hs, d_c_last, acts, K, A, w_hh, active)
+        d_pre = _PythonLoops.lstm_backward(d_hs, d_c_last, d_h_last, acts, K, A, w_hh, active)
         return [*_input_grads(d_pre, x, w_ih), _recurrent_weight_grad(d_pre, hs)]
 
     @staticmethod
@@ -184,8 +187,13 @@ def _loops(t: torch.Tensor):
 
 class LSTMLayer(torch.autograd.Function):
     """One LSTM layer, one direction or two: apply(active, x, w_ih, bias, w_hh[, x', w_ih', bias', w_hh'])
-    -> (hs, c_last[, hs', c_last']), each direction on its own inputs (a backward direction gets its
-    sequences reversed within their lengths). Gate order inside is (o, i, f, g): one sigmoid covers three.
+    -> (hs, c_last, h_last[, hs', c_last', h_last']), each direction on its own inputs (a backward
+    direction gets its sequences reversed within their lengths); c_last and h_last (B, H) are each
+    sequence's final states. Gate order inside is (o, i, f, g): one sigmoid covers three.
+
+    h_last is an output of its own, not read out of hs by the caller, so that a classifier that reads
+    only the final states sends no gradient to hs: its backward then makes and reads no (T, B, H)
+    tensor of zeros with one nonzero row per sequence.
 
     While training, the forward also stores the backward's per-step factors, computed while the
     step's activations are still in cache: dc_t = dc_{t+1} ⊙ f_{t+1} + dh_t ⊙ A_t, and the
@@ -219,14 +227,17 @@ class LSTMLayer(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(*ins[0], *ins[1], *ins[3], *acts, *K, *A, *hs)
         ctx.active, ctx.num_dirs = active, len(dirs)
-        return tuple(t for pair in zip(hs, c_last, strict=True) for t in pair)
+        last = (_last_steps(active, B).to(x.device), torch.arange(B, device=x.device))
+        h_last = [h[last] for h in hs]
+        return tuple(t for triple in zip(hs, c_last, h_last, strict=True) for t in triple)
 
     @staticmethod
     def backward(ctx, *grads):
         D = ctx.num_dirs
         xs, w_ihs, w_hhs, acts, K, A, hs = (ctx.saved_tensors[i:i + D] for i in range(0, 7 * D, D))
-        d_hs, d_c_last = ([g if g is None else g.contiguous() for g in grads[i::2]] for i in (0, 1))
-        per_direction = [d_hs, d_c_last, acts, K, A, w_hhs, w_ihs, xs, hs]  # each: one entry a direction
+        grads = [None if g is None else g.contiguous() for g in grads]  # per direction: hs, c_last, h_last
+        d_hs, d_c_last, d_h_last = (grads[i::3] for i in range(3))
+        per_direction = [d_hs, d_c_last, d_h_last, acts, K, A, w_hhs, w_ihs, xs, hs]  # one entry a direction
         if _pair(ctx.loops, D):  # [d_x, d_W_ih, d_b, d_W_hh] of each direction, in turn
             return None, *ctx.loops.lstm_grads_pair(*map(list, per_direction), ctx.active)
         return None, *(g for args in zip(*per_direction, strict=True)

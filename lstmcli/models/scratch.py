@@ -83,8 +83,8 @@ class ScratchRNN(nn.Module):
         return p
 
     def _layer(self, inp: torch.Tensor, layer: int, active: list[int], lens: torch.Tensor):
-        """inp (T, B, In) -> per direction, (hs (T, B, H) in its own reading order, for the LSTM each
-        sequence's final c (B, H), else None)."""
+        """inp (T, B, In) -> per direction, (hs (T, B, H) in its own reading order, each sequence's final
+        h (B, H), for the LSTM its final c (B, H), else None)."""
         seqs = [inp if d == 0 else reverse_within_length(inp, lens, time_dim=0)
                 for d in range(len(self.suffixes))]
         directions = list(zip(seqs, self.suffixes, strict=True))
@@ -94,24 +94,26 @@ class ScratchRNN(nn.Module):
         for seq, sfx in directions:  # both directions in one call: they run side by side
             p = self._params(layer, sfx)
             args += [seq, p["weight_ih"][order], (p["bias_ih"] + p["bias_hh"])[order], p["weight_hh"][order]]
-        out = LSTMLayer.apply(active, *args)  # (hs, c_last) per direction
-        return list(zip(out[::2], out[1::2], strict=True))
+        out = LSTMLayer.apply(active, *args)  # (hs, c_last, h_last) per direction
+        return list(zip(out[::3], out[2::3], out[1::3], strict=True))
 
     def _direction(self, seq: torch.Tensor, layer: int, sfx: str, active: list[int], lens: torch.Tensor):
-        """GRU, RNN, peephole LSTM: seq (T, B, In) -> hs (T, B, H), and for the LSTM each sequence's final
-        c (B, H), else None."""
+        """GRU, RNN, peephole LSTM: seq (T, B, In) -> hs (T, B, H), each sequence's final h (B, H), and for
+        the LSTM its final c (B, H), else None."""
         p = self._params(layer, sfx)
         T, B = seq.shape[:2]
+        cs = None
         if self.encoder == "gru":
             xproj = torch.addmm(p["bias_ih"], seq.reshape(T * B, -1), p["weight_ih"].t()).view(T, B, -1)
-            return GRULayer.apply(xproj, p["weight_hh"], p["bias_hh"], active), None
-        bias = p["bias_ih"] + p["bias_hh"]
-        if self.encoder == "rnn":
-            return RNNLayer.apply(seq, p["weight_ih"], bias, p["weight_hh"], active), None
-        xproj = torch.addmm(bias, seq.reshape(T * B, -1), p["weight_ih"].t()).view(T, B, -1)
-        peep = [getattr(self, f"weight_c{gate}_l{layer}{sfx}") for gate in "ifo"]
-        hs, cs = peephole_lstm(xproj, p["weight_hh"], *peep, active)
-        return hs, last_real(cs, lens, time_dim=0)
+            hs = GRULayer.apply(xproj, p["weight_hh"], p["bias_hh"], active)
+        elif self.encoder == "rnn":
+            hs = RNNLayer.apply(seq, p["weight_ih"], p["bias_ih"] + p["bias_hh"], p["weight_hh"], active)
+        else:
+            bias = p["bias_ih"] + p["bias_hh"]
+            xproj = torch.addmm(bias, seq.reshape(T * B, -1), p["weight_ih"].t()).view(T, B, -1)
+            peep = [getattr(self, f"weight_c{gate}_l{layer}{sfx}") for gate in "ifo"]
+            hs, cs = peephole_lstm(xproj, p["weight_hh"], *peep, active)
+        return hs, last_real(hs, lens, time_dim=0), (None if cs is None else last_real(cs, lens, time_dim=0))
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, outputs: bool = True):
         """x (B, T, In), lengths (B,) on the CPU -> outputs (B, T, D*H) (0 at padding),
@@ -131,8 +133,8 @@ class ScratchRNN(nn.Module):
                 inp = F.dropout(inp, self.dropout, training=True)
             keep = outputs or layer < self.num_layers - 1  # as in BuiltinEncoder._padded
             outs = []
-            for d, (hs, c_last) in enumerate(self._layer(inp, layer, active, lens)):
-                h_n.append(last_real(hs, lens, time_dim=0))
+            for d, (hs, h_last, c_last) in enumerate(self._layer(inp, layer, active, lens)):
+                h_n.append(h_last)
                 if c_last is not None:
                     c_n.append(c_last)
                 if keep:

@@ -323,8 +323,10 @@ void lstm_forward(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
 
 // LSTM backward, all of it: the gradients of x (T, B, In), W_ih (4H, In), b (4H) and W_hh (4H, H).
 // Per step, from t = T - 1 down, the pre-activation gradients d_pre_t (B, 4H), 0 at ended rows:
-// dc_t = dc_{t+1} ⊙ f_{t+1} + dh_t ⊙ A_t, where at a sequence's last step d c_last takes the place of
-// dc_{t+1} ⊙ f_{t+1}; d_pre = (K_o ⊙ dh_t, K_{i,f,g} ⊙ dc_t); dh_{t-1} = d_pre_t W_hh (+ d_hs_{t-1}).
+// dh_t = d_pre_{t+1} W_hh (+ d_hs_t), plus d h_last at a sequence's last step; dc_t = dc_{t+1} ⊙ f_{t+1}
+// + dh_t ⊙ A_t, where at a sequence's last step d c_last takes the place of dc_{t+1} ⊙ f_{t+1};
+// d_pre = (K_o ⊙ dh_t, K_{i,f,g} ⊙ dc_t). When only the final states are read (pooling "last"), d_hs
+// is absent: no dense (T, B, H) gradient, almost all zeros, is made and read.
 // They are kept for a few steps only (`ring`, step t in slot t % slots): each time a block of steps is
 // complete, the products that need them run while they are still in cache, d_x = d_pre W_ih,
 // d_b += Σ d_pre and d[W_ih | W_hh] += d_pre^T [x_t | h_{t-1}]. Forming d_pre for all T steps first
@@ -339,7 +341,7 @@ struct GradBuffers {
 };
 
 void lstm_grads_into(const GradBuffers& buf, const std::optional<Tensor>& d_hs, const std::optional<Tensor>& d_c_last,
-                     const Tensor& acts, const Tensor& K, const Tensor& A, const Tensor& w_hh, const Tensor& w_ih,
+                     const std::optional<Tensor>& d_h_last, const Tensor& acts, const Tensor& K, const Tensor& A, const Tensor& w_hh, const Tensor& w_ih,
                      const Tensor& x, const Tensor& hs, const std::vector<int64_t>& active) {
   const Tensor& ring = buf.ring;
   const int64_t T = acts.size(0), B = acts.size(1), H = acts.size(2) / 4, In = x.size(2), slots = ring.size(0);
@@ -371,6 +373,7 @@ void lstm_grads_into(const GradBuffers& buf, const std::optional<Tensor>& d_hs, 
       const T_* f_next = t + 1 < T ? acts[t + 1].data_ptr<T_>() + 2 * H : nullptr;
       const T_* dhs = d_hs ? (*d_hs)[t].data_ptr<T_>() : nullptr;
       const T_* dcl = d_c_last ? d_c_last->data_ptr<T_>() : nullptr;
+      const T_* dhl = d_h_last ? d_h_last->data_ptr<T_>() : nullptr;
       const T_ *k0 = K[t].data_ptr<T_>(), *A0 = A[t].data_ptr<T_>();
       T_ *dc0 = dc.data_ptr<T_>(), *dhr0 = dh_rec.data_ptr<T_>(), *dp0 = dp_t.data_ptr<T_>();
       over_rows(n, 4 * H, [&](int64_t b) {
@@ -379,10 +382,12 @@ void lstm_grads_into(const GradBuffers& buf, const std::optional<Tensor>& d_hs, 
         over_units<T_>(H, [&](int64_t j, int64_t m) {
           auto dh = ld(dhr0 + b * H + j, m);
           if (dhs) dh = dh + ld(dhs + b * H + j, m);
+          const bool last = b >= n_next;  // t is row b's last step
+          if (last && dhl) dh = dh + ld(dhl + b * H + j, m);
           auto dcv = dh * ld(A0 + b * H + j, m);
-          if (b < n_next)
+          if (!last)
             dcv = dcv + ld(dc0 + b * H + j, m) * ld(f_next + b * 4 * H + j, m);
-          else if (dcl)  // t is row b's last step
+          else if (dcl)
             dcv = dcv + ld(dcl + b * H + j, m);
           st(dcv, dc0 + b * H + j, m);
           st(ld(k + j, m) * dh, dp + j, m);
@@ -409,11 +414,11 @@ GradBuffers grads_buffers(const Tensor& acts, const Tensor& w_ih, const Tensor& 
           at::empty({slots, B, G}, opt), at::empty({slots * B, In + H}, opt), at::zeros({G, In + H}, opt)};
 }
 
-std::vector<Tensor> lstm_grads(std::optional<Tensor> d_hs, std::optional<Tensor> d_c_last, const Tensor& acts,
-                               const Tensor& K, const Tensor& A, const Tensor& w_hh, const Tensor& w_ih,
+std::vector<Tensor> lstm_grads(std::optional<Tensor> d_hs, std::optional<Tensor> d_c_last,
+                               std::optional<Tensor> d_h_last, const Tensor& acts, const Tensor& K, const Tensor& A, const Tensor& w_hh, const Tensor& w_ih,
                                const Tensor& x, const Tensor& hs, const std::vector<int64_t>& active) {
   const GradBuffers buf = grads_buffers(acts, w_ih, x);
-  lstm_grads_into(buf, d_hs, d_c_last, acts, K, A, w_hh, w_ih, x, hs, active);
+  lstm_grads_into(buf, d_hs, d_c_last, d_h_last, acts, K, A, w_hh, w_ih, x, hs, active);
   return buf.out;
 }
 
@@ -539,14 +544,15 @@ void lstm_forward_pair(const std::vector<Tensor>& x, const std::vector<Tensor>& 
 }
 
 std::vector<Tensor> lstm_grads_pair(const std::vector<std::optional<Tensor>>& d_hs,
-                                    const std::vector<std::optional<Tensor>>& d_c_last, const std::vector<Tensor>& acts,
+                                    const std::vector<std::optional<Tensor>>& d_c_last,
+                                    const std::vector<std::optional<Tensor>>& d_h_last, const std::vector<Tensor>& acts,
                                     const std::vector<Tensor>& K, const std::vector<Tensor>& A,
                                     const std::vector<Tensor>& w_hh, const std::vector<Tensor>& w_ih,
                                     const std::vector<Tensor>& x, const std::vector<Tensor>& hs,
                                     const std::vector<int64_t>& active) {
   const GradBuffers buf[2] = {grads_buffers(acts[0], w_ih[0], x[0]), grads_buffers(acts[1], w_ih[1], x[1])};
   both_directions([&](int d) {
-    lstm_grads_into(buf[d], d_hs[d], d_c_last[d], acts[d], K[d], A[d], w_hh[d], w_ih[d], x[d], hs[d], active);
+    lstm_grads_into(buf[d], d_hs[d], d_c_last[d], d_h_last[d], acts[d], K[d], A[d], w_hh[d], w_ih[d], x[d], hs[d], active);
   });
   std::vector<Tensor> out = buf[0].out;
   out.insert(out.end(), buf[1].out.begin(), buf[1].out.end());
