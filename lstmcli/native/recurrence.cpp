@@ -341,8 +341,9 @@ struct GradBuffers {
 };
 
 void lstm_grads_into(const GradBuffers& buf, const std::optional<Tensor>& d_hs, const std::optional<Tensor>& d_c_last,
-                     const std::optional<Tensor>& d_h_last, const Tensor& acts, const Tensor& K, const Tensor& A, const Tensor& w_hh, const Tensor& w_ih,
-                     const Tensor& x, const Tensor& hs, const std::vector<int64_t>& active) {
+                     const std::optional<Tensor>& d_h_last, const Tensor& acts, const Tensor& K, const Tensor& A,
+                     const Tensor& w_hh, const Tensor& w_ih, const Tensor& x, const Tensor& hs,
+                     const std::vector<int64_t>& active) {
   const Tensor& ring = buf.ring;
   const int64_t T = acts.size(0), B = acts.size(1), H = acts.size(2) / 4, In = x.size(2), slots = ring.size(0);
   const Tensor &d_x = buf.out[0], &d_w_ih = buf.out[1], &d_b = buf.out[2], &d_w_hh = buf.out[3];
@@ -415,8 +416,9 @@ GradBuffers grads_buffers(const Tensor& acts, const Tensor& w_ih, const Tensor& 
 }
 
 std::vector<Tensor> lstm_grads(std::optional<Tensor> d_hs, std::optional<Tensor> d_c_last,
-                               std::optional<Tensor> d_h_last, const Tensor& acts, const Tensor& K, const Tensor& A, const Tensor& w_hh, const Tensor& w_ih,
-                               const Tensor& x, const Tensor& hs, const std::vector<int64_t>& active) {
+                               std::optional<Tensor> d_h_last, const Tensor& acts, const Tensor& K, const Tensor& A,
+                               const Tensor& w_hh, const Tensor& w_ih, const Tensor& x, const Tensor& hs,
+                               const std::vector<int64_t>& active) {
   const GradBuffers buf = grads_buffers(acts, w_ih, x);
   lstm_grads_into(buf, d_hs, d_c_last, d_h_last, acts, K, A, w_hh, w_ih, x, hs, active);
   return buf.out;
@@ -552,7 +554,8 @@ std::vector<Tensor> lstm_grads_pair(const std::vector<std::optional<Tensor>>& d_
                                     const std::vector<int64_t>& active) {
   const GradBuffers buf[2] = {grads_buffers(acts[0], w_ih[0], x[0]), grads_buffers(acts[1], w_ih[1], x[1])};
   both_directions([&](int d) {
-    lstm_grads_into(buf[d], d_hs[d], d_c_last[d], d_h_last[d], acts[d], K[d], A[d], w_hh[d], w_ih[d], x[d], hs[d], active);
+    lstm_grads_into(buf[d], d_hs[d], d_c_last[d], d_h_last[d], acts[d], K[d], A[d], w_hh[d], w_ih[d], x[d], hs[d],
+                    active);
   });
   std::vector<Tensor> out = buf[0].out;
   out.insert(out.end(), buf[1].out.begin(), buf[1].out.end());
