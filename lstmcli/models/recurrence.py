@@ -85,13 +85,14 @@ class _PythonLoops:
     def lstm_backward(d_hs, d_c_last, d_h_last, acts, K, A, w_hh, active):
         T, B, G = acts.shape
         H = G // 4
+        last = (_last_steps(active, B), torch.arange(B))  # each row's last step: its final h and c
         if d_h_last is not None:  # the gradient of each row's final h enters at its last step
             d_hs = d_hs.clone() if d_hs is not None else acts.new_zeros(T, B, H)
-            d_hs[_last_steps(active, B), torch.arange(B)] += d_h_last
+            d_hs[last] += d_h_last
         d_cs = None
         if d_c_last is not None:  # the gradient of each row's final c enters at its last step
             d_cs = acts.new_zeros(T, B, H)
-            d_cs[_last_steps(active, B), torch.arange(B)] = d_c_last
+            d_cs[last] = d_c_last
         f = acts[..., 2 * H: 3 * H]  # 0 at ended rows, so dc does not flow back past a sequence's end
         d_pre = torch.empty_like(acts)
         dc, dh_rec = acts.new_zeros(B, H), acts.new_zeros(B, H)  # rows >= n stay 0 until they start

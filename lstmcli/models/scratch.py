@@ -143,9 +143,9 @@ class ScratchRNN(nn.Module):
         h_n, c_n = torch.stack(h_n), (torch.stack(c_n) if c_n else None)
         if not in_order:
             back = order.argsort().to(x.device)
-            inp, h_n = (inp.index_select(1, back) if keep else None), h_n[:, back]
+            inp, h_n = (inp.index_select(1, back) if outputs else None), h_n[:, back]
             c_n = c_n[:, back] if c_n is not None else None
-        return (inp.transpose(0, 1) if keep else None), h_n, c_n  # outputs: a view of the time-major ones
+        return (inp.transpose(0, 1) if outputs else None), h_n, c_n  # outputs: a view of the time-major ones
 
 
 class ScratchEncoder(nn.Module):
