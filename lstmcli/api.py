@@ -33,11 +33,15 @@ def _config(config: Config | Mapping[str, Any] | str | Path | None, overrides: d
     raise TypeError(f"config must be a path, a dict or a Config, not {type(config).__name__}")
 
 
-def train(config: Config | Mapping[str, Any] | str | Path | None = None, **overrides: Any) -> Path:
+def train(config: Config | Mapping[str, Any] | str | Path | None = None, *, force: bool = False,
+          skip_memory_check: bool = False, **overrides: Any) -> Path:
     """Train as `config` and `overrides` say (e.g. `train("configs/tiny.toml", epochs=2, seed=1)`);
-    returns the run folder: config.json, metrics.json (history, test), best/, last/ and the pictures."""
+    returns the run folder: config.json, metrics.json (history, test), best/, last/ and the pictures.
+
+    The run folder (`out`) must be new or empty unless `force`; a run estimated to need more memory
+    than is available is refused before its model is built unless `skip_memory_check`."""
     from . import training
-    return training.run(_config(config, overrides))
+    return training.run(_config(config, overrides), force, not skip_memory_check)
 
 
 def resume(run_dir: str | Path) -> Path:
@@ -76,11 +80,13 @@ def load(checkpoint: str | Path, device: str = "cpu", impl: str | None = None,
     return Classifier(Path(checkpoint), resolve_device(device), impl, max_length, precision)
 
 
-def export(checkpoint: str | Path, out: str | Path, format: str = "onnx") -> tuple[Path, Path]:
+def export(checkpoint: str | Path, out: str | Path, format: str = "onnx",
+           force: bool = False) -> tuple[Path, Path]:
     """Write the checkpoint as an ONNX model (ids, lengths) -> logits, and beside it a JSON of its labels,
-    vocabulary, tokenizer rules and cut; returns both paths."""
+    vocabulary, tokenizer rules and cut; returns both paths. Existing files are replaced only with
+    `force`, and never anything but a regular file outside the checkpoint."""
     if format != "onnx":
         from .errors import LstmcliError
         raise LstmcliError(f"unknown export format {format!r}; valid: onnx")
     from .onnx_export import export_onnx
-    return export_onnx(Path(checkpoint), Path(out))
+    return export_onnx(Path(checkpoint), Path(out), force)

@@ -16,6 +16,7 @@ traffic and Python.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -24,7 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from . import native
+from .config import Config, Encoder, Impl
 from .device import resolve_device
+from .footprint import estimate, refuse_over
 from .models.classifier import TextClassifier
 from .models.spec import ModelSpec
 
@@ -136,10 +139,32 @@ def _measure(encoder: str, impls: list[str], shape: BenchShape, batches, tokens:
             for impl in impls}
 
 
+def memory_needed(encoders: list[str], impls: list[str], shape: BenchShape) -> int:
+    """Bytes a bench of `shape` holds at its peak (footprint.estimate's rules): the batches, and for the
+    largest encoder one model per impl with its optimizer plus one training batch's activations."""
+    batches = 8 * shape.batch_size * shape.batches * shape.max_length  # int64 ids
+    worst = 0
+    for encoder in encoders:
+        cfg = Config()
+        cfg.model = dataclasses.replace(cfg.model, encoder=Encoder(encoder), impl=Impl.builtin,
+                                        embedding_dim=shape.embedding_dim, hidden_size=shape.hidden_size,
+                                        num_layers=shape.num_layers, bidirectional=shape.bidirectional)
+        cfg.train = dataclasses.replace(cfg.train, batch_size=shape.batch_size, calibrate=False)
+        cfg.data = dataclasses.replace(cfg.data, max_length=shape.max_length)
+        est = estimate(cfg, shape.vocab_size, 2, shape.max_length, 0)
+        worst = max(worst, est.state * len(impls) + est.activations)
+    return batches + worst
+
+
 def run_bench(encoders: list[str], impls: list[str], shape: BenchShape, device: str = "cpu",
-              threads: int = 2, seed: int = 0) -> dict:
-    """Median tokens/s per (encoder, impl, mode), their shares of the FLOP limit, scratch/builtin ratios."""
+              threads: int = 2, seed: int = 0, memory_check: bool = True) -> dict:
+    """Median tokens/s per (encoder, impl, mode), their shares of the FLOP limit, scratch/builtin ratios.
+    A shape too large for the memory available is refused first (unless not `memory_check`)."""
     dev = resolve_device(device)
+    if memory_check:
+        refuse_over(memory_needed(encoders, impls, shape), "models, optimizer state, batches and "
+                    "activations", dev, 1, "--hidden-size, --embedding-dim, --num-layers, --batch-size, "
+                    "--batches or --max-length")
     if dev.type == "cpu":
         torch.set_num_threads(threads)
     # what ran the scratch time loops: the C++ kernels serve CPU tensors only

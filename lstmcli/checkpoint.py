@@ -1,7 +1,9 @@
 """A checkpoint is a folder: model.safetensors, config.json, vocab.json, labels.json, metrics.json.
 
 Weights are safetensors, which hold tensors only, so loading never runs code from the file. Saving
-writes a sibling temporary folder and swaps it in, so a crash mid-save leaves the old checkpoint.
+writes a sibling temporary folder and swaps it in (fsutil.replace_dir): a kill at any instant leaves
+either the old or the new checkpoint under its name, or the old one as `.<name>.old`, which load()
+renames back by itself.
 Checkpoints written before calibration existed lack `branch_scale`; they load with it all ones, which
 is how they predicted.
 """
@@ -18,10 +20,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from . import fsutil
 from .build import build_model
 from .config import Config, Impl, Precision, apply, from_dict, to_dict
 from .errors import CheckpointError, ConfigError
-from .fsutil import replace_dir, temp_dir, write_json
+from .fsutil import honour_umask, recover_dir, replace_dir, temp_dir, write_failed, write_json
 from .models.classifier import TextClassifier
 from .precision import bound_impl, for_inference
 from .text import Vocab
@@ -46,6 +49,7 @@ def _write_weights(folder: Path, model: TextClassifier, metrics: dict) -> None:
     """model.safetensors and metrics.json in `folder` (a checkpoint's temporary folder)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"))
+    honour_umask(folder / "model.safetensors")
     write_json(folder / "metrics.json", metrics)
 
 
@@ -54,6 +58,7 @@ def save(path: Path, cfg: Config, vocab: Vocab, label_names: list[str], model: T
     """Write the checkpoint folder `path` (and, to resume from, `trainer_state.pt`) atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    fsutil.remove_stale_parts(path)  # what an earlier save, killed mid-way, left
     tmp = temp_dir(path)
     try:
         _write_weights(tmp, model, metrics)
@@ -63,6 +68,8 @@ def save(path: Path, cfg: Config, vocab: Vocab, label_names: list[str], model: T
         if trainer_state is not None:
             torch.save(trainer_state, tmp / STATE_FILE)
         replace_dir(tmp, path)
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        raise write_failed(path, exc) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -72,6 +79,7 @@ def update(path: Path, model: TextClassifier, metrics: dict) -> None:
     vocabulary, labels, trainer state) stays as it is, byte for byte. A changed copy is swapped in, as
     save() does, so a crash leaves the checkpoint as it was."""
     path = Path(path)
+    recover_dir(path)
     tmp = temp_dir(path)
     try:
         for f in path.iterdir():
@@ -79,6 +87,8 @@ def update(path: Path, model: TextClassifier, metrics: dict) -> None:
                 shutil.copy2(f, tmp / f.name)
         _write_weights(tmp, model, metrics)
         replace_dir(tmp, path)
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        raise write_failed(path, exc) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -99,6 +109,9 @@ def load(path: Path, device: str = "cpu", impl: str | None = None,
     device runs it natively (see precision.for_inference). The returned config says how it runs.
     """
     path = Path(path)
+    if recover_dir(path):
+        log.warning(f"{path} was restored from {path.parent / ('.' + path.name + '.old')}: a save was cut "
+                    "short between its two renames")
     if not path.is_dir():
         raise CheckpointError(f"no checkpoint at {path} (expected a folder holding {', '.join(FILES)})")
     missing = [f for f in FILES if not (path / f).is_file()]

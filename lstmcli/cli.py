@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from . import distributed
-from .config import Device, Encoder, Impl, Precision, env_data_dir, field_index
+from .config import MAX_THREADS, Device, Encoder, Impl, Precision, env_data_dir, field_index
 from .errors import CheckFailed, LstmcliError
 from .exits import DEBUG, run, user_errors
 from .registry import REGISTRY
@@ -76,24 +76,32 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print metrics.json and run_dir as JSON")] = False,
     tensorboard: Annotated[bool, typer.Option("--tensorboard", help="= --report-to tensorboard")] = False,
+    force: Annotated[bool, typer.Option("--force", help="train into an --out folder that is not empty: "
+                                        "files of the same names are replaced, an earlier run's best/ and "
+                                        "last/ removed")] = False,
+    skip_memory_check: Annotated[bool, typer.Option(
+        "--skip-memory-check", help="start even when the run is estimated to need more memory than is "
+                                    "available")] = False,
     **fields: Any,
 ) -> None:
     """Train a classifier; writes a run folder (config.json, metrics.json, best/, last/) and prints its path.
 
     Ctrl-C or SIGTERM stops at the next batch, saves last/ with everything needed to continue, and
-    exits 130; `--resume RUN_DIR` continues exactly where it stopped.
+    exits 130; `--resume RUN_DIR` continues exactly where it stopped. A run folder that holds anything
+    is refused unless --force; two trainings into one folder: the second is refused.
     """
     from . import api
     if tensorboard:
         fields["report_to"] = fields.get("report_to") or "tensorboard"
     if resume is not None:
         given = sorted(k for k, v in fields.items() if v is not None) + (["config"] if config else [])
+        given += ["force"] if force else []
         if given:
             flag = given[0].replace("_", "-")
             raise LstmcliError(f"--resume continues a run with its own config; drop --{flag}")
         run_dir = api.resume(resume)
     else:
-        run_dir = api.train(config, **fields)
+        run_dir = api.train(config, force=force, skip_memory_check=skip_memory_check, **fields)
     if not distributed.from_env().is_main:
         return  # under torchrun, rank 0 answers for the run
     if json_out:
@@ -126,6 +134,8 @@ def eval_(
     test with --threshold). Writes eval-SPLIT.json and confusion-SPLIT.png beside the checkpoint."""
     from . import api
     from .metrics import format_report
+    if fail_under is not None and not 0.0 <= fail_under <= 1.0:  # (NaN fails this too)
+        raise LstmcliError(f"--fail-under must be a number in [0, 1], got {fail_under}")
     report = api.evaluate(checkpoint, split.value, dataset, data_dir or env_data_dir(), batch_size,
                           device.value, impl and impl.value, precision and precision.value, threshold)
     if json_out:
@@ -222,9 +232,12 @@ def bench(
     batches: Annotated[int, typer.Option(min=1, help="batches per timed pass")] = 6,
     repeats: Annotated[int, typer.Option(min=1, help="timed passes; the median is reported")] = 5,
     device: Annotated[Device, typer.Option(help="device")] = Device.cpu,
-    threads: Annotated[int, typer.Option(min=1, help="CPU threads")] = 2,
+    threads: Annotated[int, typer.Option(min=1, max=MAX_THREADS, help="CPU threads")] = 2,
     out: Annotated[Path, typer.Option(help="where to write the JSON report")] = Path("bench.json"),
     json_out: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    skip_memory_check: Annotated[bool, typer.Option(
+        "--skip-memory-check", help="start even when the shape is estimated to need more memory than is "
+                                    "available")] = False,
 ) -> None:
     """Training and inference tokens/s of each encoder x impl, with scratch/builtin ratios."""
     from .bench import BenchShape, format_bench, run_bench
@@ -236,7 +249,8 @@ def bench(
                            "(--impl builtin --impl scratch)")
     shape = BenchShape(embedding_dim, hidden_size, batch_size, min_length, max_length, num_layers,
                        bidirectional, batches, repeats)
-    report = run_bench([e.value for e in encoder], [i.value for i in impl], shape, device.value, threads)
+    report = run_bench([e.value for e in encoder], [i.value for i in impl], shape, device.value, threads,
+                       memory_check=not skip_memory_check)
     write_json(out, report)
     typer.echo(json.dumps(report) if json_out else format_bench(report))
 
@@ -252,11 +266,13 @@ def export(
     format: Annotated[ExportFormat, typer.Option("--format", help="model format")] = ExportFormat.onnx,
     out: Annotated[Path, typer.Option(help="model file; its labels, vocabulary and tokenizer go to the same "
                                       "name with .json")] = Path("model.onnx"),
+    force: Annotated[bool, typer.Option("--force", help="replace --out and its .json if they exist "
+                                        "(regular files only)")] = False,
 ) -> None:
     """Write the checkpoint as a model that runs without lstmcli: ONNX, (ids, lengths) -> logits, with
     dynamic batch and sequence axes, plus a JSON of labels, vocabulary, tokenizer rules and cut."""
     from . import api
-    model, meta = api.export(checkpoint, out, format.value)
+    model, meta = api.export(checkpoint, out, format.value, force)
     typer.echo(str(model))
     typer.echo(f"labels, vocabulary and tokenizer: {meta}", err=True)
 

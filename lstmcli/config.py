@@ -106,7 +106,8 @@ class DataConfig:
     max_eval_examples: int = _f(0, "cap on validation and test examples, sampled the same way (0 = all)")
     vocab_max_size: int = _f(30000, "largest vocabulary, <pad> and <unk> included (0 = no limit)")
     vocab_min_freq: int = _f(1, "least count for a token to enter the vocabulary")
-    max_length: int = _f(0, "truncate texts to this many tokens (0 = no limit)")
+    max_length: int = _f(2048, "truncate texts to this many tokens (0 = no limit: one huge text then "
+                               "costs memory in proportion to its length)")
     truncate: Truncate = _f(Truncate.head, "what max_length keeps: the head, or head_tail (first and last "
                                            "halves)")
 
@@ -222,8 +223,15 @@ def _coerce(key: str, value: Any, typ: type) -> Any:
     if not ok:
         got = f"{type(value).__name__} {value!r}"
         raise ConfigError(f"config key '{key}': expected {typ.__name__}, got {got}")
+    if typ is float and not math.isfinite(value):  # NaN passes every comparison, so no range check sees it
+        raise ConfigError(f"config key '{key}': expected a finite number, got {value}")
+    if typ is int and not INT64_MIN <= value <= INT64_MAX:  # torch and TOML stop at 64 bits
+        raise ConfigError(f"config key '{key}': {value} is outside the 64-bit integer range")
     return float(value) if typ is float else value
 
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_THREADS = 1024  # far above any CPU's cores; a typo such as 100000 would start that many threads
 
 # (low, high, inclusive high) for numeric fields that have bounds
 BOUNDS: dict[str, tuple[float, float, bool]] = {
@@ -238,7 +246,8 @@ BOUNDS: dict[str, tuple[float, float, bool]] = {
     "lr": (0, math.inf, True), "momentum": (0, 1, True), "weight_decay": (0, math.inf, True),
     "grad_clip": (0, math.inf, True), "warmup_steps": (0, math.inf, True), "plateau_factor": (0, 1, False),
     "plateau_patience": (0, math.inf, True), "patience": (0, math.inf, True),
-    "log_every": (0, math.inf, True), "threads": (0, math.inf, True),
+    "log_every": (0, math.inf, True), "threads": (0, MAX_THREADS, True),
+    "seed": (0, INT64_MAX, True), "split_seed": (0, INT64_MAX, True),  # torch.manual_seed's range
 }
 
 

@@ -6,11 +6,15 @@ mkstemp's private 0600/0700.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
+
+from .errors import LstmcliError
 
 
 def _umask() -> int:
@@ -50,11 +54,82 @@ def write_json(path: Path, obj) -> None:
     write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
+def old_dir(dest: Path) -> Path:
+    """Where replace_dir keeps the previous `dest` while it swaps the new one in."""
+    return dest.with_name(f".{dest.name}.old")
+
+
 def replace_dir(tmp: Path, dest: Path) -> None:
-    """Put the complete folder `tmp` at `dest`, moving any old one aside first and removing it after."""
-    old = dest.with_name(f".{dest.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
+    """Put the complete folder `tmp` at `dest`, keeping the old one as `.<name>.old` until the new one is
+    in place.
+
+    Two renames cannot be one atomic step, so a kill between them leaves no `dest` but a whole
+    `.<name>.old`: recover_dir() (called by everything that reads or rewrites `dest`) renames it back.
+    A stale `.old` is removed only while `dest` exists, so the only whole copy is never deleted.
+    """
+    old = old_dir(dest)
     if dest.exists():
+        shutil.rmtree(old, ignore_errors=True)
         os.replace(dest, old)
     os.replace(tmp, dest)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(dest: Path) -> bool:
+    """Undo a swap that was cut between its two renames: `dest` missing and its `.old` whole -> rename it
+    back. True when it did. (A swap in progress in another process is never mistaken for one that died:
+    it holds `dest` missing for a rename's time only, and a second look a moment later sees it back.)"""
+    old = old_dir(dest)
+    if dest.exists() or not old.is_dir():
+        return False
+    time.sleep(0.05)
+    if dest.exists() or not old.is_dir():
+        return False
+    try:
+        os.rename(old, dest)
+    except OSError:  # another process recovered it first, or a writer finished its swap
+        return dest.exists()
+    return True
+
+
+def remove_stale_parts(dest: Path) -> None:
+    """Delete temporary siblings (`.<name>.*.part`) that a killed save of `dest` left behind. Only the one
+    process that writes `dest` (the run folder's lock holder) may call this."""
+    for stale in dest.parent.glob(f".{dest.name}.*.part"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def honour_umask(path: Path) -> None:
+    """Give a file written by a library that creates it private (safetensors: 0600) the permissions a
+    plain open() would have: 0666 minus the umask."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def write_failed(path: Path, exc: BaseException) -> LstmcliError:
+    """One line for a failed write of `path`, whatever raised it: an OSError, or torch's and safetensors'
+    own errors, which wrap the OS's (a full disk is RuntimeError "file write failed" in torch.save and
+    SafetensorError "IoError(... StorageFull ...)" in safetensors)."""
+    text = str(exc).strip()
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror
+    elif "StorageFull" in text or "No space left" in text or _full(Path(path)):
+        reason = "No space left on device"
+    else:
+        reason = text.splitlines()[0][:200] if text else type(exc).__name__
+    return LstmcliError(f"cannot write {path}: {reason}; what was there before is unchanged")
+
+
+def _full(path: Path) -> bool:
+    """Whether the file system that holds `path` (or its nearest existing folder) is full: torch.save
+    reports a full disk only as "unexpected pos ..." or "file write failed"."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            try:
+                return shutil.disk_usage(folder).free < 1 << 20
+            except OSError:
+                return False
+    return False

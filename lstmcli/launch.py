@@ -50,7 +50,18 @@ def prepared(cfg: Config, dist: Dist) -> Prepared:
                            "examples; both need at least one (check val_fraction and max_*_examples)")
     log.info(f"{n['train']} train / {n['val']} val / {n['test']} test examples, vocabulary {len(data.vocab)} "
              f"(ready in {time.perf_counter() - start:.1f}s)")
+    if cfg.data.max_length and dist.is_main:
+        _note_cut(data, cfg.data.max_length)
     return data
+
+
+def _note_cut(data: Prepared, max_length: int) -> None:
+    """One line on how many texts max_length cuts, so that a cut is never silent."""
+    lengths = torch.cat([s.lengths for s in data.splits.values()])
+    longer = int((lengths > max_length).sum())
+    if longer:
+        log.info(f"max_length {max_length}: {longer:,} of {len(lengths):,} texts are longer and are cut "
+                 f"(the longest has {int(lengths.max()):,} tokens)")
 
 
 def launch_record(dist: Dist) -> dict:

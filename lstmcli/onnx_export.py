@@ -12,6 +12,8 @@ Shapes below: B batch, T padded width, E embedding size, H state size, D directi
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -202,16 +204,39 @@ def sidecar(ck) -> dict:
             "pad_id": PAD_ID, "unk_id": UNK_ID, "empty_text": [UNK_ID], "vocab": ck.vocab.itos}
 
 
-def export_onnx(checkpoint_dir: Path, out: Path) -> tuple[Path, Path]:
-    """Write `out` (the ONNX model) and `out` with suffix .json (labels, vocabulary, tokenizer, cut)."""
+def _refuse_to_replace(targets: list[Path], checkpoint_dir: Path, force: bool) -> None:
+    """Refuse targets lstmcli must not write over: anything that is not a regular file (a link, a FIFO, a
+    device such as /dev/null, a folder), a file of the checkpoint being exported, and, unless `force`,
+    any file that exists."""
+    own = (*checkpoint.FILES, "metrics.json", "trainer_state.pt")
+    ck_files = {(checkpoint_dir / f).resolve() for f in own}
+    for target in targets:
+        if not os.path.lexists(target):
+            continue
+        mode = os.lstat(target).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode)
+                    else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket")
+            raise LstmcliError(f"{target} is {kind}; export writes regular files only: choose another --out")
+        if target.resolve() in ck_files:
+            raise LstmcliError(f"{target} is a file of the checkpoint {checkpoint_dir}; choose an --out "
+                               "outside it")
+        if not force:
+            raise LstmcliError(f"{target} exists; add --force to replace it, or choose another --out")
+
+
+def export_onnx(checkpoint_dir: Path, out: Path, force: bool = False) -> tuple[Path, Path]:
+    """Write `out` (the ONNX model) and `out` with suffix .json (labels, vocabulary, tokenizer, cut), each
+    atomically; neither may exist unless `force` (and neither may be anything but a regular file)."""
     out = Path(out)
     if out.suffix == ".json":
         raise LstmcliError(f"--out {out}: the model's JSON goes beside it under that name; give the model "
                            "file another suffix, e.g. .onnx")
+    meta = out.with_suffix(".json")
+    _refuse_to_replace([out, meta], Path(checkpoint_dir), force)
     ck = checkpoint.load(checkpoint_dir, "cpu", precision="fp32")  # an exported model runs in float32
     proto = build_onnx(ck.model, len(ck.vocab))
     out.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(out, proto.SerializeToString())
-    meta = out.with_suffix(".json")
     write_json(meta, sidecar(ck))
     return out, meta

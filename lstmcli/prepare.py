@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -24,14 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import DataConfig
 from .datasets import RawSplit, load_splits, open_source, to_split
-from .fsutil import temp_dir
+from .fsutil import honour_umask, temp_dir, write_failed
 from .readers import read_user_file
 from .text import PAD, UNK, UNK_ID, Vocab, basic_english
 
+log = logging.getLogger(__name__)
 TOKENIZER_VERSION = "basic_english-1"
 SPLITS = ("train", "val", "test")
 
@@ -182,21 +185,27 @@ def prepare(cfg: DataConfig, vocab: Vocab | None = None, label_names: list[str] 
 
 
 def _save(prepared: Prepared, folder: Path) -> None:
-    """Write to a temporary folder, then rename: a reader never sees half a cache entry."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(folder)
+    """Write to a temporary folder, then rename: a reader never sees half a cache entry. The cache only
+    saves time, so a folder that cannot be written (a full disk, no permission) is a warning, not an
+    error: this run goes on without it, and the next one tokenizes again."""
+    tmp = None
     try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_dir(folder)
         for name, split in prepared.splits.items():
-            save_file({"ids": split.ids, "offsets": split.offsets, "labels": split.labels},
-                      str(tmp / f"{name}.safetensors"))
+            path = tmp / f"{name}.safetensors"
+            save_file({"ids": split.ids, "offsets": split.offsets, "labels": split.labels}, str(path))
+            honour_umask(path)
         (tmp / "vocab.json").write_text(prepared.vocab.to_json(), encoding="utf-8")
         (tmp / "meta.json").write_text(json.dumps({"label_names": prepared.label_names}), encoding="utf-8")
         os.replace(tmp, folder)
-    except OSError:
+    except (OSError, SafetensorError) as exc:
         if not (folder / "meta.json").is_file():  # not a concurrent writer that won the race
-            raise
+            log.warning(f"token cache not saved: {write_failed(folder, exc)}".replace(
+                "; what was there before is unchanged", "; this run continues without it"))
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load(folder: Path) -> Prepared:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, distributed, launch, tensorboard
+from . import checkpoint, distributed, footprint, launch, tensorboard
 from .batching import Cut
 from .build import build_model, resolve_impl
 from .class_weights import resolve as resolve_class_weights
@@ -19,10 +19,10 @@ from .config import Config, Precision, ReportTo, from_dict, to_dict
 from .distributed import Dist
 from .embeddings import init_embeddings
 from .errors import CheckpointError, LstmcliError
-from .fsutil import write_json
+from .fsutil import recover_dir, write_json
 from .ngram_stats import init_nb_bag
 from .prepare import Prepared
-from .rundir import default_out, environment
+from .rundir import RunLock, check_out, claim, default_out, environment
 from .schedule import make_optimizer, make_scheduler
 from .train_state import TrainState, load_state
 
@@ -47,6 +47,7 @@ class Run:
     metrics: dict
     class_weight: torch.Tensor | None = None  # (C,) the loss's weight of each label
     tb: tensorboard.TensorBoard | None = None  # rank 0's event writer, when asked for
+    lock: RunLock | None = None  # rank 0's hold on run_dir while it trains
 
 
 @dataclass
@@ -100,11 +101,19 @@ def steps_per_epoch(cfg: Config, data: Prepared) -> int:
     return math.ceil(len(data.splits["train"]) / cfg.train.batch_size)
 
 
-def start(cfg: Config) -> Run:
-    """A new run: data, model and vectors first (bad input leaves no run folder behind), then the folder."""
+def start(cfg: Config, force: bool = False, memory_check: bool = True) -> Run:
+    """A new run: data, model and vectors first (bad input leaves no run folder behind), then the folder.
+
+    The run folder must be new or empty (rundir.check_out) unless `force`; a model that would not fit in
+    the memory available is refused before it is built (footprint.check) unless not `memory_check`."""
     at = _place(cfg)
     dist, device = at.dist, at.device
+    run_dir = distributed.broadcast(dist, Path(cfg.train.out) if cfg.train.out else default_out(cfg))
+    if dist.is_main:
+        check_out(run_dir, force)  # before minutes of tokenizing, and again once locked (claim)
     data = launch.prepared(cfg, dist)
+    if memory_check:
+        footprint.check(at.ck_cfg, data, device, dist)
     class_weights = _class_weights(cfg, data)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(at.ck_cfg.model, len(data.vocab), len(data.label_names), device).to(device)
@@ -121,9 +130,8 @@ def start(cfg: Config) -> Run:
                  f"found among {e['vectors_read']:,} vectors in {e['path']}")
     model.embedding.weight.requires_grad_(not cfg.train.freeze_embeddings)
     optimizer = make_optimizer(model, cfg)
-    run_dir = distributed.broadcast(dist, Path(cfg.train.out) if cfg.train.out else default_out(cfg))
+    lock = claim(run_dir, force) if dist.is_main else None
     if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", {**to_dict(cfg), "launch": launch.launch_record(dist)})
         write_json(run_dir / "metrics.json", metrics)  # from the start: a run stopped in epoch 1 resumes
     log.info(f"run folder {run_dir}; {sum(p.numel() for p in model.parameters()):,} parameters on {device}, "
@@ -133,7 +141,7 @@ def start(cfg: Config) -> Run:
     return _open_tensorboard(Run(
         cfg, at.ck_cfg, run_dir, data, dist, device, model, distributed.wrap(model, dist, device), optimizer,
         make_scheduler(optimizer, cfg, steps_per_epoch(cfg, data)), TrainState(), metrics,
-        _as_tensor(class_weights)))
+        _as_tensor(class_weights), lock=lock))
 
 
 def _read_run(run_dir: Path) -> tuple[Config, dict]:
@@ -152,12 +160,47 @@ def _read_run(run_dir: Path) -> tuple[Config, dict]:
     return cfg, metrics
 
 
+# Fields a resumed run may differ in from its last/ (where the data lies, where and how verbosely it
+# runs); any other difference means last/'s weights no longer fit the run's config.
+RESUME_MAY_CHANGE = {"data.data_dir", "model.precision", "train.device", "train.threads", "train.log_every"}
+
+
+def _check_same_config(run_dir: Path, cfg: Config) -> None:
+    """Refuse to resume when the run's config.json and its last/config.json disagree (someone edited
+    one): training on would write a last/ whose config does not describe its weights."""
+    last_file = run_dir / "last" / "config.json"
+    try:
+        saved = to_dict(from_dict(json.loads(last_file.read_text(encoding="utf-8")), str(last_file)))
+    except (OSError, ValueError, LstmcliError):
+        return  # checkpoint.load names what is wrong with last/
+    for section, table in to_dict(cfg).items():
+        for key, value in table.items():
+            theirs = saved[section][key]
+            if f"{section}.{key}" not in RESUME_MAY_CHANGE and theirs != value:
+                raise CheckpointError(
+                    f"cannot resume {run_dir}: its config.json says {section}.{key} = {value!r} but "
+                    f"{last_file} says {theirs!r}; put config.json back as it was, or start a new run")
+
+
 def reopen(run_dir: Path) -> Run:
     """A stopped run, exactly as it was when it stopped: weights, optimizer, schedule, RNG, position."""
     run_dir = Path(run_dir)
     cfg, metrics = _read_run(run_dir)
     at = _place(cfg)
+    lock = RunLock(run_dir) if at.dist.is_main else None  # no second process trains into it meanwhile
+    try:
+        return _restore(run_dir, cfg, metrics, at, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _restore(run_dir: Path, cfg: Config, metrics: dict, at: _Place, lock: RunLock | None) -> Run:
+    """reopen()'s work once the run folder is locked."""
     dist, device = at.dist, at.device
+    recover_dir(run_dir / "last")  # a save of last/ cut short between its renames
+    _check_same_config(run_dir, cfg)
     metrics["environment"] = at.environment  # where it runs from now on
     data = launch.prepared(cfg, dist)
     last = checkpoint.load(run_dir / "last", str(device), precision=at.precision.value)
@@ -175,4 +218,4 @@ def reopen(run_dir: Path) -> Run:
              f"{at.line}")
     trained = distributed.wrap(last.model, dist, device)
     return _open_tensorboard(Run(cfg, at.ck_cfg, run_dir, data, dist, device, last.model, trained, optimizer,
-                                 scheduler, state, metrics, loss_weight(cfg, data)))
+                                 scheduler, state, metrics, loss_weight(cfg, data), lock=lock))

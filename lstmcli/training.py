@@ -192,6 +192,9 @@ def _calibrate_best(r: Run, best: checkpoint.Checkpoint) -> None:
     """Fit best/'s branch weights on the validation split (calibration.py) and write them into best/.
     Its branch logits ignore the weights it has, so a resumed run that calibrates again gets the same."""
     t = r.cfg.train
+    # the plain sum is where calibration starts and what its "before" reports; best/ holds fitted weights
+    # already when an earlier try of this run was stopped after calibrating it
+    best.model.branch_scale.fill_(1.0)
     try:
         report = calibrate(best.model, r.data.splits["val"], r.device, t.batch_size, Cut.of(r.cfg.data),
                            r.dist, r.class_weight)
@@ -209,8 +212,9 @@ def _calibrate_best(r: Run, best: checkpoint.Checkpoint) -> None:
 
 
 def _to_the_end(r: Run) -> Path:
-    """fit(r); under torchrun a collective that fails (another rank died: torchrun then ends the rest
-    within seconds, or the process group's timeout passed) becomes one line instead of a traceback."""
+    """fit(r), then let go of the run folder; under torchrun a collective that fails (another rank died:
+    torchrun then ends the rest within seconds, or the process group's timeout passed) becomes one line
+    instead of a traceback."""
     try:
         fit(r)
     except RuntimeError as exc:
@@ -219,13 +223,18 @@ def _to_the_end(r: Run) -> Path:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PeerFailed(f"rank {r.dist.rank}: another process of this torchrun launch failed or stopped "
                          f"answering ({first[:200]}); its own output says why") from None
+    finally:
+        if r.lock is not None:
+            r.lock.release()
     distributed.stop(r.dist)
     return r.run_dir
 
 
-def run(cfg: Config) -> Path:
-    """Train as `cfg` says; returns the run folder (config.json, metrics.json, best/, last/)."""
-    return _to_the_end(start(cfg))
+def run(cfg: Config, force: bool = False, memory_check: bool = True) -> Path:
+    """Train as `cfg` says; returns the run folder (config.json, metrics.json, best/, last/). `force`
+    trains into a folder that holds something; `memory_check` False skips the estimate of what the run
+    needs against the memory the machine has (footprint.check)."""
+    return _to_the_end(start(cfg, force, memory_check))
 
 
 def resume(run_dir: Path) -> Path:

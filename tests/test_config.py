@@ -1,9 +1,12 @@
 import json
+from pathlib import Path
 
 import pytest
 
 from lstmcli.config import Config, Encoder, Pooling, from_dict, resolve, to_dict
 from lstmcli.errors import ConfigError
+
+from .conftest import TINY, ok, one_line_error, run
 
 
 def write(tmp_path, text):
@@ -85,3 +88,44 @@ def test_out_of_range_values_name_the_key(flags, key):
 def test_peephole_with_scratch_lstm_is_valid():
     cfg = resolve(None, {"peephole": True, "impl": "scratch"})
     assert cfg.model.peephole and cfg.model.impl.value == "scratch"
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("flag,value,fragment", [
+    ("--lr", "nan", "'train.lr': expected a finite number, got nan"),
+    ("--lr", "inf", "'train.lr': expected a finite number, got inf"),
+    ("--dropout", "nan", "'model.dropout': expected a finite number"),
+    ("--val-fraction", "nan", "'data.val_fraction': expected a finite number"),
+    ("--seed", "99999999999999999999", "'train.seed': 99999999999999999999 is outside the 64-bit"),
+    ("--seed", "-1", "'train.seed' must be >= 0"),
+    ("--split-seed", "-5", "'data.split_seed' must be >= 0"),
+    ("--threads", "100000", "'train.threads' must be >= 0 and <= 1024"),
+    ("--hidden-size", "-3", "'model.hidden_size' must be >= 1"),
+])
+def test_bad_numbers_on_the_command_line_are_one_line(workdir, flag, value, fragment):
+    one_line_error(run("train", flag, value, "--out", "r"), 2, fragment)
+    assert not Path("r").exists()
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("text,fragment", [
+    ("[train]\nlr = nan\n", "'train.lr': expected a finite number, got nan"),
+    ("[model]\ndropout = inf\n", "'model.dropout': expected a finite number, got inf"),
+    ("[train]\nweight_decay = -inf\n", "'train.weight_decay': expected a finite number"),
+])
+def test_bad_numbers_in_a_config_file_are_one_line(workdir, tmp_path, text, fragment):
+    one_line_error(run("train", "--config", write(tmp_path, text)), 2, fragment)
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("value", ["nan", "1.5", "-0.1", "inf"])
+def test_fail_under_is_a_number_in_0_1(workdir, value):
+    one_line_error(run("eval", "--checkpoint", "nowhere", "--fail-under", value), 2,
+                   f"--fail-under must be a number in [0, 1], got {float(value)}")
+
+
+@pytest.mark.hostile
+def test_a_nan_threshold_is_refused(mirror, workdir):
+    ok(run("train", "--config", TINY, "--dataset", "imdb", "--out", "r", "--quiet"))
+    for command in (["eval", "--checkpoint", "r/best"], ["predict", "--checkpoint", "r/best", "a film"]):
+        one_line_error(run(*command, "--threshold", "nan"), 2, "--threshold must be a probability in [0, 1]")

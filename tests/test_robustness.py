@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import lstmcli.checkpoint as ckpt
 from lstmcli.build import build_model
 from lstmcli.config import resolve
+from lstmcli.errors import LstmcliError
 from lstmcli.predict import Classifier
 from lstmcli.schedule import make_optimizer, make_scheduler, step_per_batch, step_per_epoch
 from lstmcli.text import Vocab, basic_english
@@ -188,7 +189,7 @@ def test_failed_save_keeps_the_previous_checkpoint(trained, monkeypatch):
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(ckpt, "write_json", disk_full)  # fails after the weights were written
-    with pytest.raises(OSError):
+    with pytest.raises(LstmcliError, match="cannot write .*best: No space left on device"):
         ckpt.save(trained / "best", loaded.config, loaded.vocab, loaded.label_names, loaded.model, {})
     assert snapshot(trained / "best") == before
     assert not [p for p in trained.iterdir() if p.name.startswith(".")]  # no temporary folder left

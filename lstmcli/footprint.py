@@ -1,0 +1,143 @@
+"""What a training run will hold in memory, estimated before its model is built, against what the machine
+has: a model too large for the machine is one line with the estimate, not an allocator's traceback or
+the kernel's OOM killer minutes later.
+
+The estimate is deliberately on the high side of what a run holds at its peak (float32 throughout):
+- state: the parameters, their gradients and the optimizer's moments (Adam two, SGD with momentum one),
+  and the buffers (an NBSVM bag's (F, C) counts);
+- activations of one batch of `batch_size` texts of the longest length the cut lets through, for the
+  forward pass and as much again for the backward: the embeddings, and per layer and direction the
+  gates, cell, state and output of each step (G + 4 vectors of H); an NBSVM bag gathers a (2T, C) slice
+  of its counts per text and keeps a few of that size;
+- calibration's branch logits, (P, N_val, C) float64, twice.
+What the process holds already (torch itself, the encoded data) is outside the estimate: the memory
+"available" is read after it is paid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .build import model_spec
+from .config import Config, Optimizer
+from .distributed import Dist
+from .errors import LstmcliError
+from .models.spec import ModelSpec
+from .prepare import Prepared
+
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # weight rows per unit of state, as nn.LSTM / nn.GRU / nn.RNN
+FLOAT = 4  # bytes
+
+
+def parameter_count(spec: ModelSpec) -> tuple[int, int]:
+    """(parameters, buffer elements) of the TextClassifier built from `spec`, without building it."""
+    E, H, D, C = spec.embedding_dim, spec.hidden_size, spec.num_directions, spec.num_classes
+    rows = GATES[spec.encoder] * H
+    params = spec.vocab_size * E + (H * D) * C + C  # embedding, head
+    for layer in range(spec.num_layers):
+        width = E if layer == 0 else H * D
+        per_direction = rows * width + rows * H + 2 * rows + (3 * H if spec.peephole else 0)
+        params += D * per_direction
+    buffers = 2 if spec.ngram_buckets else 1  # branch_scale
+    features = spec.vocab_size + spec.ngram_buckets
+    if spec.ngram_buckets and spec.ngram_bag == "nbsvm":
+        params += features + C  # a weight per n-gram, a bias per class
+        buffers += features * C + 2 * C  # counts, norms
+    elif spec.ngram_buckets:
+        params += features * spec.ngram_dim + spec.ngram_dim * C + C
+    return params, buffers
+
+
+@dataclass
+class Estimate:
+    state: int  # bytes: parameters, gradients, optimizer moments, buffers
+    activations: int  # bytes: one training batch, forward and backward
+    calibration: int  # bytes: branch logits on the validation split
+    batch: int
+    length: int  # tokens per text in the longest batch
+
+    @property
+    def total(self) -> int:
+        return self.state + self.activations + self.calibration
+
+
+def estimate(cfg: Config, vocab_size: int, num_classes: int, longest: int, val_size: int) -> Estimate:
+    """What training `cfg` on texts of up to `longest` tokens (before the cut) needs at its peak."""
+    spec = model_spec(cfg.model, vocab_size, num_classes, "cpu")
+    params, buffers = parameter_count(spec)
+    moments = 2 if cfg.train.optimizer is Optimizer.adam else int(cfg.train.momentum > 0)
+    state = FLOAT * (params * (2 + moments) + buffers)
+    T = min(longest, cfg.data.max_length) if cfg.data.max_length else longest
+    B, E, H, D = cfg.train.batch_size, spec.embedding_dim, spec.hidden_size, spec.num_directions
+    per_token = 2 * E + spec.num_layers * D * (GATES[spec.encoder] + 4) * H + D * H
+    if spec.ngram_buckets and spec.ngram_bag == "nbsvm":
+        per_token += 2 * 4 * num_classes  # (2T, C) gathered counts, ratios, their mask and product
+    elif spec.ngram_buckets:
+        per_token += 2 * 2  # int64 n-gram ids
+    activations = 2 * FLOAT * B * T * per_token
+    branches = 1 + bool(spec.ngram_buckets)
+    calibration = 2 * 8 * branches * val_size * num_classes if cfg.train.calibrate else 0
+    return Estimate(state, activations, calibration, B, T)
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory a new allocation can still get on `device`: free GPU memory, or on Linux the smaller of
+    MemAvailable and what the process's cgroup (a container's limit) leaves; None where unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    found.extend(_cgroup_room())
+    return min(found) if found else None
+
+
+def _cgroup_room() -> list[int]:
+    """[limit - usage] of this process's cgroup (v2) when it has a limit, else []."""
+    base = Path("/sys/fs/cgroup")
+    try:
+        limit = (base / "memory.max").read_text().strip()
+        if limit == "max":
+            return []
+        return [int(limit) - int((base / "memory.current").read_text().strip())]
+    except (OSError, ValueError):
+        return []
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
+
+
+def check(cfg: Config, data: Prepared, device: torch.device, dist: Dist) -> Estimate:
+    """Refuse (LstmcliError) a run whose estimate exceeds the memory available to this process (the
+    node's processes share the machine's); returns the estimate otherwise."""
+    longest = max((int(s.lengths.max()) for s in data.splits.values() if len(s)), default=1)
+    est = estimate(cfg, len(data.vocab), len(data.label_names), longest, len(data.splits["val"]))
+    calibration = f"; calibration {_gb(est.calibration)}" if est.calibration >= 1e8 else ""
+    refuse_over(est.total, f"parameters, gradients and optimizer state {_gb(est.state)}; a batch of "
+                f"{est.batch} texts of {est.length:,} tokens {_gb(est.activations)}{calibration}",
+                device, dist.local_world_size if device.type == "cpu" else 1,
+                "hidden_size, embedding_dim, num_layers, ngram_buckets, batch_size or max_length")
+    return est
+
+
+def refuse_over(need: int, detail: str, device: torch.device, processes: int, what: str) -> None:
+    """LstmcliError when `need` bytes exceed this process's share of the memory available on `device`
+    (`processes` share it); `detail` says what the bytes are for, `what` which settings to lower."""
+    room = available_bytes(device)
+    if room is None or need <= room // processes:
+        return
+    share = room // processes
+    each = " to each process" if processes > 1 else ""
+    raise LstmcliError(f"this needs about {_gb(need)} of memory ({detail}) but about {_gb(share)} is "
+                       f"available on {device.type}{each}; lower {what}, or pass --skip-memory-check to "
+                       f"try anyway")

@@ -1,0 +1,104 @@
+"""Bounded memory: texts are cut by default (and the cut is said), and a model or batch too large for
+the memory available is refused before anything is allocated, with the estimate in the message."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lstmcli import footprint
+from lstmcli.config import Config, from_dict
+from lstmcli.models.classifier import TextClassifier
+from lstmcli.models.spec import ModelSpec
+
+from .conftest import TINY, ok, run
+from .conftest import one_line_error as one_line
+
+TRAIN = ("train", "--config", TINY, "--dataset", "imdb", "--quiet")
+
+
+@pytest.mark.parametrize("encoder,impl,peephole,bidirectional,layers,bag", [
+    ("lstm", "builtin", False, True, 2, ""), ("gru", "scratch", False, False, 3, "fasttext"),
+    ("rnn", "builtin", False, True, 1, "nbsvm"), ("lstm", "scratch", True, True, 2, "nbsvm"),
+])
+def test_the_parameter_count_is_the_built_models(encoder, impl, peephole, bidirectional, layers, bag):
+    spec = ModelSpec(vocab_size=97, num_classes=5, encoder=encoder, impl=impl, peephole=peephole,
+                     embedding_dim=7, hidden_size=6, num_layers=layers, bidirectional=bidirectional,
+                     ngram_buckets=13 if bag else 0, ngram_bag=bag or "fasttext", ngram_dim=4)
+    model = TextClassifier(spec)
+    persistent = model.state_dict()
+    buffers = sum(b.numel() for name, b in model.named_buffers() if name in persistent)
+    assert footprint.parameter_count(spec) == (sum(p.numel() for p in model.parameters()), buffers)
+
+
+@pytest.fixture
+def eight_gb(monkeypatch):
+    """This machine, as far as lstmcli can tell, has 8 GB available: the refusals below then hold on any
+    machine the suite runs on."""
+    monkeypatch.setattr(footprint, "available_bytes", lambda device: 8 * 10**9)
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("flag,value", [("--hidden-size", "57000"), ("--ngram-buckets", "3000000000"),
+                                        ("--embedding-dim", "10000000"), ("--num-layers", "100000"),
+                                        ("--batch-size", "10000000")])
+def test_a_run_too_large_for_the_memory_is_refused_before_it_is_built(mirror, workdir, eight_gb, flag, value):
+    result = run(*TRAIN, flag, value, "--out", "r")
+    one_line(result, 2, "this needs about", "GB of memory", "8.0 GB is available", "--skip-memory-check")
+    assert not Path("r").exists()
+
+
+@pytest.mark.hostile
+def test_the_check_can_be_skipped_and_passes_an_ordinary_run(mirror, workdir, monkeypatch):
+    real, room = footprint.available_bytes, {"bytes": 1000}  # a machine with 1 KB free
+    monkeypatch.setattr(footprint, "available_bytes", lambda device: room["bytes"] or real(device))
+    one_line(run(*TRAIN, "--out", "r"), 2, "this needs about")
+    ok(run(*TRAIN, "--out", "r", "--skip-memory-check"))
+    room["bytes"] = None
+    ok(run(*TRAIN, "--out", "s"))  # this machine's real memory holds the tiny run
+
+
+def test_the_estimate_holds_what_a_tiny_run_allocates(mirror, workdir):
+    """The estimate is above the bytes of the model's own tensors (weights, gradients, Adam's moments)."""
+    ok(run(*TRAIN, "--out", "r"))
+    cfg_dict = json.loads(Path("r/config.json").read_text())
+    cfg_dict.pop("launch")
+    cfg = from_dict(cfg_dict, "config.json")
+    state = torch.load("r/last/trainer_state.pt", weights_only=True)
+    weights = sum(t.numel() * t.element_size() for t in load_file("r/last/model.safetensors").values())
+    moments = sum(t.numel() * t.element_size() for s in state["optimizer"]["state"].values()
+                  for t in s.values() if t.dim())
+    vocab = len(json.loads(Path("r/last/vocab.json").read_text())["itos"])
+    est = footprint.estimate(cfg, vocab, 2, 64, 4)
+    assert est.state >= 2 * weights + moments - 8  # weights, gradients, moments
+    assert est.activations > 0 and est.length == 64
+
+
+@pytest.mark.hostile
+def test_bench_refuses_a_shape_too_large(workdir, eight_gb):
+    one_line(run("bench", "--hidden-size", "57000", "--encoder", "lstm"), 2, "this needs about",
+             "--skip-memory-check")
+    one_line(run("bench", "--batches", "100000000", "--encoder", "rnn"), 2, "this needs about")
+    assert not Path("bench.json").exists()
+
+
+@pytest.mark.hostile
+def test_bench_threads_are_bounded(workdir):
+    result = run("bench", "--threads", "100000")
+    assert result.exit_code == 2 and "1024" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.hostile
+def test_one_huge_text_is_cut_by_default_and_the_cut_is_said(workdir, tmp_path):
+    path = tmp_path / "huge.jsonl"
+    rows = [{"text": f"a fine short text number {i}", "label": "pos" if i % 2 else "neg"} for i in range(40)]
+    rows[3]["text"] = "word " * 1_000_000  # one 5 MB line
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert Config().data.max_length == 2048
+    result = run("train", "--dataset", path, "--embedding-dim", "8", "--hidden-size", "8", "--epochs", "1",
+                 "--batch-size", "8", "--val-fraction", "0.25", "--out", "r")  # the default max_length
+    ok(result)
+    assert "max_length 2048: 1 of 40 texts are longer and are cut (the longest has 1,000,000 tokens)" \
+        in result.stderr
