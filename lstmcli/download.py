@@ -1,13 +1,21 @@
-"""Fetch a dataset file into the cache: from a mirror or upstream, checksummed, locked, atomic.
+"""Fetch a dataset file into the cache: from a mirror or upstream, checksummed, locked, atomic, and never
+for ever.
 
 A file lands in the cache only after its checksum matched, by a rename from a temporary file in the
 same folder, so the cache never holds a partial or unverified file. A portalocker lock around fetch
 and extraction makes concurrent processes download once: the second waits, then finds the file.
+
+No fetch can hang: transfer.py reads the source under the stall, total and lock time limits that
+$LSTMCLI_STALL_TIMEOUT, $LSTMCLI_FETCH_TIMEOUT and $LSTMCLI_LOCK_TIMEOUT set (its docstring has the
+rules). A lock is an flock on Linux and macOS: it vanishes with the process that held it, so a holder
+killed with SIGKILL blocks nobody.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import logging
 import os
 import shutil
@@ -19,10 +27,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .errors import DatasetError
 from .fsutil import temp_dir, temp_file
+from .transfer import DEFAULT_LOCK, LOCK_ENV, FetchTimeout, Limits, open_source, seconds, size_of, watching
 
 log = logging.getLogger(__name__)
 MIRROR_ENV = "LSTMCLI_MIRROR"
@@ -40,33 +49,67 @@ class RemoteFile:
 
 
 @contextmanager
-def cache_lock(cache: Path, key: str, timeout: float = 3600) -> Iterator[None]:
-    """Exclusive lock on `cache/.locks/<key>.lock` for fetching or extracting `key`."""
+def cache_lock(cache: Path, key: str, timeout: float | None = None) -> Iterator[None]:
+    """Exclusive lock on `cache/.locks/<key>.lock` for fetching or extracting `key`.
+
+    Taken at once when free; else a warning on stderr and a wait of up to `timeout` seconds
+    ($LSTMCLI_LOCK_TIMEOUT when None), then DatasetError. The file holds the holder's pid, for the
+    warning of a process that waits."""
+    timeout = seconds(LOCK_ENV, DEFAULT_LOCK) if timeout is None else timeout
     lock_dir = cache / ".locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
-    import portalocker  # here, not at the top: every command imports this module, few fetch
-
-    # non-blocking attempts every 0.1 s until `timeout`: a stuck holder ends in an error, not a hang
-    try:
-        lock = portalocker.Lock(str(lock_dir / f"{key}.lock"), mode="a", timeout=timeout, check_interval=0.1)
-        lock.acquire()
-    except portalocker.LockException:
-        raise DatasetError(f"timed out after {timeout:.0f}s waiting for another lstmcli to finish "
-                           f"fetching {key} into {cache}") from None
+    lock = _acquire(lock_dir / f"{key}.lock", key, timeout)
     try:
         yield
     finally:
         lock.release()
 
 
-def _mirror_checksum(mirror: str, name: str) -> tuple[str, str] | None:
-    """('sha256', hex) for `name` from the mirror's SHA256SUMS, or None when it has none for it."""
+def _acquire(path: Path, key: str, timeout: float) -> Any:
+    """A held portalocker.Lock on `path`: at once if free, else after a warning and a wait of up to
+    `timeout` seconds."""
+    import portalocker  # here, not at the top: every command imports this module, few fetch
+
+    try:  # non-blocking attempts every 0.1 s until `timeout`: a stuck holder ends in an error, not a hang
+        lock = portalocker.Lock(str(path), mode="a", timeout=timeout, check_interval=0.1)
+        try:
+            fh = lock.acquire(fail_when_locked=True)
+        except portalocker.AlreadyLocked:
+            log.warning(f"another lstmcli process{_holder(path)} is fetching or extracting {key}; waiting "
+                        f"up to {timeout:g} s for its lock {path} (set {LOCK_ENV} to change)")
+            lock = portalocker.Lock(str(path), mode="a", timeout=timeout, check_interval=0.1)
+            fh = lock.acquire()
+    except portalocker.LockException:  # (portalocker 2 raises this, not AlreadyLocked, at the timeout)
+        raise DatasetError(f"gave up after {timeout:g} s waiting for the lock {path}: another lstmcli "
+                           f"process{_holder(path)} is still fetching or extracting {key}; raise {LOCK_ENV} "
+                           f"(seconds) to wait longer, or stop that process if it is stuck") from None
+    with contextlib.suppress(OSError):  # the pid only feeds a message: never fail a fetch over it
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+    return lock
+
+
+def _holder(path: Path) -> str:
+    """' (pid N)' naming the process that holds the lock file `path`, or '' when it is not known."""
     try:
-        with _open_source(_join(mirror, "SHA256SUMS")) as fh:
-            text = fh.read().decode("utf-8", "replace")
+        pid = path.read_text().strip()
+    except OSError:
+        return ""
+    return f" (pid {pid})" if pid.isdigit() else ""
+
+
+def _mirror_checksum(mirror: str, name: str, limits: Limits) -> tuple[str, str] | None:
+    """('sha256', hex) for `name` from the mirror's SHA256SUMS, or None when it has none for it.
+
+    A SHA256SUMS that stalls or overruns is FetchTimeout, not None: such a mirror would only stall again."""
+    buf = io.BytesIO()
+    try:
+        _copy_hashing(_join(mirror, "SHA256SUMS"), buf, "sha256", "", limits)
     except (OSError, urllib.error.URLError, ValueError):
         return None
-    for line in text.splitlines():
+    for line in buf.getvalue().decode("utf-8", "replace").splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[1].lstrip("*") == name:
             return "sha256", parts[0].lower()
@@ -74,81 +117,89 @@ def _mirror_checksum(mirror: str, name: str) -> tuple[str, str] | None:
 
 
 def _join(base: str, name: str) -> str:
+    """`name` under `base`, a URL or a folder."""
     return base.rstrip("/") + "/" + name if "://" in base else str(Path(base) / name)
 
 
-def _open_source(location: str) -> BinaryIO:
-    if "://" in location and not location.startswith("file://"):
-        import urllib.request  # 40 ms to import: only when a file really comes over the network
-
-        return urllib.request.urlopen(location, timeout=60)  # noqa: S310 (http(s) by design)
-    return open(location.removeprefix("file://"), "rb")
-
-
-def _size_of(handle: BinaryIO, location: str) -> int | None:
-    headers = getattr(handle, "headers", None)  # an HTTP response
-    if headers is not None and headers.get("Content-Length"):
-        return int(headers["Content-Length"])
-    try:
-        return os.path.getsize(location.removeprefix("file://"))
-    except OSError:
-        return None
-
-
-def _copy_hashing(location: str, dest: BinaryIO, algo: str, label: str) -> str:
-    """Stream `location` into `dest`, showing a bar on a terminal (unless quiet); returns the hex digest."""
+def _copy_hashing(location: str, dest: BinaryIO, algo: str, label: str, limits: Limits) -> str:
+    """Stream `location` into `dest` within `limits`, with a bar labelled `label` on a terminal (unless
+    quiet, or `label` is empty); returns the hex digest."""
     digest = hashlib.new(algo)
     from tqdm import tqdm
 
-    with _open_source(location) as src, tqdm(
-        total=_size_of(src, location), unit="B", unit_scale=True, desc=label, leave=False,
-        disable=not (log.isEnabledFor(logging.INFO) and sys.stderr.isatty()),
+    with watching(location, limits) as watch, open_source(location, watch) as src, tqdm(
+        total=size_of(src, location), unit="B", unit_scale=True, desc=label, leave=False,
+        disable=not (label and log.isEnabledFor(logging.INFO) and sys.stderr.isatty()),
     ) as bar:
-        while chunk := src.read(CHUNK):
-            digest.update(chunk)
-            dest.write(chunk)
-            bar.update(len(chunk))
+        # read1, not read: read(CHUNK) waits for a whole MiB, so a slow stream would look stalled
+        while piece := src.read1(CHUNK):
+            watch.progress(len(piece))
+            digest.update(piece)
+            dest.write(piece)
+            bar.update(len(piece))
+        length = getattr(src, "headers", {}).get("Content-Length", "")
+        if length.isdigit() and int(length) != watch.got:  # read1 reports a cut body as a plain EOF
+            raise ConnectionError(f"the connection closed after {watch.got} of {length} bytes")
     return digest.hexdigest()
 
 
 def fetch(remote: RemoteFile, cache: Path) -> Path:
-    """Path of `remote` in `cache`, downloading and verifying it first if needed."""
+    """Path of `remote` in `cache`, downloading and verifying it first if needed, within the time limits
+    that the environment sets (see the module docstring)."""
+    limits = Limits.from_env()  # first: a bad value is an error whether the file is cached or not
     target = cache / remote.name
     if target.is_file():
         return target
-    mirror = os.environ.get(MIRROR_ENV)
-    with cache_lock(cache, remote.name.replace("/", "_")):
+    with cache_lock(cache, remote.name.replace("/", "_"), limits.lock):
         if target.is_file():  # another process fetched it while we waited
             return target
-        if mirror:
-            source = _join(mirror, remote.name)
-            algo, expected = _mirror_checksum(mirror, remote.name) or ("md5", remote.md5)
-        else:
-            source, algo, expected = remote.url, "md5", remote.md5
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = temp_file(target)
         try:
-            with os.fdopen(fd, "wb") as out:
-                actual = _copy_hashing(source, out, algo, remote.name)
-            if actual != expected:
-                raise DatasetError(
-                    f"dataset '{remote.dataset}': checksum mismatch for {source} "
-                    f"({algo} {actual}, expected {expected}); nothing was written to {cache}")
-            os.replace(tmp, target)
-        except (OSError, urllib.error.URLError, ValueError) as exc:
-            raise DatasetError(_offline_message(remote, mirror, source, exc)) from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            _download(remote, cache, limits)
+        except FetchTimeout as exc:
+            raise DatasetError(f"dataset '{remote.dataset}': cannot fetch {remote.name}: {exc}; "
+                               f"nothing is cached") from None
     return target
 
 
+def _download(remote: RemoteFile, cache: Path, limits: Limits) -> None:
+    """Download `remote` into `cache`: to a temporary file, renamed into place once its checksum matched."""
+    mirror = os.environ.get(MIRROR_ENV)
+    if mirror:
+        source = _join(mirror, remote.name)
+        algo, expected = _mirror_checksum(mirror, remote.name, limits) or ("md5", remote.md5)
+    else:
+        source, algo, expected = remote.url, "md5", remote.md5
+    target = cache / remote.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = temp_file(target)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            actual = _copy_hashing(source, out, algo, remote.name, limits)
+        if actual != expected:
+            raise DatasetError(
+                f"dataset '{remote.dataset}': checksum mismatch for {source} "
+                f"({algo} {actual}, expected {expected}); nothing was written to {cache}")
+        os.replace(tmp, target)
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        raise DatasetError(_offline_message(remote, mirror, source, exc)) from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _offline_message(remote: RemoteFile, mirror: str | None, source: str, exc: Exception) -> str:
+    """The one line for a fetch that failed: what, from where, why, and how to point lstmcli elsewhere."""
     reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
     where = f"mirror {MIRROR_ENV}={mirror}" if mirror else f"upstream {remote.url}"
     return (f"dataset '{remote.dataset}': cannot fetch {remote.name} from {where} ({reason}); "
             f"nothing is cached; upstream is {remote.url}; set {MIRROR_ENV} to a folder or URL "
             f"holding {remote.name}")
+
+
+def _safe_member(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+    """tarfile's `data` filter, and no mode of the archive's: files and folders get what the umask
+    gives, as everything else lstmcli writes (the archive's 0644 would undo a private umask)."""
+    return tarfile.data_filter(member, path).replace(mode=None, deep=False)
 
 
 def extract_once(archive: Path, dest: Path, marker: str) -> Path:
@@ -166,7 +217,7 @@ def extract_once(archive: Path, dest: Path, marker: str) -> Path:
         tmp = temp_dir(final)
         try:
             with tarfile.open(archive) as tar:
-                tar.extractall(tmp, filter="data")
+                tar.extractall(tmp, filter=_safe_member)
             if not (tmp / marker).is_dir():
                 raise DatasetError(f"archive {archive} does not contain {marker}/")
             os.replace(tmp / marker, final)

@@ -2,7 +2,9 @@
 has: a model too large for the machine is one line with the estimate, not an allocator's traceback or
 the kernel's OOM killer minutes later.
 
-The estimate is deliberately on the high side of what a run holds at its peak (float32 throughout):
+The estimate guards against configurations off by orders of magnitude (a hidden_size of 57,000, three
+billion n-gram buckets, texts of a million tokens); it is no exact figure, and benchmarks/RESULTS.md
+compares it with measured peaks. It counts, in float32:
 - state: the parameters, their gradients and the optimizer's moments (Adam two, SGD with momentum one),
   and the buffers (an NBSVM bag's (F, C) counts);
 - activations of one batch of `batch_size` texts of the longest length the cut lets through, for the
@@ -25,10 +27,10 @@ from .build import model_spec
 from .config import Config, Optimizer
 from .distributed import Dist
 from .errors import LstmcliError
+from .models.scratch import GATES  # weight rows per unit of state, as nn.LSTM / nn.GRU / nn.RNN
 from .models.spec import ModelSpec
 from .prepare import Prepared
 
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # weight rows per unit of state, as nn.LSTM / nn.GRU / nn.RNN
 FLOAT = 4  # bytes
 
 
@@ -114,7 +116,7 @@ def _cgroup_room() -> list[int]:
 
 
 def _gb(n: int) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
+    return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
 
 
 def check(cfg: Config, data: Prepared, device: torch.device, dist: Dist) -> Estimate:
