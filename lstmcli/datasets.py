@@ -110,6 +110,16 @@ def natural_sorted(names: set[str]) -> list[str]:
     return sorted(names)
 
 
+def _refuse_one_class(train_rows: Rows, where: str) -> None:
+    """A training split with a single label cannot train a classifier: refused here, before any
+    tokenizing, training or writing (it used to train the whole run, then fail to save labels.json)."""
+    found = set(train_rows[1])
+    if len(found) < 2:
+        only = f"the label {next(iter(found))!r}" if found else "no label"
+        raise DatasetError(f"dataset {where}: every training example has {only}; a classifier needs "
+                           f"at least two labels")
+
+
 def load_splits(cfg: DataConfig,
                 label_names: list[str] | None = None) -> tuple[list[str], dict[str, RawSplit]]:
     """Label names and the train/val/test splits as `cfg` describes them.
@@ -118,8 +128,10 @@ def load_splits(cfg: DataConfig,
     """
     source = open_source(cfg)
     train_rows = source.readers["train"]()
-    names = label_names or source.label_names or natural_sorted(set(train_rows[1]))
     where = source.name
+    if label_names is None:  # training (a checkpoint's labels mean eval/calibrate, which train nothing)
+        _refuse_one_class(train_rows, where)
+    names = label_names or source.label_names or natural_sorted(set(train_rows[1]))
     train = to_split(train_rows, names, where)
     if "test" in source.readers:
         test = to_split(source.readers["test"](), names, where)
