@@ -66,14 +66,17 @@ class Estimate:
         return self.state + self.activations + self.calibration
 
 
-def estimate(cfg: Config, vocab_size: int, num_classes: int, longest: int, val_size: int) -> Estimate:
-    """What training `cfg` on texts of up to `longest` tokens (before the cut) needs at its peak."""
+def estimate(cfg: Config, vocab_size: int, num_classes: int, longest: int, val_size: int,
+             examples: int | None = None) -> Estimate:
+    """What training `cfg` on texts of up to `longest` tokens (before the cut) needs at its peak; a batch
+    holds at most `examples` texts (the largest split), whatever batch_size says."""
     spec = model_spec(cfg.model, vocab_size, num_classes, "cpu")
     params, buffers = parameter_count(spec)
     moments = 2 if cfg.train.optimizer is Optimizer.adam else int(cfg.train.momentum > 0)
     state = FLOAT * (params * (2 + moments) + buffers)
     T = min(longest, cfg.data.max_length) if cfg.data.max_length else longest
-    B, E, H, D = cfg.train.batch_size, spec.embedding_dim, spec.hidden_size, spec.num_directions
+    B = min(cfg.train.batch_size, examples) if examples else cfg.train.batch_size
+    E, H, D = spec.embedding_dim, spec.hidden_size, spec.num_directions
     per_token = 2 * E + spec.num_layers * D * (GATES[spec.encoder] + 4) * H + D * H
     if spec.ngram_buckets and spec.ngram_bag == "nbsvm":
         per_token += 2 * 4 * num_classes  # (2T, C) gathered counts, ratios, their mask and product
@@ -123,7 +126,8 @@ def check(cfg: Config, data: Prepared, device: torch.device, dist: Dist) -> Esti
     """Refuse (LstmcliError) a run whose estimate exceeds the memory available to this process (the
     node's processes share the machine's); returns the estimate otherwise."""
     longest = max((int(s.lengths.max()) for s in data.splits.values() if len(s)), default=1)
-    est = estimate(cfg, len(data.vocab), len(data.label_names), longest, len(data.splits["val"]))
+    largest = max(len(s) for s in data.splits.values())
+    est = estimate(cfg, len(data.vocab), len(data.label_names), longest, len(data.splits["val"]), largest)
     calibration = f"; calibration {_gb(est.calibration)}" if est.calibration >= 1e8 else ""
     refuse_over(est.total, f"parameters, gradients and optimizer state {_gb(est.state)}; a batch of "
                 f"{est.batch} texts of {est.length:,} tokens {_gb(est.activations)}{calibration}",

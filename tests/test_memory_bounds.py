@@ -1,7 +1,9 @@
 """Bounded memory: texts are cut by default (and the cut is said), and a model or batch too large for
 the memory available is refused before anything is allocated, with the estimate in the message."""
 
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from lstmcli.config import Config, from_dict
 from lstmcli.models.classifier import TextClassifier
 from lstmcli.models.spec import ModelSpec
 
-from .conftest import TINY, ok, run
+from .conftest import TINY, ok, run, write_sums
 from .conftest import one_line_error as one_line
 
 TRAIN = ("train", "--config", TINY, "--dataset", "imdb", "--quiet")
@@ -43,11 +45,32 @@ def eight_gb(monkeypatch):
 @pytest.mark.hostile
 @pytest.mark.parametrize("flag,value", [("--hidden-size", "57000"), ("--ngram-buckets", "3000000000"),
                                         ("--embedding-dim", "10000000"), ("--num-layers", "100000"),
-                                        ("--batch-size", "10000000")])
+                                        ("--max-length", "0")])
 def test_a_run_too_large_for_the_memory_is_refused_before_it_is_built(mirror, workdir, eight_gb, flag, value):
+    if flag == "--max-length":  # no cut, and one text of a million tokens in the data
+        archive = mirror / "aclImdb_v1.tar.gz"
+        tar_with_a_huge_review(archive)
+        write_sums(mirror, ["aclImdb_v1.tar.gz"])
     result = run(*TRAIN, flag, value, "--out", "r")
     one_line(result, 2, "this needs about", "GB of memory", "8.0 GB is available", "--skip-memory-check")
     assert not Path("r").exists()
+
+
+def tar_with_a_huge_review(archive: Path) -> None:
+    """Add one training review of a million tokens to the mirror's aclImdb tarball."""
+    with tarfile.open(archive) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
+    with tarfile.open(archive, "w:gz") as tar:
+        for member, data in members:
+            tar.addfile(member, io.BytesIO(data))
+        huge = ("great " * 1_000_000).encode()
+        info = tarfile.TarInfo("aclImdb/train/pos/999_9.txt")
+        info.size = len(huge)
+        tar.addfile(info, io.BytesIO(huge))
+
+
+def test_a_batch_size_beyond_the_data_is_no_reason_to_refuse(mirror, workdir, eight_gb):
+    ok(run(*TRAIN, "--batch-size", "10000000", "--out", "r"))
 
 
 @pytest.mark.hostile
