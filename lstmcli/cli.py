@@ -241,7 +241,8 @@ def bench(
 ) -> None:
     """Training and inference tokens/s of each encoder x impl, with scratch/builtin ratios."""
     from .bench import BenchShape, format_bench, run_bench
-    from .fsutil import write_json
+    from .fsutil import refuse_non_regular, write_json
+    refuse_non_regular(out, "bench writes its report to a regular file: choose another --out")
     if min_length > max_length:
         raise LstmcliError(f"--min-length {min_length} is above --max-length {max_length}")
     if Impl.auto in impl:

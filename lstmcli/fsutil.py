@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -107,6 +108,18 @@ def honour_umask(path: Path) -> None:
     """Give a file written by a library that creates it private (safetensors: 0600) the permissions a
     plain open() would have: 0666 minus the umask."""
     os.chmod(path, 0o666 & ~_umask())
+
+
+def refuse_non_regular(path: Path, advice: str) -> None:
+    """LstmcliError when `path` exists as anything but a regular file: a rename over a symbolic link,
+    a FIFO, a device (/dev/null, as root) or a folder would replace what the user has with a file."""
+    if not os.path.lexists(path):
+        return
+    mode = os.lstat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = ("a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode)
+                else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket")
+        raise LstmcliError(f"{path} is {kind}; {advice}")
 
 
 def write_failed(path: Path, exc: BaseException) -> LstmcliError:

@@ -12,8 +12,6 @@ Shapes below: B batch, T padded width, E embedding size, H state size, D directi
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,7 @@ import torch
 
 from . import __version__, checkpoint
 from .errors import LstmcliError
-from .fsutil import write_bytes, write_json
+from .fsutil import refuse_non_regular, write_bytes, write_json
 from .models.ngrams import HASH_MULTIPLIER
 from .predict import DEFAULT_MAX_LENGTH
 from .text import PAD_ID, UNK_ID, literal_rules
@@ -205,23 +203,16 @@ def sidecar(ck) -> dict:
 
 
 def _refuse_to_replace(targets: list[Path], checkpoint_dir: Path, force: bool) -> None:
-    """Refuse targets lstmcli must not write over: anything that is not a regular file (a link, a FIFO, a
-    device such as /dev/null, a folder), a file of the checkpoint being exported, and, unless `force`,
-    any file that exists."""
+    """Refuse targets lstmcli must not write over: anything that is not a regular file (fsutil), a file
+    of the checkpoint being exported, and, unless `force`, any file that exists."""
     own = (*checkpoint.FILES, "metrics.json", "trainer_state.pt")
     ck_files = {(checkpoint_dir / f).resolve() for f in own}
     for target in targets:
-        if not os.path.lexists(target):
-            continue
-        mode = os.lstat(target).st_mode
-        if not stat.S_ISREG(mode):
-            kind = ("a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode)
-                    else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket")
-            raise LstmcliError(f"{target} is {kind}; export writes regular files only: choose another --out")
-        if target.resolve() in ck_files:
+        refuse_non_regular(target, "export writes regular files only: choose another --out")
+        if target.exists() and target.resolve() in ck_files:
             raise LstmcliError(f"{target} is a file of the checkpoint {checkpoint_dir}; choose an --out "
                                "outside it")
-        if not force:
+        if target.exists() and not force:
             raise LstmcliError(f"{target} exists; add --force to replace it, or choose another --out")
 
 

@@ -386,3 +386,10 @@ def test_stale_temporary_folders_of_a_killed_save_are_cleared(trained):
     ok(run(*TRAIN, "--out", trained, "--force"))
     assert not stale.exists()
     assert stat.S_ISDIR(os.lstat(trained / "last").st_mode)
+
+
+def test_bench_writes_its_report_to_regular_files_only(workdir):
+    os.mkfifo("bench.json")
+    one_line(run("bench", "--encoder", "rnn", "--impl", "builtin", "--batches", "1", "--repeats", "1"), 2,
+             "bench.json is a FIFO")
+    assert stat.S_ISFIFO(os.lstat("bench.json").st_mode)
