@@ -32,6 +32,9 @@ class Batch:
         return int(self.lengths.sum())
 
 
+DEFAULT_MAX_LENGTH = DataConfig().max_length  # the config default: for checkpoints trained with no cut
+
+
 @dataclass(frozen=True)
 class Cut:
     """How long texts are cut: keep `length` tokens (0 = all), the first ones (`head`), or the first
@@ -42,7 +45,15 @@ class Cut:
 
     @classmethod
     def of(cls, cfg: DataConfig) -> Cut:
+        """The cut a run trains with (max_length 0: none)."""
         return cls(cfg.max_length, cfg.truncate)
+
+    @classmethod
+    def for_inference(cls, cfg: DataConfig, max_length: int | None = None) -> Cut:
+        """The cut eval, calibrate, predict and an exported model apply: `max_length` when given, else the
+        training cut, else DEFAULT_MAX_LENGTH tokens, so that a runaway input (a 10 MB line) costs
+        milliseconds and megabytes, not minutes and gigabytes, even with a checkpoint trained uncut."""
+        return cls(max_length or cfg.max_length or DEFAULT_MAX_LENGTH, cfg.truncate)
 
     @property
     def head(self) -> int:

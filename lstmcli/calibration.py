@@ -123,7 +123,7 @@ def run_calibrate(checkpoint_dir: Path, data_dir: str | None = None, batch_size:
     data_cfg = dataclasses.replace(ck.config.data, data_dir=data_dir or ck.config.data.data_dir)
     data = prepare(data_cfg, vocab=ck.vocab, label_names=ck.label_names)
     report = calibrate(ck.model, data.splits["val"], dev, batch_size or ck.config.train.batch_size,
-                       Cut.of(ck.config.data), class_weight=loss_weight(ck.config, data))
+                       Cut.for_inference(ck.config.data), class_weight=loss_weight(ck.config, data))
     checkpoint.update(ck.path, ck.model, {**ck.metrics, "calibration": report})
     return {"checkpoint": str(ck.path), "dataset": data_cfg.dataset, **report}
 

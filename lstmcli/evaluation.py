@@ -15,7 +15,7 @@ from .device import resolve_device
 from .distributed import SINGLE, Dist, gather, sum_
 from .errors import LstmcliError
 from .fsutil import write_json
-from .metrics import best_f1_threshold, check_threshold, confusion_matrix, report_from_confusion, roc_auc
+from .metrics import best_f1_threshold, check_threshold, merge_pairs, pair_counts, report_from_pairs, roc_auc
 from .prepare import EncodedSplit, encode_file, prepare
 
 
@@ -36,26 +36,29 @@ def evaluate(model, split: EncodedSplit, device: torch.device, batch_size: int, 
     that maximises its F1 here; `threshold` decides by that probability (>= threshold: the second
     label) instead of the most probable label. Under torchrun each rank runs every world_size-th of the
     same length-sorted batches and the counts (and binary scores) are combined, so the metrics are the
-    single process's and the loss differs only by the order of its float sum."""
+    single process's and the loss differs only by the order of its float sum. The confusion is counted
+    as (true, predicted) pairs (metrics.pair_counts), so memory and time grow with the examples and the
+    labels, never with the labels squared."""
     model.eval()
     k = len(label_names)
-    confusion, loss_sum, scores, targets = torch.zeros(k, k, dtype=torch.int64), 0.0, [], []
+    pairs, loss_sum, scores, targets = [], 0.0, [], []
     for batch in rank_batches(split, batch_size, cut, device, dist):
         logits = model(batch.ids, batch.lengths)
         loss_sum += float(F.cross_entropy(logits, batch.labels, reduction="sum"))
         positive = logits.softmax(1)[:, 1] if k == 2 else None  # (B,) the second label's probability
         preds = logits.argmax(1) if threshold is None else (positive >= threshold).long()
-        confusion += confusion_matrix(batch.labels.cpu(), preds.cpu(), k)
+        pairs.append(pair_counts(batch.labels.cpu(), preds.cpu(), k))
         if k == 2:
             scores.append(positive.float().cpu())
             targets.append(batch.labels.cpu())
-    confusion = sum_(dist, confusion)
+    # each rank's distinct pairs, not a k x k matrix, travel: a dense all-reduce is k^2 whatever the data
+    confusion = merge_pairs(gather(dist, merge_pairs(pairs)))
     loss_sum = float(sum_(dist, torch.tensor([loss_sum], dtype=torch.float64)))
-    report = report_from_confusion(confusion, label_names, loss=loss_sum / max(len(split), 1))
+    report = report_from_pairs(confusion, label_names, loss=loss_sum / max(len(split), 1))
     if k == 2:
         none = [torch.zeros(0)], [torch.zeros(0, dtype=torch.int64)]
-        pairs = gather(dist, (torch.cat(scores or none[0]), torch.cat(targets or none[1])))
-        s, y = (torch.cat([p[i] for p in pairs]) for i in (0, 1))
+        ranks = gather(dist, (torch.cat(scores or none[0]), torch.cat(targets or none[1])))
+        s, y = (torch.cat([r[i] for r in ranks]) for i in (0, 1))
         report |= {"positive_label": label_names[1], "threshold": threshold, "roc_auc": roc_auc(s, y.long()),
                    "best_threshold": best_f1_threshold(s, y.long())}
     return report
@@ -85,7 +88,7 @@ def run_eval(checkpoint_dir: Path, split: str = "test", dataset: str | None = No
     if len(encoded) == 0:
         raise LstmcliError(f"split '{split}' of {data_cfg.dataset} has no examples")
     report = evaluate(ck.model, encoded, dev, batch_size or ck.config.train.batch_size,
-                      Cut.of(ck.config.data), ck.label_names, threshold=threshold)
+                      Cut.for_inference(ck.config.data), ck.label_names, threshold=threshold)
     folder = ck.path.resolve().parent
     files = {"json": str(folder / f"eval-{split}.json"),
              "confusion_png": str(folder / f"confusion-{split}.png")}

@@ -1,4 +1,16 @@
-"""Classification metrics from predictions: accuracy, macro-F1, per-class P/R/F1, confusion matrix."""
+"""Classification metrics from predictions: accuracy, macro-F1, per-class P/R/F1, confusion counts.
+
+The confusion is counted as (true, predicted) pairs, never as a k x k matrix, so that evaluating
+costs memory and time in the examples and the labels, not in the labels squared. A report (metrics.json's
+"test", a checkpoint's "val", eval-SPLIT.json, `eval --json`) holds it in one of two forms:
+
+- up to DENSE_LABELS labels, "confusion": a list of k lists of k ints, confusion[i][j] the examples of
+  label i predicted as label j (the form every report had before);
+- beyond that, "confusion_sparse": a list of [true_index, predicted_index, count], one per non-zero
+  cell, sorted by true index then predicted index; the counts sum to "n". There is then no "confusion".
+
+Indices are positions in the report's "labels".
+"""
 
 from __future__ import annotations
 
@@ -6,47 +18,76 @@ import torch
 
 from .errors import LstmcliError
 
+# The most labels a report holds as a dense "confusion" matrix: beyond, its k x k cells (mostly zeros)
+# would make the report grow with the labels squared, so it holds the non-zero cells only.
+DENSE_LABELS = 50
 
-def confusion_matrix(targets: torch.Tensor, preds: torch.Tensor, k: int) -> torch.Tensor:
-    """(k, k) int64: [i][j] counts examples of class i predicted as j."""
-    return torch.bincount(targets * k + preds, minlength=k * k).view(k, k)
+Pairs = tuple[torch.Tensor, torch.Tensor]  # (keys true * k + predicted, counts): sorted, distinct keys
+
+
+def pair_counts(targets: torch.Tensor, preds: torch.Tensor, k: int) -> Pairs:
+    """The non-zero confusion cells of these examples: keys true * k + predicted (int64) and counts."""
+    return torch.unique(targets.long() * k + preds.long(), sorted=True, return_counts=True)
+
+
+def merge_pairs(parts: list[Pairs]) -> Pairs:
+    """One Pairs holding the counts of all `parts` (batches, or data-parallel ranks) added up."""
+    if not parts:
+        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+    keys, inverse = torch.unique(torch.cat([p[0] for p in parts]), sorted=True, return_inverse=True)
+    counts = torch.zeros(len(keys), dtype=torch.int64)
+    return keys, counts.index_add_(0, inverse, torch.cat([p[1] for p in parts]).long())
 
 
 def classification_report(targets: torch.Tensor, preds: torch.Tensor, label_names: list[str],
                           loss: float | None = None) -> dict:
-    """All metrics as a JSON-ready dict. confusion[i][j] counts examples of class i predicted as j."""
-    return report_from_confusion(confusion_matrix(targets, preds, len(label_names)), label_names, loss)
+    """All metrics as a JSON-ready dict, its confusion in the form the module docstring describes."""
+    return report_from_pairs(pair_counts(targets, preds, len(label_names)), label_names, loss)
 
 
-def report_from_confusion(confusion: torch.Tensor, label_names: list[str], loss: float | None = None) -> dict:
-    """classification_report's dict from a confusion matrix (e.g. one summed over data-parallel ranks)."""
-    tp = confusion.diag().double()
-    support = confusion.sum(1).double()
-    predicted = confusion.sum(0).double()
-    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), 0.0)
-    recall = torch.where(support > 0, tp / support.clamp(min=1), 0.0)
-    denom = precision + recall
-    f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-12), 0.0)
-    n = int(support.sum())
-    report = {
-        "n": n,
-        "accuracy": float(tp.sum() / n) if n else 0.0,
-        "macro_f1": float(f1.mean()),
-        "per_class": {
-            name: {"precision": float(precision[i]), "recall": float(recall[i]),
-                   "f1": float(f1[i]), "support": int(support[i])}
-            for i, name in enumerate(label_names)
-        },
-        "confusion": confusion.tolist(),
-        "labels": list(label_names),
-    }
+def report_from_pairs(pairs: Pairs, label_names: list[str], loss: float | None = None) -> dict:
+    """classification_report's dict from confusion pair counts (e.g. merged over data-parallel ranks)."""
+    keys, counts = pairs
+    k = len(label_names)
+    true, pred = keys // k, keys % k
+    per_label = torch.zeros(3, k, dtype=torch.int64)  # examples right, true, predicted, per label
+    hit = true == pred
+    per_label[0].index_add_(0, true[hit], counts[hit])
+    per_label[1].index_add_(0, true, counts)
+    per_label[2].index_add_(0, pred, counts)
+    report = _scores(*per_label.double(), label_names)
+    if k <= DENSE_LABELS:
+        dense = torch.zeros(k * k, dtype=torch.int64)
+        dense[keys] = counts
+        report["confusion"] = dense.view(k, k).tolist()
+    else:
+        report["confusion_sparse"] = torch.stack([true, pred, counts], 1).tolist()
+    report["labels"] = list(label_names)
     if loss is not None:
         report["loss"] = loss
     return report
 
 
+def _scores(tp: torch.Tensor, support: torch.Tensor, predicted: torch.Tensor, label_names: list[str]) -> dict:
+    """n, accuracy, macro-F1 and per-class P/R/F1/support from per-label counts (float64 tensors)."""
+    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), 0.0)
+    recall = torch.where(support > 0, tp / support.clamp(min=1), 0.0)
+    denom = precision + recall
+    f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-12), 0.0)
+    n = int(support.sum())
+    p, r, f, s = precision.tolist(), recall.tolist(), f1.tolist(), support.long().tolist()
+    return {
+        "n": n,
+        "accuracy": float(tp.sum() / n) if n else 0.0,
+        "macro_f1": float(f1.mean()),
+        "per_class": {name: {"precision": p[i], "recall": r[i], "f1": f[i], "support": s[i]}
+                      for i, name in enumerate(label_names)},
+    }
+
+
 def format_report(report: dict, title: str = "") -> str:
-    """A readable table of a classification_report."""
+    """A readable table of a classification_report: its confusion printed up to DENSE_LABELS labels,
+    beyond them a line saying where its sparse form is."""
     names = report["labels"]
     width = max(8, *(len(n) for n in names))
     lines = [title] if title else []
@@ -67,12 +108,23 @@ def format_report(report: dict, title: str = "") -> str:
         lines.append(f"{name:<{width}}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:6.4f}  "
                      f"{c['support']:7d}")
     lines.append("")
-    lines.append("confusion (rows: true, columns: predicted)")
+    return "\n".join(lines + _confusion_lines(report, names, width))
+
+
+def _confusion_lines(report: dict, names: list[str], width: int) -> list[str]:
+    """The confusion table (rows: true, columns: predicted), or the note that replaces it."""
+    if len(names) > DENSE_LABELS or "confusion" not in report:
+        where = (report.get("files") or {}).get("json") or "the JSON report (eval --json, eval-SPLIT.json)"
+        cells = len(report.get("confusion_sparse") or [])
+        return [f"confusion: {len(names):,} labels, too many to print (more than {DENSE_LABELS}); its "
+                f"{cells:,} non-zero cells are in {where} under \"confusion_sparse\" as [true, predicted, "
+                f"count]"]
+    lines = ["confusion (rows: true, columns: predicted)"]
     cell = max(7, *(len(str(v)) for row in report["confusion"] for v in row))
     lines.append(" " * width + "  " + " ".join(f"{n[:cell]:>{cell}}" for n in names))
     for name, row in zip(names, report["confusion"], strict=True):
         lines.append(f"{name:<{width}}  " + " ".join(f"{v:>{cell}}" for v in row))
-    return "\n".join(lines)
+    return lines
 
 
 def roc_auc(scores: torch.Tensor, targets: torch.Tensor) -> float | None:

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from . import __version__, checkpoint
+from .batching import Cut
 from .errors import LstmcliError
 from .fsutil import refuse_non_regular, write_bytes, write_json
 from .models.ngrams import HASH_MULTIPLIER
-from .predict import DEFAULT_MAX_LENGTH
 from .text import PAD_ID, UNK_ID, literal_rules
 
 OPSET = 18  # Reduce* take their axes as an input from 18 on
@@ -198,7 +198,7 @@ def sidecar(ck) -> dict:
             "tokenizer": {"name": "basic_english", "lowercase": True, "replace": literal_rules(),
                           "then": "split on whitespace"},
             # as `predict` and Classifier.encode cut: the training cut, else DEFAULT_MAX_LENGTH tokens
-            "cut": {"max_length": data.max_length or DEFAULT_MAX_LENGTH, "truncate": data.truncate.value},
+            "cut": {"max_length": Cut.for_inference(data).length, "truncate": data.truncate.value},
             "pad_id": PAD_ID, "unk_id": UNK_ID, "empty_text": [UNK_ID], "vocab": ck.vocab.itos}
 
 

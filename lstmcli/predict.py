@@ -10,14 +10,14 @@ from pathlib import Path
 import torch
 
 from . import checkpoint
-from .batching import Cut, collate, sorted_batches
+from .batching import DEFAULT_MAX_LENGTH, Cut, collate, sorted_batches
 from .config import Truncate
 from .device import set_up
 from .metrics import check_threshold
 from .prepare import EncodedSplit
 from .text import basic_english
 
-DEFAULT_MAX_LENGTH = 2048
+__all__ = ["Classifier", "DEFAULT_MAX_LENGTH"]
 PREFIX_CHARS_PER_TOKEN = 64
 
 
@@ -28,10 +28,7 @@ class Classifier:
                  impl: str | None = None, max_length: int | None = None, precision: str | None = None):
         self.device = set_up(torch.device(device))
         self.ck = checkpoint.load(Path(checkpoint_dir), str(self.device), impl, precision)
-        # A text is cut to what the model was trained on; with no such limit, to DEFAULT_MAX_LENGTH,
-        # so that a runaway input (a 10 MB line) costs milliseconds, not minutes.
-        self.cut = Cut(max_length or self.ck.config.data.max_length or DEFAULT_MAX_LENGTH,
-                       self.ck.config.data.truncate)
+        self.cut = Cut.for_inference(self.ck.config.data, max_length)
 
     def encode(self, text: str) -> list[int]:
         """Ids of the text cut as in training. A huge text cut at its head is tokenized from a prefix

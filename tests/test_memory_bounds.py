@@ -125,3 +125,21 @@ def test_one_huge_text_is_cut_by_default_and_the_cut_is_said(workdir, tmp_path):
     ok(result)
     assert "max_length 2048: 1 of 40 texts are longer and are cut (the longest has 1,000,000 tokens)" \
         in result.stderr
+
+
+@pytest.mark.hostile
+def test_eval_of_a_checkpoint_trained_uncut_cuts_a_huge_text(workdir, tmp_path):
+    """A checkpoint trained with max_length 0 is evaluated with predict's cut, DEFAULT_MAX_LENGTH tokens:
+    one text of a million tokens costs no more than one of 2,048."""
+    rows = [{"text": f"a fine short text number {i}", "label": "pos" if i % 2 else "neg"} for i in range(40)]
+    (tmp_path / "small.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ok(run("train", "--dataset", tmp_path / "small.jsonl", "--embedding-dim", "8", "--hidden-size", "8",
+           "--max-length", "0", "--val-fraction", "0.25", "--out", "r", "--quiet"))
+    rows[0]["text"] = "fine " * 1_000_000
+    (tmp_path / "huge.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = json.loads(ok(run("eval", "--checkpoint", "r/best", "--dataset", tmp_path / "huge.jsonl",
+                               "--json", "--quiet")).stdout)
+    assert report["n"] == 40
+    from lstmcli.batching import DEFAULT_MAX_LENGTH, Cut
+    assert Cut.for_inference(from_dict(json.loads(Path("r/best/config.json").read_text()), "c").data) \
+        == Cut(DEFAULT_MAX_LENGTH)

@@ -83,3 +83,14 @@ def test_predict_does_not_load_matplotlib(mirror, workdir):
             "print(r.exit_code, 'matplotlib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["0", "False"], out.stdout + out.stderr
+
+
+def test_names_that_look_like_tex_are_drawn_as_text(tmp_path):
+    # matplotlib would parse "$...$" as mathtext and fail on an unknown command after a finished run
+    names = ["$\\foo$", "costs $5 to $10"]
+    path = plots.confusion_matrix({"labels": names, "confusion": [[3, 1], [0, 2]], "accuracy": 0.8, "n": 6},
+                                  tmp_path / "tex.png", "run $\\bar$")
+    png_size(path)
+    metrics = {"history": [{"epoch": 1, "train_loss": 0.7, "val_loss": float("nan"), "train_accuracy": 0.5,
+                            "val_accuracy": 0.6, "lr": 1e-3}]}
+    png_size(plots.learning_curves(metrics, tmp_path / "curves.png", "$\\baz$: learning curves"))
