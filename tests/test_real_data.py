@@ -60,7 +60,8 @@ def onnx_gives_the_same_logits(checkpoint: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
     import lstmcli
 
-    out = CliRunner().invoke(app, ["export", str(checkpoint), "--out", "m.onnx"])
+    model = f"{checkpoint.parent.name}.onnx"  # one file per run: export refuses to replace a file
+    out = CliRunner().invoke(app, ["export", str(checkpoint), "--out", model])
     assert out.exit_code == 0, out.output
     root = Path("data/aclImdb/test")
     texts = [(root / label / name).read_text(encoding="utf-8") for label in ("neg", "pos")
@@ -69,7 +70,7 @@ def onnx_gives_the_same_logits(checkpoint: Path) -> None:
     encoded = [clf.encode(t) for t in texts]
     lengths = sorted({len(e) for e in encoded})
     assert lengths[0] == 1 and lengths[-1] == 200 and len(lengths) > 100
-    sess = ort.InferenceSession("m.onnx", providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     for start in range(0, len(texts), 64):  # in input order: each batch mixes lengths
         batch = encoded[start:start + 64]
         width = max(map(len, batch))
