@@ -75,7 +75,7 @@ def truncated_lengths(split: EncodedSplit, max_length: int) -> torch.Tensor:
 def bucket_batches(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int,
                    pool: int = 100) -> list[torch.Tensor]:
     """Index batches covering every example exactly once, in a seeded order for (seed, epoch)."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    g = torch.Generator().manual_seed((seed * 100_003 + epoch) % 2**63)  # any seed up to 2^63-1
     order = torch.randperm(len(lengths), generator=g)
     batches: list[torch.Tensor] = []
     for chunk in order.split(batch_size * pool):

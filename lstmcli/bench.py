@@ -29,7 +29,7 @@ from .config import Config, Encoder, Impl
 from .device import resolve_device
 from .footprint import estimate, refuse_over
 from .models.classifier import TextClassifier
-from .models.spec import ModelSpec
+from .models.spec import GATES, ModelSpec
 
 
 @dataclass
@@ -46,7 +46,6 @@ class BenchShape:
     vocab_size: int = 20000
 
 
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks in each weight matrix
 
 
 def encoder_flops(encoder: str, shape: BenchShape) -> int:

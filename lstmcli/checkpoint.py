@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from . import fsutil
-from .build import build_model
+from .build import build_model, model_spec
 from .config import Config, Impl, Precision, apply, from_dict, to_dict
 from .errors import CheckpointError, ConfigError
 from .fsutil import honour_umask, recover_dir, replace_dir, temp_dir, write_failed, write_json
@@ -53,6 +55,23 @@ def _write_weights(folder: Path, model: TextClassifier, metrics: dict) -> None:
     write_json(folder / "metrics.json", metrics)
 
 
+def _carry_over(old: Path, tmp: Path, rewritten: set[str]) -> None:
+    """Copy into the new folder `tmp` whatever the old checkpoint folder `old` holds that this write does
+    not produce (a user's notes, an export beside the weights), so that the swap deletes nothing that it
+    did not copy: files, folders and links alike."""
+    if not old.is_dir():
+        return
+    for entry in old.iterdir():
+        if entry.name in rewritten:
+            continue
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry), tmp / entry.name)
+        elif entry.is_dir():
+            shutil.copytree(entry, tmp / entry.name, symlinks=True)
+        elif entry.is_file():
+            shutil.copy2(entry, tmp / entry.name)
+
+
 def save(path: Path, cfg: Config, vocab: Vocab, label_names: list[str], model: TextClassifier,
          metrics: dict, trainer_state: dict | None = None) -> None:
     """Write the checkpoint folder `path` (and, to resume from, `trainer_state.pt`) atomically."""
@@ -67,6 +86,7 @@ def save(path: Path, cfg: Config, vocab: Vocab, label_names: list[str], model: T
         write_json(tmp / "labels.json", label_names)
         if trainer_state is not None:
             torch.save(trainer_state, tmp / STATE_FILE)
+        _carry_over(path, tmp, {*FILES, "metrics.json", STATE_FILE})
         replace_dir(tmp, path)
     except (OSError, RuntimeError, SafetensorError) as exc:
         raise write_failed(path, exc) from None
@@ -82,9 +102,7 @@ def update(path: Path, model: TextClassifier, metrics: dict) -> None:
     recover_dir(path)
     tmp = temp_dir(path)
     try:
-        for f in path.iterdir():
-            if f.is_file() and f.name not in ("model.safetensors", "metrics.json"):
-                shutil.copy2(f, tmp / f.name)
+        _carry_over(path, tmp, {"model.safetensors", "metrics.json"})  # config, vocabulary, labels, ...
         _write_weights(tmp, model, metrics)
         replace_dir(tmp, path)
     except (OSError, RuntimeError, SafetensorError) as exc:
@@ -96,8 +114,27 @@ def update(path: Path, model: TextClassifier, metrics: dict) -> None:
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"broken checkpoint: cannot read {path} ({exc})") from None
+
+
+def _check_sizes(path: Path, cfg: Config, vocab_size: int, num_classes: int, device: str) -> None:
+    """Refuse a config.json that does not describe model.safetensors before anything is allocated: the
+    model it describes is built first, so an edited hidden_size of 200,000 would otherwise take
+    gigabytes before the weights fail to fit. The file's header says how many numbers it holds."""
+    weights = path / "model.safetensors"
+    try:
+        with safe_open(str(weights), "pt") as fh:
+            names = [k for k in fh.keys() if k != "branch_scale"]  # noqa: SIM118 (safe_open has no __iter__)
+            stored = sum(math.prod(fh.get_slice(k).get_shape()) for k in names)
+    except (SafetensorError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"broken checkpoint: {weights} ({first})") from None
+    params, buffers = model_spec(cfg.model, vocab_size, num_classes, device).parameter_count()
+    expected = params + buffers - (2 if cfg.model.ngram_buckets else 1)  # branch_scale aside
+    if stored != expected:
+        raise CheckpointError(f"broken checkpoint: {path / 'config.json'} describes a model of {expected:,} "
+                              f"numbers, {weights} holds {stored:,}")
 
 
 def load(path: Path, device: str = "cpu", impl: str | None = None,
@@ -123,8 +160,10 @@ def load(path: Path, device: str = "cpu", impl: str | None = None,
     except (ConfigError, ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"broken checkpoint {path}: {exc}") from None
     labels = _read_json(path / "labels.json")
-    if not isinstance(labels, list) or len(labels) < 2:
-        raise CheckpointError(f"broken checkpoint: {path / 'labels.json'} is not a list of label names")
+    if not (isinstance(labels, list) and len(labels) >= 2 and len(set(map(str, labels))) == len(labels)
+            and all(isinstance(x, str) and x.strip() and not set(x) & set("\t\n\r") for x in labels)):
+        raise CheckpointError(f"broken checkpoint: {path / 'labels.json'} is not a list of two or more "
+                              "distinct label names (strings without tabs or line breaks)")
     metrics = _read_json(path / "metrics.json") if (path / "metrics.json").is_file() else {}
     run_impl = Impl(impl) if impl is not None else cfg.model.impl
     run_precision, note = for_inference(cfg.model.precision, Precision(precision) if precision else None,
@@ -134,6 +173,7 @@ def load(path: Path, device: str = "cpu", impl: str | None = None,
                     f"--impl {run_impl.value} for {path}")
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
+    _check_sizes(path, cfg, len(vocab), len(labels), device)
     model = build_model(cfg.model, len(vocab), len(labels), device)
     try:
         state = load_file(str(path / "model.safetensors"), device=device)

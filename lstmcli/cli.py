@@ -136,6 +136,8 @@ def eval_(
     from .metrics import format_report
     if fail_under is not None and not 0.0 <= fail_under <= 1.0:  # (NaN fails this too)
         raise LstmcliError(f"--fail-under must be a number in [0, 1], got {fail_under}")
+    if batch_size is not None and batch_size < 1:
+        raise LstmcliError(f"--batch-size must be >= 1, got {batch_size}")
     report = api.evaluate(checkpoint, split.value, dataset, data_dir or env_data_dir(), batch_size,
                           device.value, impl and impl.value, precision and precision.value, threshold)
     if json_out:

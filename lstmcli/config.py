@@ -242,7 +242,7 @@ BOUNDS: dict[str, tuple[float, float, bool]] = {
     "max_length": (0, math.inf, True), "embedding_dim": (1, math.inf, True),
     "hidden_size": (1, math.inf, True), "ngram_buckets": (0, math.inf, True),
     "ngram_dim": (1, math.inf, True),
-    "num_layers": (1, math.inf, True), "epochs": (1, math.inf, True), "batch_size": (1, math.inf, True),
+    "num_layers": (1, 1024, True), "epochs": (1, math.inf, True), "batch_size": (1, 2**31 - 1, True),
     "lr": (0, math.inf, True), "momentum": (0, 1, True), "weight_decay": (0, math.inf, True),
     "grad_clip": (0, math.inf, True), "warmup_steps": (0, math.inf, True), "plateau_factor": (0, 1, False),
     "plateau_patience": (0, math.inf, True), "patience": (0, math.inf, True),

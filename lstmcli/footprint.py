@@ -11,7 +11,8 @@ compares it with measured peaks. It counts, in float32:
   forward pass and as much again for the backward: the embeddings, and per layer and direction the
   gates, cell, state and output of each step (G + 4 vectors of H); an NBSVM bag gathers a (2T, C) slice
   of its counts per text and keeps a few of that size;
-- calibration's branch logits, (P, N_val, C) float64, twice.
+- calibration: its branch logits, (P, N_val, C) float64, with their copies and the L-BFGS fit's
+  temporaries, CALIBRATION_BYTES per logit (measured: 10,000 labels, 1,350 to 5,400 validation texts).
 What the process holds already (torch itself, the encoded data) is outside the estimate: the memory
 "available" is read after it is paid.
 """
@@ -27,30 +28,16 @@ from .build import model_spec
 from .config import Config, Optimizer
 from .distributed import Dist
 from .errors import LstmcliError
-from .models.scratch import GATES  # weight rows per unit of state, as nn.LSTM / nn.GRU / nn.RNN
-from .models.spec import ModelSpec
+from .models.spec import GATES, ModelSpec
 from .prepare import Prepared
 
 FLOAT = 4  # bytes
+CALIBRATION_BYTES = 160  # per branch logit of a validation text, at calibration's peak
 
 
 def parameter_count(spec: ModelSpec) -> tuple[int, int]:
     """(parameters, buffer elements) of the TextClassifier built from `spec`, without building it."""
-    E, H, D, C = spec.embedding_dim, spec.hidden_size, spec.num_directions, spec.num_classes
-    rows = GATES[spec.encoder] * H
-    params = spec.vocab_size * E + (H * D) * C + C  # embedding, head
-    for layer in range(spec.num_layers):
-        width = E if layer == 0 else H * D
-        per_direction = rows * width + rows * H + 2 * rows + (3 * H if spec.peephole else 0)
-        params += D * per_direction
-    buffers = 2 if spec.ngram_buckets else 1  # branch_scale
-    features = spec.vocab_size + spec.ngram_buckets
-    if spec.ngram_buckets and spec.ngram_bag == "nbsvm":
-        params += features + C  # a weight per n-gram, a bias per class
-        buffers += features * C + 2 * C  # counts, norms
-    elif spec.ngram_buckets:
-        params += features * spec.ngram_dim + spec.ngram_dim * C + C
-    return params, buffers
+    return spec.parameter_count()
 
 
 @dataclass
@@ -84,7 +71,7 @@ def estimate(cfg: Config, vocab_size: int, num_classes: int, longest: int, val_s
         per_token += 2 * 2  # int64 n-gram ids
     activations = 2 * FLOAT * B * T * per_token
     branches = 1 + bool(spec.ngram_buckets)
-    calibration = 2 * 8 * branches * val_size * num_classes if cfg.train.calibrate else 0
+    calibration = CALIBRATION_BYTES * branches * val_size * num_classes if cfg.train.calibrate else 0
     return Estimate(state, activations, calibration, B, T)
 
 

@@ -41,13 +41,16 @@ def temp_dir(dest: Path) -> Path:
 def write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically: the old file stays whole until the new one is complete."""
     path = Path(path)
-    fd, tmp = temp_file(path)
+    tmp = None
     try:
+        fd, tmp = temp_file(path)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a missing folder: name the file, not its temporary sibling
+        raise write_failed(path, exc) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 

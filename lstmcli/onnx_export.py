@@ -20,7 +20,7 @@ import torch
 from . import __version__, checkpoint
 from .batching import Cut
 from .errors import LstmcliError
-from .fsutil import refuse_non_regular, write_bytes, write_json
+from .fsutil import recover_dir, refuse_non_regular, write_bytes, write_json
 from .models.ngrams import HASH_MULTIPLIER
 from .text import PAD_ID, UNK_ID, literal_rules
 
@@ -224,6 +224,7 @@ def export_onnx(checkpoint_dir: Path, out: Path, force: bool = False) -> tuple[P
         raise LstmcliError(f"--out {out}: the model's JSON goes beside it under that name; give the model "
                            "file another suffix, e.g. .onnx")
     meta = out.with_suffix(".json")
+    recover_dir(Path(checkpoint_dir))  # a swap cut short: its files are the checkpoint's, to be protected
     _refuse_to_replace([out, meta], Path(checkpoint_dir), force)
     ck = checkpoint.load(checkpoint_dir, "cpu", precision="fp32")  # an exported model runs in float32
     proto = build_onnx(ck.model, len(ck.vocab))

@@ -175,10 +175,14 @@ def _get(rec: dict | list, col: str):
 
 
 def _text(path: Path, line: int, rec: dict | list, col: str) -> str:
-    """One text column of a record as a string (a JSON number is written out; a null is refused)."""
+    """One text column of a record as a string (a JSON number is written out; a null, list or object is
+    refused: Python's repr of it is no text the file meant)."""
     value = _get(rec, col)
     if value is None:
         raise DatasetError(f"{path} line {line}: text is null (column {col!r})")
+    if isinstance(value, list | dict):
+        kind = "list" if isinstance(value, list) else "object"
+        raise DatasetError(f"{path} line {line}: text is a JSON {kind} (column {col!r}); give it as a string")
     return str(value)
 
 
@@ -191,6 +195,12 @@ def _label(path: Path, line: int, value, col: str) -> str:
         kind = "list" if isinstance(value, list) else "object"
         raise DatasetError(f"{path} line {line}: label is a JSON {kind} (column {col!r}); a label must be "
                            f"a string or a number (one label per example)")
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        # true would become "True", NaN "nan", 0.5 a class named "0.5": none is what a file means
+        raise DatasetError(f"{path} line {line}: label {value!r} is not a class name (column {col!r}); "
+                           f"write it as a string or a whole number")
+    if isinstance(value, float):
+        value = int(value)  # 3.0 is class 3, as 3 is
     label = str(value).strip()
     if not label:
         raise DatasetError(f"{path} line {line}: label is empty (column {col!r})")
@@ -236,7 +246,7 @@ def _delimited_records(path: Path, delimiter: str, headerless: bool):
         if headerless:
             yield line, row
         elif header is None:
-            header = row
+            header = [name.strip() for name in row]  # "text, label" names the column "label"
             _refuse_duplicates(path, line, header, delimiter)
         elif len(row) != len(header):
             raise DatasetError(f"{path} line {line}: {len(row)} fields, header has {len(header)}")
@@ -254,6 +264,19 @@ def _refuse_duplicates(path: Path, line: int, header: list[str], delimiter: str)
                            f"({delimiter.join(header)!r}); rename one of them")
 
 
+class _DuplicateKey(ValueError):
+    """A JSON object that names one key twice (json keeps the last silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json's object_pairs_hook: the object as a dict, refusing a repeated key as CSV headers are."""
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return obj
+
+
 def _jsonl_records(path: Path):
     """(line, object) for each non-blank line of a JSONL file."""
     with _open_bytes(path) as fh:
@@ -261,9 +284,13 @@ def _jsonl_records(path: Path):
             if not raw.strip():
                 continue
             try:
-                rec = json.loads(raw)
+                rec = json.loads(raw, object_pairs_hook=_unique_keys)
             except json.JSONDecodeError as exc:
                 raise DatasetError(f"{path} line {line}: invalid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise DatasetError(f"{path} line {line}: JSON nested too deeply") from None
+            except _DuplicateKey as exc:
+                raise DatasetError(f"{path} line {line}: the object names {exc.args[0]!r} twice") from None
             if not isinstance(rec, dict):
                 raise DatasetError(f"{path} line {line}: expected a JSON object")
             yield line, rec

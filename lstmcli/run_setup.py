@@ -153,8 +153,14 @@ def _read_run(run_dir: Path) -> tuple[Config, dict]:
             saved.pop("launch", None)
         cfg = from_dict(saved, str(config_file))
         metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise CheckpointError(f"cannot resume {run_dir}: not a run folder ({exc})") from None
+    history = metrics.get("history") if isinstance(metrics, dict) else None
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise CheckpointError(f"cannot resume {run_dir}: its metrics.json is not a run's record")
+    if not (run_dir / "last").is_dir() and not (run_dir / ".last.old").is_dir():
+        raise CheckpointError(f"cannot resume {run_dir}: it stopped before its first checkpoint (no last/); "
+                              f"start it again: the same train command with --force")
     if "test" in metrics:  # (a run stopped after its last epoch but before testing resumes into the test)
         raise LstmcliError(f"run {run_dir} has already finished; nothing to resume")
     return cfg, metrics

@@ -35,9 +35,12 @@ def point_latest(run_dir: Path) -> None:
     """`<parent>/latest` -> run_dir, replaced atomically, when `latest` is absent or a link lstmcli made
     (one to a sibling's name). Anything else by that name is the user's: it is left alone, with a
     warning (once per process)."""
+    run_dir = run_dir.resolve()  # `--out .` has no name of its own
     link = run_dir.parent / "latest"
     if link.is_symlink():
-        ours = "/" not in os.readlink(link) and os.sep not in os.readlink(link)
+        target = os.readlink(link)
+        ours = os.sep not in target and "/" not in target and (
+            is_run_folder(link.parent / target) or not os.path.lexists(link.parent / target))
     else:
         ours = not link.exists()
     if not ours:
@@ -79,6 +82,10 @@ def _is_finished(run_dir: Path) -> bool:
 def check_out(run_dir: Path, force: bool) -> None:
     """Refuse a run folder that holds anything (unless `force`): a finished run, an unfinished one (which
     `--resume` continues), or files of the user's."""
+    for folder in (run_dir.resolve(), *run_dir.resolve().parents):
+        if (folder / "model.safetensors").is_file() and (folder / "vocab.json").is_file():
+            raise LstmcliError(f"--out {run_dir} is inside the checkpoint {folder}; choose an --out "
+                               "outside it")
     if not run_dir.exists() and not run_dir.is_symlink():
         return
     if not run_dir.is_dir():
@@ -86,6 +93,9 @@ def check_out(run_dir: Path, force: bool) -> None:
     held = _listing(run_dir)
     if not held or force:
         return
+    if is_run_folder(run_dir) and not _is_finished(run_dir) and not (run_dir / "last").is_dir():
+        raise LstmcliError(f"--out {run_dir} holds a run that stopped before its first checkpoint; add "
+                           f"--force to start it again")
     if is_run_folder(run_dir) and not _is_finished(run_dir):
         raise LstmcliError(f"--out {run_dir} holds an unfinished run; continue it with lstmcli train "
                            f"--resume {run_dir}, or add --force to start over (its best/ and last/ are lost)")

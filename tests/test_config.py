@@ -101,6 +101,8 @@ def test_peephole_with_scratch_lstm_is_valid():
     ("--split-seed", "-5", "'data.split_seed' must be >= 0"),
     ("--threads", "100000", "'train.threads' must be >= 0 and <= 1024"),
     ("--hidden-size", "-3", "'model.hidden_size' must be >= 1"),
+    ("--num-layers", "100000", "'model.num_layers' must be >= 1 and <= 1024"),
+    ("--batch-size", str(2**63 - 1), "'train.batch_size' must be >= 1 and <= 2147483647"),
 ])
 def test_bad_numbers_on_the_command_line_are_one_line(workdir, flag, value, fragment):
     one_line_error(run("train", flag, value, "--out", "r"), 2, fragment)

@@ -393,3 +393,90 @@ def test_bench_writes_its_report_to_regular_files_only(workdir):
     one_line(run("bench", "--encoder", "rnn", "--impl", "builtin", "--batches", "1", "--repeats", "1"), 2,
              "bench.json is a FIFO")
     assert stat.S_ISFIFO(os.lstat("bench.json").st_mode)
+
+
+# --- found by a hostile tester --------------------------------------------------------------------
+
+def test_a_run_inside_a_checkpoint_is_refused_and_swaps_keep_what_they_did_not_write(trained):
+    one_line(run(*TRAIN, "--out", trained / "best" / "sub"), 2, "is inside the checkpoint")
+    notes = trained / "best" / "notes"
+    notes.mkdir()
+    (notes / "mine.txt").write_text("keep me")
+    (trained / "best" / "link").symlink_to("notes")
+    ok(run("calibrate", "--checkpoint", trained / "best"))
+    assert (notes / "mine.txt").read_text() == "keep me" and os.readlink(trained / "best" / "link") == "notes"
+
+
+def test_export_protects_a_checkpoint_whose_swap_was_cut(trained):
+    os.replace(trained / "best", old_dir(trained / "best"))
+    one_line(run("export", trained / "best", "--out", trained / "best" / "labels.onnx"), 2,
+             "is a file of the checkpoint")
+    ok(run("predict", "--checkpoint", trained / "best", "a film"))
+
+
+@pytest.mark.parametrize("edit,fragment", [
+    (lambda c: c["model"].update(hidden_size=200_000), "describes a model of"),
+    (lambda c: c["model"].update(num_layers=10**9), "'model.num_layers' must be >= 1 and <= 1024"),
+    (lambda c: c["model"].update(ngram_buckets=2**40), "describes a model of"),
+])
+def test_a_checkpoint_whose_config_was_edited_is_refused_before_it_is_built(trained, edit, fragment):
+    config = json.loads((trained / "best" / "config.json").read_text())
+    edit(config)
+    (trained / "best" / "config.json").write_text(json.dumps(config))
+    one_line(run("predict", "--checkpoint", trained / "best", "a film"), 2, fragment)
+
+
+def test_a_deeply_nested_config_is_one_line(trained):
+    (trained / "best" / "config.json").write_text("[" * 100_000)
+    one_line(run("predict", "--checkpoint", trained / "best", "a film"), 2, "broken checkpoint")
+    (trained / "metrics.json").write_text("[" * 100_000)
+    one_line(run("train", "--resume", trained), 2, "cannot resume")
+
+
+@pytest.mark.parametrize("labels", [["a", "a"], [1, 2], [None, {}], ["a\tb", "c"]])
+def test_predict_refuses_a_checkpoint_with_bad_labels(trained, labels):
+    (trained / "best" / "labels.json").write_text(json.dumps(labels))
+    one_line(run("predict", "--checkpoint", trained / "best", "a film"), 2, "labels.json")
+
+
+def test_out_dot_and_a_users_relative_latest_link(mirror, workdir):
+    Path("here").mkdir()
+    os.chdir("here")
+    ok(run(*TRAIN, "--out", ".", "--data-dir", workdir / "data"))
+    assert json.loads(Path("metrics.json").read_text())["test"]["n"] > 0
+    os.chdir(workdir)
+    Path("L").mkdir()
+    Path("L/notes.txt").write_text("mine")
+    Path("L/latest").symlink_to("notes.txt")
+    result = run("train", "--config", TINY, "--dataset", "imdb", "--val-fraction", "0.3", "--out", "L/run")
+    ok(result)
+    assert os.readlink("L/latest") == "notes.txt" and "lstmcli did not make" in result.stderr
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again_with_force(trained):
+    for name in ("best", "last"):
+        subprocess.run(["rm", "-rf", str(trained / name)], check=True)
+    metrics = json.loads((trained / "metrics.json").read_text())
+    (trained / "metrics.json").write_text(json.dumps({**{k: v for k, v in metrics.items() if k != "test"},
+                                                      "history": []}))
+    one_line(run(*TRAIN, "--out", trained), 2, "stopped before its first checkpoint", "--force")
+    one_line(run("train", "--resume", trained), 2, "stopped before its first checkpoint")
+    ok(run(*TRAIN, "--out", trained, "--force"))
+
+
+@pytest.mark.parametrize("metrics", ["[]", "null", '{"history": {}}', '{"history": [1]}'])
+def test_resume_refuses_a_hostile_metrics_json(trained, metrics):
+    (trained / "metrics.json").write_text(metrics)
+    one_line(run("train", "--resume", trained), 2, "metrics.json is not a run's record")
+
+
+def test_the_largest_seed_trains(mirror, workdir):
+    ok(run(*TRAIN, "--seed", str(2**63 - 1), "--out", "r"))
+
+
+def test_a_full_disk_names_the_json_it_could_not_write(trained, small_disk):
+    fill(small_disk)
+    one_line(run("bench", "--encoder", "rnn", "--impl", "builtin", "--batches", "1", "--repeats", "1",
+                 "--out", small_disk / "b.json"), 2, f"cannot write {small_disk / 'b.json'}: No space left")
+    one_line(run("eval", "--checkpoint", trained / "best", "--batch-size", "0"), 2,
+             "--batch-size must be >= 1")

@@ -223,3 +223,25 @@ def test_a_csv_field_longer_than_csvs_own_limit_reads(tmp_path):
     texts, labels = read_user_file(path, "text", "label")
     assert texts == [long_text, "short"] and labels == ["pos", "neg"]
     assert csv.field_size_limit() == before
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("line,fragment", [
+    ('{"text": "a film", "label": true}', "label True is not a class name"),
+    ('{"text": "a film", "label": NaN}', "label nan is not a class name"),
+    ('{"text": "a film", "label": 0.5}', "label 0.5 is not a class name"),
+    ('{"text": "a film", "label": "pos", "label": "neg"}', "names 'label' twice"),
+    ('{"text": ["a", "film"], "label": "pos"}', "text is a JSON list"),
+])
+def test_jsonl_values_that_are_no_text_or_class(workdir, tmp_path, line, fragment):
+    rows = [json.dumps({"text": f"text {i}", "label": ["pos", "neg"][i % 2]}) for i in range(10)]
+    rows.insert(4, line)
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    one_line_error(run("train", "--dataset", path), 2, "line 5", fragment)
+
+
+def test_header_names_are_stripped(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text, label\ngood film,pos\nbad film,neg\n")
+    assert read_user_file(path, "text", "label") == (["good film", "bad film"], ["pos", "neg"])

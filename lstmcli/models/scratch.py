@@ -25,9 +25,7 @@ from torch import nn
 
 from .lengths import last_real, reverse_within_length
 from .recurrence import GRULayer, LSTMLayer, RNNLayer, peephole_lstm
-from .spec import model_problem
-
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+from .spec import GATES, model_problem
 
 
 def _steps_active(lengths: torch.Tensor, T: int) -> list[int]:

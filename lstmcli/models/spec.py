@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ENCODERS = ("lstm", "gru", "rnn")  # the recurrent cell
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # weight rows per unit of state, as nn.LSTM / nn.GRU / nn.RNN
 IMPLS = ("builtin", "scratch")  # PyTorch's kernels, or ours (a config's `auto` is resolved to one)
 POOLINGS = ("last", "mean", "max")
 PACKS = ("auto", "always", "never")
@@ -62,3 +63,22 @@ class ModelSpec:
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
+
+    def parameter_count(self) -> tuple[int, int]:
+        """(parameters, persistent buffer elements) of the TextClassifier built from this spec, counted
+        without building it (in constant time, whatever num_layers says)."""
+        E, H, D, C = self.embedding_dim, self.hidden_size, self.num_directions, self.num_classes
+        rows = GATES[self.encoder] * H
+
+        def layer(width: int) -> int:  # W_ih, W_hh, two biases (and peepholes) per direction
+            return D * (rows * width + rows * H + 2 * rows + (3 * H if self.peephole else 0))
+        params = self.vocab_size * E + (H * D) * C + C  # embedding, head
+        params += layer(E) + (self.num_layers - 1) * layer(H * D)
+        buffers = 2 if self.ngram_buckets else 1  # branch_scale
+        features = self.vocab_size + self.ngram_buckets
+        if self.ngram_buckets and self.ngram_bag == "nbsvm":
+            params += features + C  # a weight per n-gram, a bias per class
+            buffers += features * C + 2 * C  # counts, norms
+        elif self.ngram_buckets:
+            params += features * self.ngram_dim + self.ngram_dim * C + C
+        return params, buffers
