@@ -136,6 +136,7 @@ def test_a_folder_in_use_is_refused(mirror, workdir):
 
 
 def test_two_trainings_into_one_folder_exactly_one_proceeds(mirror, workdir):
+    ok(run(*TRAIN, "--out", "warm"))  # the data cached first: the race is for the run folder alone
     cmd = [sys.executable, "-m", "lstmcli", *map(str, TRAIN), "--out", "both"]
     procs = [subprocess.Popen([*cmd, "--seed", str(seed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for seed in (1, 2)]
