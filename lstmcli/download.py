@@ -13,7 +13,6 @@ killed with SIGKILL blocks nobody.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import logging
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import DatasetError
-from .fsutil import temp_dir, temp_file
+from .fsutil import lock_holder, stamp_pid, temp_dir, temp_file
 from .transfer import DEFAULT_LOCK, LOCK_ENV, FetchTimeout, Limits, open_source, seconds, size_of, watching
 
 log = logging.getLogger(__name__)
@@ -75,29 +74,17 @@ def _acquire(path: Path, key: str, timeout: float) -> Any:
         try:
             fh = lock.acquire(fail_when_locked=True)
         except portalocker.AlreadyLocked:
-            log.warning(f"another lstmcli process{_holder(path)} is fetching or extracting {key}; waiting "
-                        f"up to {timeout:g} s for its lock {path} (set {LOCK_ENV} to change)")
+            log.warning(f"another lstmcli process{lock_holder(path)} is fetching or extracting {key}; "
+                        f"waiting up to {timeout:g} s for its lock {path} (set {LOCK_ENV} to change)")
             lock = portalocker.Lock(str(path), mode="a", timeout=timeout, check_interval=0.1)
             fh = lock.acquire()
     except portalocker.LockException:  # (portalocker 2 raises this, not AlreadyLocked, at the timeout)
         raise DatasetError(f"gave up after {timeout:g} s waiting for the lock {path}: another lstmcli "
-                           f"process{_holder(path)} is still fetching or extracting {key}; raise {LOCK_ENV} "
-                           f"(seconds) to wait longer, or stop that process if it is stuck") from None
-    with contextlib.suppress(OSError):  # the pid only feeds a message: never fail a fetch over it
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
+                           f"process{lock_holder(path)} is still fetching or extracting {key}; raise "
+                           f"{LOCK_ENV} (seconds) to wait longer, or stop that process if it is "
+                           "stuck") from None
+    stamp_pid(fh)
     return lock
-
-
-def _holder(path: Path) -> str:
-    """' (pid N)' naming the process that holds the lock file `path`, or '' when it is not known."""
-    try:
-        pid = path.read_text().strip()
-    except OSError:
-        return ""
-    return f" (pid {pid})" if pid.isdigit() else ""
 
 
 def _mirror_checksum(mirror: str, name: str, limits: Limits) -> tuple[str, str] | None:

@@ -12,7 +12,7 @@ compares it with measured peaks. It counts, in float32:
   gates, cell, state and output of each step (G + 4 vectors of H); an NBSVM bag gathers a (2T, C) slice
   of its counts per text and keeps a few of that size;
 - calibration: its branch logits, (P, N_val, C) float64, with their copies and the L-BFGS fit's
-  temporaries, CALIBRATION_BYTES per logit (measured: 10,000 labels, 1,350 to 5,400 validation texts).
+  temporaries, CALIBRATION_BYTES per logit (benchmarks/RESULTS.md has the runs it comes from).
 What the process holds already (torch itself, the encoded data) is outside the estimate: the memory
 "available" is read after it is paid.
 """

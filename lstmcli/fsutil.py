@@ -125,7 +125,26 @@ def refuse_non_regular(path: Path, advice: str) -> None:
         raise LstmcliError(f"{path} is {kind}; {advice}")
 
 
-def write_failed(path: Path, exc: BaseException) -> LstmcliError:
+def stamp_pid(fh) -> None:
+    """Write this process's pid into the lock file `fh` it holds, for the message of one that waits."""
+    with contextlib.suppress(OSError):  # the pid only feeds a message: never fail over it
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+
+
+def lock_holder(path: Path) -> str:
+    """' (pid N)' naming the process that stamped the lock file `path`, or '' when it is not known."""
+    try:
+        pid = Path(path).read_text(errors="replace").strip()
+    except OSError:
+        return ""
+    return f" (pid {pid})" if pid.isdigit() else ""
+
+
+def write_failed(path: Path, exc: BaseException,
+                 after: str = "what was there before is unchanged") -> LstmcliError:
     """One line for a failed write of `path`, whatever raised it: an OSError, or torch's and safetensors'
     own errors, which wrap the OS's (a full disk is RuntimeError "file write failed" in torch.save and
     SafetensorError "IoError(... StorageFull ...)" in safetensors)."""
@@ -136,7 +155,7 @@ def write_failed(path: Path, exc: BaseException) -> LstmcliError:
         reason = "No space left on device"
     else:
         reason = text.splitlines()[0][:200] if text else type(exc).__name__
-    return LstmcliError(f"cannot write {path}: {reason}; what was there before is unchanged")
+    return LstmcliError(f"cannot write {path}: {reason}; {after}")
 
 
 def _full(path: Path) -> bool:

@@ -201,8 +201,8 @@ def _save(prepared: Prepared, folder: Path) -> None:
         os.replace(tmp, folder)
     except (OSError, SafetensorError) as exc:
         if not (folder / "meta.json").is_file():  # not a concurrent writer that won the race
-            log.warning(f"token cache not saved: {write_failed(folder, exc)}".replace(
-                "; what was there before is unchanged", "; this run continues without it"))
+            log.warning(f"token cache not saved: "
+                        f"{write_failed(folder, exc, after='this run continues without it')}")
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -18,6 +18,7 @@ from . import __version__
 from .config import Config, Impl, Precision
 from .distributed import Dist
 from .errors import LstmcliError
+from .fsutil import lock_holder, stamp_pid
 from .precision import bf16_support
 from .registry import REGISTRY
 
@@ -117,14 +118,10 @@ class RunLock:
         try:
             fh = self._lock.acquire()
         except (portalocker.LockException, portalocker.AlreadyLocked):
-            holder = self.path.read_text(errors="replace").strip() if self.path.is_file() else ""
-            who = f" (pid {holder})" if holder.isdigit() else ""
-            raise LstmcliError(f"run folder {run_dir} is in use by another lstmcli process{who}; wait for "
-                               "it to end, or train into another --out") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
+            raise LstmcliError(f"run folder {run_dir} is in use by another lstmcli process"
+                               f"{lock_holder(self.path)}; wait for it to end, or train into another "
+                               "--out") from None
+        stamp_pid(fh)
 
     def release(self) -> None:
         self._lock.release()
