@@ -27,19 +27,20 @@ demo: $(BIN)/.installed
 	  "A moving, beautifully acted film. I loved every minute of it." \
 	  "Dull, predictable and far too long; a waste of two hours."
 
-# The suite runs twice: on this CPU as it is, then as an AVX2-only x86-64 CPU (most users' machines):
-# ATen dispatches to its AVX2 kernels (and the scratch C++ kernels are built for AVX2), oneDNN stops
-# at AVX2 and so refuses bfloat16 recurrent kernels as such a CPU does, and MKL is asked for its AVX2
-# code (honoured on Intel CPUs; on AMD ones MKL picks its own path either way). On a CPU without
-# AVX-512 the first run already was that CPU's run, so the second is left out (it took 5.5 minutes on a
-# 2-core AVX2 EPYC and could not fail differently).
+# The suite runs once on this CPU as it is; then the tests whose outcome depends on the CPU (marked
+# `cpu`: kernels, precision, numerics) run again as an AVX2-only x86-64 CPU (most users' machines):
+# ATen dispatches to its AVX2 kernels (and the scratch C++ kernels are built for AVX2), oneDNN stops at
+# AVX2 and so refuses bfloat16 recurrent kernels as such a CPU does, and MKL is asked for its AVX2 code
+# (honoured on Intel CPUs; on AMD ones MKL picks its own path either way). On a CPU without AVX-512
+# the first run already was that CPU's run, so the second is left out.
 AVX2_ONLY := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 	@if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then \
-	  echo "$(AVX2_ONLY) $(BIN)/python -m pytest"; $(AVX2_ONLY) $(BIN)/python -m pytest; \
+	  echo "$(AVX2_ONLY) $(BIN)/python -m pytest -m 'cpu and not slow'"; \
+	  $(AVX2_ONLY) $(BIN)/python -m pytest -m 'cpu and not slow'; \
 	else echo "make test: this CPU has no AVX-512, so the run above was an AVX2-only run; no second pass"; fi
 
 bench-prepare: $(BIN)/.installed

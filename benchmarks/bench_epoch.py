@@ -25,13 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from lstmcli.batching import Cut, bucket_batches, collate, padding_share, truncated_lengths
-from lstmcli.build import build_model
 from lstmcli.config import resolve
-from lstmcli.prepare import prepare
-from lstmcli.schedule import make_optimizer, make_scheduler
-from lstmcli.train_state import EpochProgress
-from lstmcli.training import train_one_epoch
+from lstmcli.data.batches import Truncation, bucket_batches, collate, padding_share, truncated_lengths
+from lstmcli.data.encode import encode_dataset
+from lstmcli.runtime.plan import build_model, choose, model_spec
+from lstmcli.runtime.process import tune_process
+from lstmcli.training.fit import train_one_epoch
+from lstmcli.training.schedule import make_optimizer, make_scheduler
+from lstmcli.training.state import EpochProgress
 
 
 class NotebookBiLSTM(nn.Module):
@@ -86,6 +87,7 @@ def lstmcli_epoch(model, cfg, split, indices, cut, seed):
 
 
 def main() -> None:
+    tune_process()  # the process settings the CLI uses (denormal flush, heap reuse)
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default="configs/imdb_best.toml")
     parser.add_argument("--examples", type=int, default=2000)
@@ -96,15 +98,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     cfg = resolve(args.config, {"impl": "builtin", "precision": args.precision})
-    data = prepare(cfg.data)
-    split, cut = data.splits["train"], Cut.of(cfg.data)
+    data = encode_dataset(cfg.data)
+    split, cut = data.splits["train"], Truncation.of(cfg.data)
     indices = torch.randperm(len(split), generator=torch.Generator().manual_seed(args.seed))[: args.examples]
     print(f"{len(indices)} IMDB training reviews, cut {cut.keep.value} {cut.length}; model of {args.config} "
           f"(impl builtin, {args.precision}); {torch.get_num_threads()} threads, torch {torch.__version__}")
     results = {}
     for name in ("lstmcli", "notebook padded", "notebook packed"):
         torch.manual_seed(args.seed)
-        model = build_model(cfg.model, len(data.vocab), len(data.label_names))
+        choice = choose(cfg.model, torch.device("cpu"))
+        model = build_model(model_spec(cfg.model, len(data.vocab), len(data.label_names), choice))
         if name == "lstmcli":
             tokens, seconds, pad = lstmcli_epoch(model, cfg, split, indices, cut, args.seed)
         else:

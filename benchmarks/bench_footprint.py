@@ -1,4 +1,4 @@
-"""The memory estimate that guards `train` (lstmcli/footprint.py) against what training steps really hold.
+"""The memory estimate that guards `train` (lstmcli/runtime/memory.py) against what training steps hold.
 
 For each shape: build the model lstmcli would build, run a few training steps (forward, backward, Adam)
 on a batch of `batch_size` random texts of `length` tokens, and report the peak against the estimate
@@ -21,16 +21,16 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from lstmcli.build import build_model
 from lstmcli.config import resolve
-from lstmcli.footprint import estimate
+from lstmcli.runtime.memory import estimate
+from lstmcli.runtime.plan import build_model, choose, model_spec
 
 SHAPES = [  # (name, config overrides, batch_size, length)
     ("lstm 128", {"embedding_dim": 128, "hidden_size": 128}, 64, 500),
     ("bilstm 256", {"embedding_dim": 128, "hidden_size": 256, "bidirectional": True}, 64, 500),
     ("bilstm 512 x2", {"embedding_dim": 256, "hidden_size": 512, "bidirectional": True, "num_layers": 2},
      64, 500),
-    ("gru 256 + nbsvm", {"encoder": "gru", "hidden_size": 256, "ngram_buckets": 1_000_000,
+    ("gru 256 + nbsvm", {"cell": "gru", "hidden_size": 256, "ngram_buckets": 1_000_000,
                          "ngram_bag": "nbsvm"}, 64, 500),
     ("lstm 128, 2048 tokens", {"embedding_dim": 128, "hidden_size": 128}, 64, 2048),
 ]
@@ -42,8 +42,9 @@ def measure(index: int, device: str) -> dict:
     name, overrides, batch, length = SHAPES[index]
     cfg = resolve(None, {**overrides, "batch_size": batch, "max_length": length, "precision": "fp32",
                          "impl": "builtin" if device == "cuda" else "auto", "calibrate": False})
-    est = estimate(cfg, VOCAB, CLASSES, length, 0)
     dev = torch.device(device)
+    spec = model_spec(cfg.model, VOCAB, CLASSES, choose(cfg.model, dev))
+    est = estimate(cfg, spec, length, 0)
     ids = torch.randint(2, VOCAB, (batch, length), device=dev)
     lengths = torch.full((batch,), length)
     labels = torch.randint(0, CLASSES, (batch,), device=dev)
@@ -51,7 +52,7 @@ def measure(index: int, device: str) -> dict:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    model = build_model(cfg.model, VOCAB, CLASSES, dev).to(dev)
+    model = build_model(spec).to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(3):
         loss = F.cross_entropy(model(ids, lengths, labels=labels), labels)

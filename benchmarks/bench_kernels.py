@@ -20,10 +20,10 @@ import time
 
 import torch
 
-from lstmcli import native
-from lstmcli.bench import sgemm_peak
-from lstmcli.device import resolve_device
 from lstmcli.models import recurrence
+from lstmcli.runtime import native
+from lstmcli.runtime.bench import sgemm_peak
+from lstmcli.runtime.process import tune_process
 
 
 def best_seconds(fn, repeats: int) -> float:
@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
-    resolve_device("cpu")  # the process set up as lstmcli sets it up (denormal flush, heap reuse)
+    tune_process()  # the process set up as the CLI sets it up (denormal flush, heap reuse)
     if not native.ensure():
         raise SystemExit("bench_kernels: the C++ kernels did not build here (see `lstmcli bench`)")
     kernels = recurrence.native_kernels()

@@ -23,11 +23,13 @@ import torch
 from bench_predict import encoded_batches, parse_args  # this folder's sibling script
 
 from lstmcli.api import export
-from lstmcli.datasets import load_splits
-from lstmcli.predict import Classifier
+from lstmcli.data.splits import load_splits
+from lstmcli.inference.predict import Classifier
+from lstmcli.runtime.process import tune_process
 
 
 def main() -> None:
+    tune_process()  # the process settings the CLI uses (denormal flush, heap reuse)
     args = parse_args(__doc__)
 
     models = {"lstmcli fp32": Classifier(args.checkpoint, "cpu", precision="fp32")}

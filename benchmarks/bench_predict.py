@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
-from lstmcli.batching import collate, sorted_batches
-from lstmcli.datasets import load_splits
-from lstmcli.predict import Classifier, _as_split
+from lstmcli.data.batches import collate, sorted_batches
+from lstmcli.data.splits import load_splits
+from lstmcli.inference.predict import Classifier, _as_split
+from lstmcli.runtime.process import tune_process
 
 
 def timed(cmd: list[str], stdin: bytes = b"") -> float:
@@ -75,6 +76,7 @@ def in_process(clf: Classifier, texts: list[str], batch_size: int):
 
 
 def main() -> None:
+    tune_process()  # the process settings the CLI uses (denormal flush, heap reuse)
     args = parse_args(__doc__)
 
     clf = Classifier(Path(args.checkpoint), torch.device("cpu"))

@@ -5,7 +5,7 @@
 Cold = the token cache is empty (the archive is already fetched and extracted, which happens once);
 warm = the cache holds the numericalized splits. Both are timed first, before the process has
 allocated anything else (as in `lstmcli train`); on Linux with 2+ CPUs two processes tokenize
-(lstmcli/prepare.py). Then times the tokenizer alone, in this process, against the literal
+(lstmcli/data/encode.py). Then times the tokenizer alone, in this process, against the literal
 twelve-regex torchtext implementation.
 """
 
@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from lstmcli.config import DataConfig
-from lstmcli.datasets import load_splits
-from lstmcli.prepare import prepare
-from lstmcli.text import basic_english, basic_english_regex
+from lstmcli.data.encode import encode_dataset
+from lstmcli.data.splits import load_splits
+from lstmcli.data.text import basic_english, basic_english_regex
 
 
 def timed(fn):
@@ -34,8 +34,8 @@ def main() -> None:
     load_splits(cfg)  # fetch + extract once, outside the timings
     # prepare first, in a process that has done nothing else yet, as `lstmcli train` would
     shutil.rmtree(Path(args.data_dir) / "cache", ignore_errors=True)
-    _, t_cold = timed(lambda: prepare(cfg))
-    _, t_warm = timed(lambda: prepare(cfg))
+    _, t_cold = timed(lambda: encode_dataset(cfg))
+    _, t_warm = timed(lambda: encode_dataset(cfg))
     (_, splits), t_read = timed(lambda: load_splits(cfg))
     texts = [t for s in splits.values() for t in s.texts]
     n_tok = sum(len(basic_english(t)) for t in texts)

@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 
 from lstmcli.config import DataConfig, from_dict, resolve
-from lstmcli.datasets import load_splits
-from lstmcli.predict import Classifier
-from lstmcli.text import basic_english
+from lstmcli.data.splits import load_splits
+from lstmcli.data.text import basic_english
+from lstmcli.inference.predict import Classifier
 
 
 def tfidf_lr(train_tokens, train_labels, test_texts, test_labels) -> dict:

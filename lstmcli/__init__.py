@@ -4,9 +4,9 @@
     clf = lstmcli.load("runs/latest/best")
     clf.predict(["text", ...], top_k=2)
 
-`train`, `resume`, `evaluate`, `calibrate`, `load` and `export` are lstmcli.api's (see there); they are
-imported on first use, so that `import lstmcli` (and the CLI's start-up) does not pay for torch until it
-is needed.
+`train`, `resume`, `evaluate`, `calibrate`, `load`, `export` and `tune_process` are lstmcli.api's (see
+there); they are imported on first use, so that `import lstmcli` (and the CLI's start-up) does not pay
+for torch until it is needed. Importing or loading never changes a process-wide setting.
 """
 
 from __future__ import annotations
@@ -14,22 +14,24 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
-__all__ = ["train", "resume", "evaluate", "calibrate", "load", "export", "Classifier", "Config"]
+__all__ = ["train", "resume", "evaluate", "calibrate", "load", "export", "tune_process", "Classifier",
+           "Config"]
+_API = __all__[:7]
 
 if TYPE_CHECKING:
-    from .api import calibrate, evaluate, export, load, resume, train
-    from .config import Config
-    from .predict import Classifier
+    from lstmcli.api import calibrate, evaluate, export, load, resume, train, tune_process
+    from lstmcli.config import Config
+    from lstmcli.inference.predict import Classifier
 
 
 def __getattr__(name: str):
-    if name in ("train", "resume", "evaluate", "calibrate", "load", "export"):
-        from . import api
+    if name in _API:
+        from lstmcli import api
         return getattr(api, name)
     if name == "Classifier":
-        from .predict import Classifier
+        from lstmcli.inference.predict import Classifier
         return Classifier
     if name == "Config":
-        from .config import Config
+        from lstmcli.config import Config
         return Config
     raise AttributeError(f"module 'lstmcli' has no attribute {name!r}")

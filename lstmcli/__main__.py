@@ -1,5 +1,5 @@
 """python -m lstmcli"""
 
-from .cli import main
+from lstmcli.cli import main
 
 main()

@@ -1,4 +1,5 @@
-"""The Python API, which the command line itself calls: train, resume, evaluate, load, export.
+"""The Python API, which the command line itself calls: train, resume, evaluate, calibrate, load, export,
+and tune_process.
 
     import lstmcli
     run_dir = lstmcli.train("configs/imdb_small.toml", epochs=1)   # a config file, dict or Config
@@ -17,8 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import Config, apply, apply_flags, resolve
-from .predict import Classifier
+from lstmcli.config import Config, apply, apply_flags, resolve
+from lstmcli.inference.predict import Classifier
 
 
 def _config(config: Config | Mapping[str, Any] | str | Path | None, overrides: dict[str, Any]) -> Config:
@@ -40,13 +41,13 @@ def train(config: Config | Mapping[str, Any] | str | Path | None = None, *, forc
 
     The run folder (`out`) must be new or empty unless `force`; a run estimated to need more memory
     than is available is refused before its model is built unless `skip_memory_check`."""
-    from . import training
+    from lstmcli.training import fit as training
     return training.run(_config(config, overrides), force, not skip_memory_check)
 
 
 def resume(run_dir: str | Path) -> Path:
     """Continue a stopped run folder exactly where it stopped; returns it."""
-    from . import training
+    from lstmcli.training import fit as training
     return training.resume(Path(run_dir))
 
 
@@ -58,9 +59,10 @@ def evaluate(checkpoint: str | Path, split: str = "test", dataset: str | None = 
     accuracy, loss, macro-F1, per-class P/R/F1, the confusion matrix, and for two labels ROC-AUC and the
     F1-best threshold; `threshold` decides two labels by probability. Also written beside the checkpoint
     as eval-SPLIT.json and confusion-SPLIT.png (their paths under the report's "files")."""
-    from .evaluation import run_eval
-    return run_eval(Path(checkpoint), split, dataset, data_dir, batch_size, device, impl, precision,
-                    threshold)
+    from lstmcli.evaluation.evaluate import evaluate_checkpoint
+    from lstmcli.reports import write_eval_files
+    return write_eval_files(evaluate_checkpoint(Path(checkpoint), split, dataset, data_dir, batch_size,
+                                                device, impl, precision, threshold))
 
 
 def calibrate(checkpoint: str | Path, data_dir: str | None = None, batch_size: int | None = None,
@@ -68,16 +70,31 @@ def calibrate(checkpoint: str | Path, data_dir: str | None = None, batch_size: i
     """Fit the checkpoint's branch weights on its run's validation split and write them into it (train
     does this itself unless `calibrate = false`); returns the weights and the split's log-loss and
     accuracy before and after."""
-    from .calibration import run_calibrate
-    return run_calibrate(Path(checkpoint), data_dir, batch_size, device)
+    from lstmcli import checkpoint as checkpoints
+    from lstmcli.runtime.device import resolve_device
+    from lstmcli.training.calibration import calibrate_checkpoint
+    dev = resolve_device(device)
+    ck = checkpoints.load(Path(checkpoint), str(dev))
+    report = calibrate_checkpoint(ck, dev, data_dir, batch_size)
+    checkpoints.update(ck.path, ck.model, {**ck.metrics, "calibration": report})
+    return {"checkpoint": str(ck.path), "dataset": ck.config.data.dataset, **report}
 
 
 def load(checkpoint: str | Path, device: str = "cpu", impl: str | None = None,
          precision: str | None = None, max_length: int | None = None) -> Classifier:
     """A Classifier for the checkpoint folder: `.predict(texts, top_k=1, threshold=None)`,
-    `.probabilities(texts)`, `.encode(text)`, `.labels`."""
-    from .device import resolve_device
+    `.probabilities(texts)`, `.encode(text)`, `.labels`. Changes no process-wide setting (see
+    tune_process)."""
+    from lstmcli.runtime.device import resolve_device
     return Classifier(Path(checkpoint), resolve_device(device), impl, max_length, precision)
+
+
+def tune_process() -> dict[str, bool]:
+    """Turn on the process-wide CPU settings the command line uses, for faster CPU runs in this process:
+    denormal floats flushed to zero, freed tensor memory kept for reuse (runtime/process.py). lstmcli
+    never changes them by itself; returns which took."""
+    from lstmcli.runtime.process import tune_process as tune
+    return tune()
 
 
 def export(checkpoint: str | Path, out: str | Path, format: str = "onnx",
@@ -86,7 +103,7 @@ def export(checkpoint: str | Path, out: str | Path, format: str = "onnx",
     vocabulary, tokenizer rules and cut; returns both paths. Existing files are replaced only with
     `force`, and never anything but a regular file outside the checkpoint."""
     if format != "onnx":
-        from .errors import LstmcliError
+        from lstmcli.errors import LstmcliError
         raise LstmcliError(f"unknown export format {format!r}; valid: onnx")
-    from .onnx_export import export_onnx
+    from lstmcli.export.onnx import export_onnx
     return export_onnx(Path(checkpoint), Path(out), force)

@@ -4,12 +4,14 @@ Weights are safetensors, which hold tensors only, so loading never runs code fro
 writes a sibling temporary folder and swaps it in (fsutil.replace_dir): a kill at any instant leaves
 either the old or the new checkpoint under its name, or the old one as `.<name>.old`, which load()
 renames back by itself.
-Checkpoints written before calibration existed lack `branch_scale`; they load with it all ones, which
-is how they predicted.
+Checkpoints written before calibration existed lack the branch weights; they load with them all ones,
+which is how they predicted. Those written before the weights' rename hold them as `branch_scale`, and
+those written before the cell's rename say `encoder` in config.json (config.py maps the old name).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -22,18 +24,18 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from . import fsutil
-from .build import build_model, model_spec
-from .config import Config, Impl, Precision, apply, from_dict, to_dict
-from .errors import CheckpointError, ConfigError
-from .fsutil import honour_umask, recover_dir, replace_dir, temp_dir, write_failed, write_json
-from .models.classifier import TextClassifier
-from .precision import bound_impl, for_inference
-from .text import Vocab
-from .train_state import STATE_FILE
+from lstmcli import fsutil
+from lstmcli.config import Config, Impl, Precision, apply, from_dict, to_dict
+from lstmcli.data.text import Vocab
+from lstmcli.errors import CheckpointError, ConfigError
+from lstmcli.fsutil import honour_umask, recover_dir, replace_dir, temp_dir, write_failed, write_json
+from lstmcli.models.classifier import TextClassifier
+from lstmcli.runtime.plan import Choice, build_model, choose, model_spec
 
 log = logging.getLogger(__name__)
 FILES = ("model.safetensors", "config.json", "vocab.json", "labels.json")
+STATE_FILE = "trainer_state.pt"  # last/'s trainer state (training/state.py), to resume from
+LEGACY_WEIGHT_NAMES = {"branch_scale": "branch_weights"}  # old name in model.safetensors -> new
 
 
 @dataclass
@@ -118,32 +120,35 @@ def _read_json(path: Path):
         raise CheckpointError(f"broken checkpoint: cannot read {path} ({exc})") from None
 
 
-def _check_sizes(path: Path, cfg: Config, vocab_size: int, num_classes: int, device: str) -> None:
+def _check_sizes(path: Path, cfg: Config, vocab_size: int, num_classes: int, choice: Choice) -> None:
     """Refuse a config.json that does not describe model.safetensors before anything is allocated: the
     model it describes is built first, so an edited hidden_size of 200,000 would otherwise take
     gigabytes before the weights fail to fit. The file's header says how many numbers it holds."""
     weights = path / "model.safetensors"
     try:
         with safe_open(str(weights), "pt") as fh:
-            names = [k for k in fh.keys() if k != "branch_scale"]  # noqa: SIM118 (safe_open has no __iter__)
+            names = [k for k in fh.keys() if k not in ("branch_weights", *LEGACY_WEIGHT_NAMES)]  # noqa: SIM118
             stored = sum(math.prod(fh.get_slice(k).get_shape()) for k in names)
     except (SafetensorError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"broken checkpoint: {weights} ({first})") from None
-    params, buffers = model_spec(cfg.model, vocab_size, num_classes, device).parameter_count()
-    expected = params + buffers - (2 if cfg.model.ngram_buckets else 1)  # branch_scale aside
+    spec = model_spec(cfg.model, vocab_size, num_classes, choice)
+    params, buffers = spec.parameter_count()
+    expected = params + buffers - len(spec.branches)  # branch_weights aside
     if stored != expected:
         raise CheckpointError(f"broken checkpoint: {path / 'config.json'} describes a model of {expected:,} "
                               f"numbers, {weights} holds {stored:,}")
 
 
-def load(path: Path, device: str = "cpu", impl: str | None = None,
-         precision: str | None = None) -> Checkpoint:
+def load(path: Path, device: str = "cpu", impl: str | None = None, precision: str | None = None,
+         choice: Choice | None = None) -> Checkpoint:
     """Load a checkpoint folder; anything missing or malformed is a CheckpointError.
 
     `impl` runs the weights in another encoder implementation (builtin <-> scratch share a state_dict);
     `precision` (auto, fp32, bf16) overrides the one it was trained at, which otherwise runs where the
-    device runs it natively (see precision.for_inference). The returned config says how it runs.
+    device runs it natively (runtime/plan.choose). A training run passes the `choice` it made instead,
+    so that it decides once. The returned config says how it runs: its impl as asked (`auto` stays
+    auto), its precision the one chosen.
     """
     path = Path(path)
     if recover_dir(path):
@@ -166,23 +171,28 @@ def load(path: Path, device: str = "cpu", impl: str | None = None,
                               "distinct label names (strings without tabs or line breaks)")
     metrics = _read_json(path / "metrics.json") if (path / "metrics.json").is_file() else {}
     run_impl = Impl(impl) if impl is not None else cfg.model.impl
-    run_precision, note = for_inference(cfg.model.precision, Precision(precision) if precision else None,
-                                        bound_impl(run_impl, cfg.model.peephole), torch.device(device))
+    if choice is None:
+        choice = choose(dataclasses.replace(cfg.model, impl=run_impl), torch.device(device),
+                        trained=cfg.model.precision, requested=Precision(precision) if precision else None)
     try:
-        cfg = apply(cfg, {"model": {"impl": run_impl.value, "precision": run_precision.value}},
+        cfg = apply(cfg, {"model": {"impl": run_impl.value, "precision": choice.precision.value}},
                     f"--impl {run_impl.value} for {path}")
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
-    _check_sizes(path, cfg, len(vocab), len(labels), device)
-    model = build_model(cfg.model, len(vocab), len(labels), device)
+    _check_sizes(path, cfg, len(vocab), len(labels), choice)
+    model = build_model(model_spec(cfg.model, len(vocab), len(labels), choice))
     try:
         state = load_file(str(path / "model.safetensors"), device=device)
-        state.setdefault("branch_scale", torch.ones_like(model.branch_scale))  # (written before calibration)
+        for old, new in LEGACY_WEIGHT_NAMES.items():
+            if old in state:
+                state[new] = state.pop(old)
+        # checkpoints written before calibration existed have no branch weights: all ones is how they ran
+        state.setdefault("branch_weights", torch.ones_like(model.branch_weights))
         model.load_state_dict(state)
     except (SafetensorError, RuntimeError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"broken checkpoint: {path / 'model.safetensors'} ({first})") from None
     model.to(device).eval()
-    if note:
-        log.warning(note)
-    return Checkpoint(path, cfg, vocab, [str(x) for x in labels], model, metrics, note)
+    if choice.note:
+        log.warning(choice.note)
+    return Checkpoint(path, cfg, vocab, [str(x) for x in labels], model, metrics, choice.note)

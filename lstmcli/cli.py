@@ -13,11 +13,11 @@ from typing import Annotated, Any
 
 import typer
 
-from . import distributed
-from .config import MAX_THREADS, Device, Encoder, Impl, Precision, env_data_dir, field_index
-from .errors import CheckFailed, LstmcliError
-from .exits import DEBUG, run, user_errors
-from .registry import REGISTRY
+from lstmcli.config import MAX_THREADS, RENAMED, Cell, Device, Impl, Precision, env_data_dir, field_index
+from lstmcli.data.registry import REGISTRY
+from lstmcli.errors import CheckFailed, LstmcliError
+from lstmcli.exits import DEBUG, run, user_errors
+from lstmcli.runtime import distributed
 
 EXIT_CODES = ("Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 130 interrupted, "
               "141 stdout closed by its reader.")
@@ -62,6 +62,11 @@ def with_config_options(fn):
         annotation = Annotated[info.type | None, option]
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=annotation))
+    for old, new in RENAMED.items():  # the old names of renamed fields: hidden, with a warning
+        info = field_index()[new.split(".")[1]]
+        option = typer.Option(f"--{old.split('.')[1].replace('_', '-')}", hidden=True)
+        params.append(inspect.Parameter(old.split(".")[1], inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[info.type | None, option]))
     fn.__signature__ = sig.replace(parameters=params)
     fn.__annotations__ = {p.name: p.annotation for p in params}
     return fn
@@ -90,7 +95,8 @@ def train(
     exits 130; `--resume RUN_DIR` continues exactly where it stopped. A run folder that holds anything
     is refused unless --force; two trainings into one folder: the second is refused.
     """
-    from . import api
+    from lstmcli import api
+    api.tune_process()
     if tensorboard:
         fields["report_to"] = fields.get("report_to") or "tensorboard"
     if resume is not None:
@@ -132,12 +138,13 @@ def eval_(
     """Accuracy, loss, macro-F1, per-class P/R/F1 and the confusion matrix of a checkpoint; with two
     labels also ROC-AUC and the threshold that maximises F1 on the split (choose it on val, apply it to
     test with --threshold). Writes eval-SPLIT.json and confusion-SPLIT.png beside the checkpoint."""
-    from . import api
-    from .metrics import format_report
+    from lstmcli import api
+    from lstmcli.reports import format_report
     if fail_under is not None and not 0.0 <= fail_under <= 1.0:  # (NaN fails this too)
         raise LstmcliError(f"--fail-under must be a number in [0, 1], got {fail_under}")
     if batch_size is not None and batch_size < 1:
         raise LstmcliError(f"--batch-size must be >= 1, got {batch_size}")
+    api.tune_process()
     report = api.evaluate(checkpoint, split.value, dataset, data_dir or env_data_dir(), batch_size,
                           device.value, impl and impl.value, precision and precision.value, threshold)
     if json_out:
@@ -163,8 +170,9 @@ def calibrate(
     """Fit one weight per branch of a checkpoint (the encoder's, an n-gram bag's) on its run's validation
     split and write them into it. train does this itself (unless --no-calibrate); this is for
     checkpoints trained without it. Afterwards its val metrics are fitted ones; test stays untouched."""
-    from . import api
-    from .calibration import format_calibration
+    from lstmcli import api
+    from lstmcli.reports import format_calibration
+    api.tune_process()
     report = api.calibrate(checkpoint, data_dir or env_data_dir(), batch_size, device.value)
     typer.echo(json.dumps(report) if json_out else format_calibration(report))
 
@@ -173,8 +181,8 @@ def read_texts(texts: list[str]) -> list[str]:
     """The texts to classify: `-` reads one text per line from stdin (bad bytes replaced).
 
     Lines end at "\n" (and a "\r" before it) only, as for `wc -l`: str.splitlines would also cut at
-    \x85, \u2028 and other separators that occur inside real texts (IMDB has \x85 in 176 reviews of
-    its first 5,000 test ones), and the outputs would no longer line up with the input lines.
+    \x85, \u2028 and other separators that occur inside real texts (IMDB's reviews hold \x85), and the
+    outputs would no longer line up with the input lines.
     """
     out: list[str] = []
     for text in texts:
@@ -205,10 +213,11 @@ def predict(
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per input line")] = False,
 ) -> None:
     """Classify texts: the label and its probability (or the top k) for each."""
-    from . import api
+    from lstmcli import api
     inputs = read_texts(texts)
     if not inputs:
         raise LstmcliError("no texts to classify (standard input was empty)")
+    api.tune_process()
     clf = api.load(checkpoint, device.value, impl and impl.value, precision and precision.value, max_length)
     for i, ranked in enumerate(clf.predict(inputs, top_k, batch_size, threshold)):
         if json_out:
@@ -221,7 +230,8 @@ def predict(
 @app.command()
 @user_errors
 def bench(
-    encoder: Annotated[list[Encoder], typer.Option(help="encoders to measure (repeat it)")] = list(Encoder),
+    cell: Annotated[list[Cell], typer.Option("--cell", "--encoder", help="recurrent cells to measure (repeat "
+                                             "it; --encoder is its old name)")] = list(Cell),
     impl: Annotated[list[Impl], typer.Option(help="implementations to measure (builtin, scratch)")] = [
         Impl.builtin, Impl.scratch],
     embedding_dim: Annotated[int, typer.Option(min=1, help="embedding size")] = 128,
@@ -241,9 +251,11 @@ def bench(
         "--skip-memory-check", help="start even when the shape is estimated to need more memory than is "
                                     "available")] = False,
 ) -> None:
-    """Training and inference tokens/s of each encoder x impl, with scratch/builtin ratios."""
-    from .bench import BenchShape, format_bench, run_bench
-    from .fsutil import refuse_non_regular, write_json
+    """Training and inference tokens/s of each cell x impl, with scratch/builtin ratios."""
+    from lstmcli.api import tune_process
+    from lstmcli.fsutil import refuse_non_regular, write_json
+    from lstmcli.reports import format_bench
+    from lstmcli.runtime.bench import BenchShape, run_bench
     refuse_non_regular(out, "bench writes its report to a regular file: choose another --out")
     if min_length > max_length:
         raise LstmcliError(f"--min-length {min_length} is above --max-length {max_length}")
@@ -252,7 +264,8 @@ def bench(
                            "(--impl builtin --impl scratch)")
     shape = BenchShape(embedding_dim, hidden_size, batch_size, min_length, max_length, num_layers,
                        bidirectional, batches, repeats)
-    report = run_bench([e.value for e in encoder], [i.value for i in impl], shape, device.value, threads,
+    tune_process()
+    report = run_bench([c.value for c in cell], [i.value for i in impl], shape, device.value, threads,
                        memory_check=not skip_memory_check)
     write_json(out, report)
     typer.echo(json.dumps(report) if json_out else format_bench(report))
@@ -274,7 +287,7 @@ def export(
 ) -> None:
     """Write the checkpoint as a model that runs without lstmcli: ONNX, (ids, lengths) -> logits, with
     dynamic batch and sequence axes, plus a JSON of labels, vocabulary, tokenizer rules and cut."""
-    from . import api
+    from lstmcli import api
     model, meta = api.export(checkpoint, out, format.value, force)
     typer.echo(str(model))
     typer.echo(f"labels, vocabulary and tokenizer: {meta}", err=True)
@@ -287,7 +300,7 @@ def plot(
 ) -> None:
     """Redraw a run's learning_curves.png and confusion_matrix.png from its metrics.json (any run, also
     one made before lstmcli drew them, or one still in progress); prints the files."""
-    from .plots import plot_run
+    from lstmcli.evaluation.plots import plot_run
     for path in plot_run(run_dir):
         typer.echo(str(path))
 
@@ -299,7 +312,7 @@ def datasets_(
 ) -> None:
     """The built-in datasets: name, classes, what they hold, and the upstream files (LSTMCLI_MIRROR
     replaces their host with a folder or URL of your own)."""
-    from .registry import REGISTRY
+    from lstmcli.data.registry import REGISTRY
     for ds in REGISTRY.values():
         files = {role: {"name": f.name, "url": f.url, "md5": f.md5} for role, f in ds.files.items()}
         if json_out:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import os
 import tomllib
@@ -19,44 +20,25 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from .class_weights import parse as parse_class_weights
-from .errors import ConfigError
-from .models.spec import model_problem
+from lstmcli.errors import ConfigError
+from lstmcli.models.cells import CELLS
+from lstmcli.models.spec import BAGS, IMPLS, PACKS, POOLINGS, PRECISIONS, model_problem
+
+log = logging.getLogger(__name__)
 
 
-class Encoder(str, Enum):
-    lstm = "lstm"
-    gru = "gru"
-    rnn = "rnn"
+def _choices(name: str, values: list[str]) -> type[Enum]:
+    """A str Enum of a model table's keys (models/cells.py, models/spec.py): the flags and TOML keys
+    offer exactly what the models can build."""
+    return Enum(name, [(v, v) for v in values], type=str)
 
 
-class Impl(str, Enum):
-    auto = "auto"
-    builtin = "builtin"
-    scratch = "scratch"
-
-
-class Pooling(str, Enum):
-    last = "last"
-    mean = "mean"
-    max = "max"
-
-
-class NgramBagKind(str, Enum):
-    fasttext = "fasttext"
-    nbsvm = "nbsvm"
-
-
-class Pack(str, Enum):
-    auto = "auto"
-    always = "always"
-    never = "never"
-
-
-class Precision(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
+Cell = _choices("Cell", list(CELLS))
+Impl = _choices("Impl", ["auto", *IMPLS])  # auto: runtime/plan.choose picks one for the device
+Pooling = _choices("Pooling", list(POOLINGS))
+NgramBag = _choices("NgramBag", list(BAGS))
+Pack = _choices("Pack", list(PACKS))
+Precision = _choices("Precision", ["auto", *PRECISIONS])
 
 
 class Optimizer(str, Enum):
@@ -114,7 +96,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    encoder: Encoder = _f(Encoder.lstm, "recurrent cell")
+    cell: Cell = _f(Cell.lstm, "recurrent cell: " + "; ".join(f"{c.name}: {c.about}" for c in CELLS.values()))
     impl: Impl = _f(Impl.auto, "builtin: PyTorch's nn.LSTM/GRU/RNN; scratch: ours "
                                "(lstmcli/models/scratch.py); auto: scratch for an LSTM run in float32 on a "
                                "CPU where its C++ kernels build (faster there), else builtin")
@@ -131,7 +113,7 @@ class ModelConfig:
     pooling: Pooling = _f(Pooling.last, "how encoder outputs become one vector: last state, mean or max")
     ngram_buckets: int = _f(0, "add a bag of words and hashed word bigrams beside the encoder, with this "
                                "many bigram buckets (0 = none)")
-    ngram_bag: NgramBagKind = _f(NgramBagKind.fasttext, "the bag: fasttext (mean of learned n-gram vectors, "
+    ngram_bag: NgramBag = _f(NgramBag.fasttext, "the bag: fasttext (mean of learned n-gram vectors, "
                                  "then a linear layer) or nbsvm (each distinct n-gram's Naive Bayes ratio "
                                  "from the training split, times a learned weight)")
     ngram_dim: int = _f(64, "size of the fasttext bag's vectors")
@@ -175,7 +157,7 @@ class TrainConfig:
     device: Device = _f(Device.auto, "auto picks cuda, then mps, then cpu")
     threads: int = _f(0, "CPU threads per process (0: torch's default; under torchrun, the cores divided "
                          "between the node's processes)")
-    out: str = _f("", "run folder (default runs/<dataset>-<encoder>-<timestamp>)")
+    out: str = _f("", "run folder (default runs/<dataset>-<cell>-<timestamp>)")
 
 
 @dataclass
@@ -230,6 +212,27 @@ def _coerce(key: str, value: Any, typ: type) -> Any:
     return float(value) if typ is float else value
 
 
+def parse_class_weights(spec: str) -> str | dict[str, float]:
+    """"none", "balanced", or {label: weight}; ValueError says what is wrong."""
+    if spec in ("none", "balanced"):
+        return spec
+    weights: dict[str, float] = {}
+    for item in spec.split(","):
+        label, sep, value = item.strip().rpartition(":")
+        if not sep or not label:
+            raise ValueError(f"expected 'none', 'balanced' or 'label:weight,label:weight', got {spec!r}")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise ValueError(f"weight {value!r} of label {label!r} is not a number") from None
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"weight of label {label!r} must be a finite number >= 0, got {value}")
+        weights[label] = weight
+    if not any(weights.values()):
+        raise ValueError("at least one weight must be above 0")
+    return weights
+
+
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_THREADS = 1024  # far above any CPU's cores; a typo such as 100000 would start that many threads
 
@@ -268,13 +271,34 @@ def validate(cfg: Config, source: str) -> Config:
     except ValueError as exc:
         raise ConfigError(f"{source}: config key 'train.class_weights': {exc}") from None
     m = cfg.model
-    problem = model_problem(m.encoder.value, m.impl.value, m.peephole, m.precision.value)
+    problem = model_problem(m.cell.value, m.impl.value, m.peephole, m.precision.value)
     if problem:
         raise ConfigError(f"{source}: config key 'model.{problem[0]}': {problem[1]}")
     return cfg
 
 
-def apply(cfg: Config, values: dict[str, Any], source: str) -> Config:
+# Keys renamed since an earlier version, old -> new: the old name still works, with a one-line
+# deprecation warning in a config file, a flag or an API call, silently in a checkpoint's config.json.
+RENAMED = {"model.encoder": "model.cell"}
+
+
+def _renamed(section: str, table: dict[str, Any], source: str, warn: bool) -> dict[str, Any]:
+    """`table` with its keys' old names (RENAMED) replaced by the new ones."""
+    out = dict(table)
+    for old, new in RENAMED.items():
+        old_section, old_key = old.split(".")
+        if old_section != section or old_key not in out:
+            continue
+        new_key = new.split(".")[1]
+        if new_key in out:
+            raise ConfigError(f"{source}: config keys '{old}' and '{new}' are one key; give '{new}' only")
+        if warn:
+            log.warning(f"{source}: config key '{old}' is now '{new}'; the old name will be removed")
+        out = {new_key if k == old_key else k: v for k, v in out.items()}
+    return out
+
+
+def apply(cfg: Config, values: dict[str, Any], source: str, warn_renamed: bool = True) -> Config:
     """A copy of `cfg` with `values` set; `values` is nested ({section: {key: v}}) as in TOML."""
     index = field_index()
     updates: dict[str, dict[str, Any]] = {}
@@ -284,7 +308,7 @@ def apply(cfg: Config, values: dict[str, Any], source: str) -> Config:
             raise ConfigError(f"{source}: unknown section '{section}' (expected one of {expected})")
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: '{section}' must be a table")
-        for key, value in table.items():
+        for key, value in _renamed(section, table, source, warn_renamed).items():
             name = f"{section}.{key}"
             if key not in index or index[key].section != section:
                 raise ConfigError(f"{source}: unknown config key '{name}'")
@@ -301,6 +325,11 @@ def apply_flags(cfg: Config, flags: dict[str, Any]) -> Config:
     for key, value in flags.items():
         if value is None:
             continue
+        old = next((o for o in RENAMED if o.split(".")[1] == key), None)
+        if old is not None:
+            key = RENAMED[old].split(".")[1]
+            log.warning(f"--{old.split('.')[1].replace('_', '-')} is now --{key.replace('_', '-')}; the old "
+                        f"name will be removed")
         if key not in index:
             raise ConfigError(f"unknown option '{key}'")
         nested.setdefault(index[key].section, {})[key] = value.value if isinstance(value, Enum) else value
@@ -344,9 +373,9 @@ def from_dict(data: Any, source: str) -> Config:
     """Config from a saved dict (a checkpoint's config.json), checked like a TOML file."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a JSON object")
-    return apply(Config(), data, source)
+    return apply(Config(), data, source, warn_renamed=False)
 
 
 __all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "resolve", "apply", "apply_flags",
-           "to_dict", "from_dict", "field_index", "Encoder", "Impl", "Pooling", "Pack", "Optimizer",
+           "to_dict", "from_dict", "field_index", "Cell", "Impl", "Pooling", "Pack", "Optimizer",
            "Scheduler", "Truncate", "Device", "ReportTo"]

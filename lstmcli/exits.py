@@ -1,5 +1,10 @@
-"""How a command ends: an error a user can cause becomes one line on stderr and its exit code, signals
-end it the same way, and the process leaves without the interpreter's teardown.
+"""How a command runs and ends: its log lines go to stderr, an error a user can cause becomes one line
+on stderr and its exit code, signals end it the same way, and the process leaves without the
+interpreter's teardown.
+
+Library modules log through `logging.getLogger(__name__)` and never print; `user_errors` calls
+`setup_logging` once per command with its --quiet and --debug. Used as a library, lstmcli leaves
+logging to the program that imports it.
 
 Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 130 interrupted, 141 stdout closed
 by its reader. `--debug` (DEBUG) adds the traceback of an error.
@@ -7,6 +12,7 @@ by its reader. `--debug` (DEBUG) adds the traceback of an error.
 
 import contextlib
 import functools
+import logging
 import os
 import signal
 import sys
@@ -14,10 +20,31 @@ import traceback
 
 import typer
 
-from .errors import EXIT_INTERRUPTED, EXIT_PIPE, EXIT_USAGE, LstmcliError
-from .logs import setup_logging
+from lstmcli.errors import EXIT_INTERRUPTED, EXIT_PIPE, EXIT_USAGE, LstmcliError
 
 DEBUG = {"on": False}
+
+
+class _Stderr(logging.Handler):
+    """Writes to whatever sys.stderr is when a record comes (CliRunner swaps it for each invocation).
+    Info lines go out as they are; warnings and above begin with "lstmcli: "."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            prefix = "lstmcli: " if record.levelno >= logging.WARNING else ""
+            sys.stderr.write(f"{prefix}{message}\n")
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 (logging's own rule: a handler never raises)
+            self.handleError(record)
+
+
+def setup_logging(quiet: bool = False, debug: bool = False) -> None:
+    """Send the `lstmcli` loggers to stderr at info, warnings only when `quiet`, everything when `debug`."""
+    logger = logging.getLogger("lstmcli")
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        logger.addHandler(_Stderr())
+    logger.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
 
 
 def fail(message: str, code: int) -> None:
@@ -74,10 +101,10 @@ def _leave_on_signal(code: int) -> None:
 
 def run(app: typer.Typer) -> None:
     """Run `app`'s command, flush the output, and leave without the interpreter's teardown. Tearing torch
-    down after inference (its allocators, thread pools, thousands of modules) took 0.35-0.55 s here, up
-    to a third of a one-text `predict`. Every command has closed (and renamed into place) what it wrote
-    by the time it returns, so once stdout and stderr are flushed there is nothing left for the teardown
-    to do. An exception that escapes a command still ends the usual way.
+    down after inference (its allocators, thread pools, thousands of modules) costs a large share of a
+    one-text `predict` (benchmarks/RESULTS.md, "Design choices measured"). Every command has closed (and
+    renamed into place) what it wrote by the time it returns, so once stdout and stderr are flushed there
+    is nothing left for the teardown to do. An exception that escapes a command still ends the usual way.
 
     Once the command has returned, SIGINT and SIGTERM end the process with the command's own exit code: one
     that arrives now (torchrun ends the other ranks of a launch whose rank failed) must not turn a finished

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import LstmcliError
+from lstmcli.errors import LstmcliError
 
 
 def _umask() -> int:

@@ -17,8 +17,8 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from typer.testing import CliRunner
 
-from lstmcli import precision
 from lstmcli.cli import app
+from lstmcli.runtime import precision
 
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"  # the seconds-long config
@@ -180,3 +180,10 @@ def mirror(tmp_path, workdir, monkeypatch):
     write_sums(root, ["ag_news_csv/train.csv", "ag_news_csv/test.csv", "aclImdb_v1.tar.gz"])
     monkeypatch.setenv("LSTMCLI_MIRROR", str(root))
     return root
+
+
+@pytest.fixture
+def trained(mirror, workdir):
+    """A run folder `r` of the tiny config, trained through the CLI on the mirror's IMDB."""
+    assert run("train", "--config", TINY, "--dataset", "imdb", "--quiet", "--out", "r").exit_code == 0
+    return Path("r")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lstmcli import precision
 from lstmcli.cli import app
+from lstmcli.runtime import precision
 
 from .conftest import TINY, float32_tolerance, needs_native_bf16, ok, one_line_error, run, write_sums
 
@@ -171,8 +171,8 @@ def test_bad_input_is_one_line_and_exit_2(mirror, workdir, tmp_path):
 
 
 def test_offline_and_nothing_cached(workdir, monkeypatch):
-    from lstmcli.download import RemoteFile
-    from lstmcli.registry import IMDB, REGISTRY
+    from lstmcli.data.download import RemoteFile
+    from lstmcli.data.registry import IMDB, REGISTRY
     offline = RemoteFile("imdb", "aclImdb_v1.tar.gz", "http://127.0.0.1:9/aclImdb_v1.tar.gz", "0" * 32)
     monkeypatch.setitem(REGISTRY, "imdb", dataclasses.replace(IMDB, files={"archive": offline}))
     one_line_error(run("train", "--dataset", "imdb"), 2, "dataset 'imdb'", "http://127.0.0.1:9/aclImdb_v1.tar.gz",
@@ -192,12 +192,13 @@ def test_help_lists_every_config_field():
         assert f"--{name.replace('_', '-')}" in out
 
 
-@pytest.mark.parametrize("encoder", ["lstm", "gru", "rnn"])
-def test_scratch_checkpoints_cross_evaluate(mirror, workdir, encoder):
+@pytest.mark.cpu
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_scratch_checkpoints_cross_evaluate(mirror, workdir, cell):
     """Train with one impl, evaluate and predict with the other: identical numbers."""
     trained = {}
     for impl in ("builtin", "scratch"):
-        ok(run("train", "--config", TINY, "--dataset", "imdb", *FAST, "--encoder", encoder, "--impl", impl,
+        ok(run("train", "--config", TINY, "--dataset", "imdb", *FAST, "--cell", cell, "--impl", impl,
                "--bidirectional", "--out", impl))
         trained[impl] = json.loads(ok(run("eval", "--checkpoint", f"{impl}/best", "--json")).stdout)
         other = "scratch" if impl == "builtin" else "builtin"
@@ -243,6 +244,7 @@ def test_an_nbsvm_bag_trains_evaluates_and_predicts_from_its_checkpoint_alone(mi
     one_line_error(run("train", "--config", "bad.toml"), 2, "model.ngram_bag", "not one of fasttext, nbsvm")
 
 
+@pytest.mark.cpu
 def test_peephole_through_the_cli(mirror, workdir):
     ok(run("train", "--config", TINY, "--dataset", "imdb", *FAST, "--impl", "scratch", "--peephole",
            "--out", "p"))
@@ -251,30 +253,9 @@ def test_peephole_through_the_cli(mirror, workdir):
     one_line_error(run("eval", "--checkpoint", "p/best", "--impl", "builtin"), 2, "peephole")
 
 
-def test_bench_writes_a_table_and_json(workdir):
-    result = ok(run("bench", "--encoder", "lstm", "--encoder", "gru", "--embedding-dim", 8,
-                    "--hidden-size", 8,
-                    "--batch-size", 4, "--min-length", 3, "--max-length", 9, "--batches", 2, "--repeats", 2,
-                    "--out", "b.json"))
-    assert "ratio" in result.stdout and "scratch" in result.stdout
-    report = json.loads(Path("b.json").read_text())
-    assert set(report["results"]) == {"lstm", "gru"}
-    assert report["results"]["lstm"]["scratch"]["train"] > 0 and "ratio" in report["results"]["gru"]
-    # FLOP shares: a 1-layer unidirectional LSTM, E = H = 8: 2 x 4 gates x 8 x (8 + 8) FLOPs a token
-    lstm = report["results"]["lstm"]
-    assert lstm["flops_per_token"] == {"infer": 1024, "train": 3 * 1024}
-    assert report["sgemm_flops"] > 1e8  # any CPU multiplies at more than 0.1 GFLOP/s
-    # the limit is the highest GEMM rate sampled: once before, then after each of 2 encoders x 2 modes x
-    # 2 rounds
-    assert len(report["sgemm_samples"]) == 9 and report["sgemm_flops"] == max(report["sgemm_samples"])
-    for impl in ("builtin", "scratch"):
-        r = lstm[impl]
-        assert r["train_share"] == pytest.approx(r["train"] * 3 * 1024 / report["sgemm_flops"])
-        assert r["infer_share"] == pytest.approx(r["infer"] * 1024 / report["sgemm_flops"])
-    assert "GEMM peak measured in this run" in result.stdout and "share" in result.stdout
-    one_line_error(run("bench", "--min-length", 10, "--max-length", 5), 2, "--min-length")
 
 
+@pytest.mark.cpu
 @needs_native_bf16
 def test_bf16_precision_through_the_cli(mirror, workdir):
     """Where bf16 is native: a bf16 run trains at it, records it, and eval/predict run it at bf16."""
@@ -291,6 +272,7 @@ def test_bf16_precision_through_the_cli(mirror, workdir):
                        "--precision", "bf16"), 2, "model.precision", "builtin")
 
 
+@pytest.mark.cpu
 @pytest.mark.parametrize("level", [precision.UNAVAILABLE, precision.NOT_NATIVE])
 def test_auto_trains_in_fp32_where_bf16_is_not_native(mirror, workdir, bf16_level, level):
     bf16_level(level)
@@ -303,6 +285,7 @@ def test_auto_trains_in_fp32_where_bf16_is_not_native(mirror, workdir, bf16_leve
     assert (env["precision"], env["bf16"]) == ("fp32", level)
 
 
+@pytest.mark.cpu
 def test_bf16_on_a_cpu_without_it(mirror, workdir, bf16_level):
     """An AVX2-only CPU: an explicit bf16 run stops before it starts; a checkpoint trained in bf16
     elsewhere evaluates and predicts in fp32 with one line on stderr, exactly as its fp32 twin does."""

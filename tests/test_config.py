@@ -1,9 +1,12 @@
+"""config.py: defaults, then a TOML file, then flags; unknown keys and wrong types named; renamed keys;
+the choices the model tables offer."""
+
 import json
 from pathlib import Path
 
 import pytest
 
-from lstmcli.config import Config, Encoder, Pooling, from_dict, resolve, to_dict
+from lstmcli.config import Cell, Config, Pooling, from_dict, resolve, to_dict
 from lstmcli.errors import ConfigError
 
 from .conftest import TINY, ok, one_line_error, run
@@ -17,9 +20,9 @@ def write(tmp_path, text):
 
 def test_defaults_then_file_then_flags(tmp_path, monkeypatch):
     monkeypatch.setenv("LSTMCLI_DATA_DIR", "/env/data")
-    path = write(tmp_path, '[model]\nencoder = "gru"\nhidden_size = 32\n[train]\nlr = 1\n')
+    path = write(tmp_path, '[model]\ncell = "gru"\nhidden_size = 32\n[train]\nlr = 1\n')
     cfg = resolve(path, {"hidden_size": 16, "epochs": None, "bidirectional": True})
-    assert cfg.model.encoder is Encoder.gru  # from the file
+    assert cfg.model.cell is Cell.gru  # from the file
     assert cfg.model.hidden_size == 16  # the flag wins over the file
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)  # ints are accepted for floats
     assert cfg.train.epochs == Config().train.epochs  # None = flag not given
@@ -40,7 +43,7 @@ def test_file_overrides_env_data_dir(tmp_path, monkeypatch):
     ("[model]\nbidirectional = 1\n", "model.bidirectional"),
     ("[train]\nepochs = true\n", "train.epochs"),
     ("[train]\nepochs = 2.5\n", "train.epochs"),
-    ('[model]\nencoder = "transformer"\n', "model.encoder"),
+    ('[model]\ncell = "transformer"\n', "model.cell"),
 ])
 def test_bad_keys_and_types_name_the_key(tmp_path, text, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -49,7 +52,7 @@ def test_bad_keys_and_types_name_the_key(tmp_path, text, key):
 
 def test_enum_error_lists_choices(tmp_path):
     with pytest.raises(ConfigError, match="lstm, gru, rnn"):
-        resolve(write(tmp_path, '[model]\nencoder = "cnn"\n'))
+        resolve(write(tmp_path, '[model]\ncell = "cnn"\n'))
 
 
 def test_missing_and_invalid_files(tmp_path):
@@ -60,7 +63,7 @@ def test_missing_and_invalid_files(tmp_path):
 
 
 def test_dict_round_trip_is_plain_json():
-    cfg = resolve(None, {"pooling": Pooling.max, "encoder": "rnn"})
+    cfg = resolve(None, {"pooling": Pooling.max, "cell": "rnn"})
     data = json.loads(json.dumps(to_dict(cfg)))
     assert data["model"]["pooling"] == "max"
     assert from_dict(data, "x") == cfg
@@ -78,7 +81,7 @@ def test_shipped_configs_load():
     ({"dropout": -0.1}, "model.dropout"),
     ({"num_layers": 0}, "model.num_layers"),
     ({"peephole": True, "impl": "builtin"}, "model.peephole"),
-    ({"peephole": True, "impl": "scratch", "encoder": "gru"}, "model.peephole"),
+    ({"peephole": True, "impl": "scratch", "cell": "gru"}, "model.peephole"),
 ])
 def test_out_of_range_values_name_the_key(flags, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -131,3 +134,31 @@ def test_a_nan_threshold_is_refused(mirror, workdir):
     ok(run("train", "--config", TINY, "--dataset", "imdb", "--out", "r", "--quiet"))
     for command in (["eval", "--checkpoint", "r/best"], ["predict", "--checkpoint", "r/best", "a film"]):
         one_line_error(run(*command, "--threshold", "nan"), 2, "--threshold must be a probability in [0, 1]")
+
+
+def test_the_old_name_of_a_renamed_key_still_works_with_a_warning(tmp_path, caplog):
+    """`encoder` became `cell`: a config file, a flag or an API keyword with the old name still works,
+    with one warning; both names at once is an error naming them."""
+    path = write(tmp_path, '[model]\nencoder = "gru"\n')
+    with caplog.at_level("WARNING", logger="lstmcli"):
+        assert resolve(path).model.cell is Cell.gru
+        assert resolve(None, {"encoder": "rnn"}).model.cell is Cell.rnn
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2 and "'model.encoder' is now 'model.cell'" in said[0]
+    assert "--encoder is now --cell" in said[1]
+    with pytest.raises(ConfigError, match="'model.encoder' and 'model.cell'"):
+        resolve(write(tmp_path, '[model]\nencoder = "gru"\ncell = "lstm"\n'))
+    caplog.clear()
+    assert from_dict({"model": {"encoder": "gru"}}, "config.json").model.cell is Cell.gru  # a checkpoint's
+    assert not caplog.records  # silently
+
+
+def test_the_config_offers_the_model_tables_choices():
+    """The config's choices are the models' tables (cells.py, spec.py), nothing else."""
+    from lstmcli.config import Impl, NgramBag, Precision
+    from lstmcli.models.cells import CELLS
+    from lstmcli.models.spec import BAGS, IMPLS, PRECISIONS
+    assert [c.value for c in Cell] == list(CELLS)
+    assert [i.value for i in Impl] == ["auto", *IMPLS]
+    assert [b.value for b in NgramBag] == list(BAGS)
+    assert [p.value for p in Precision] == ["auto", *PRECISIONS]

@@ -5,11 +5,11 @@ import random
 import pytest
 
 from lstmcli.config import DataConfig
-from lstmcli.datasets import balanced_sample, load_splits
+from lstmcli.data.encode import encode_dataset
+from lstmcli.data.readers import read_ag_csv, read_user_file
+from lstmcli.data.registry import AG_NEWS
+from lstmcli.data.splits import balanced_sample, load_splits
 from lstmcli.errors import DatasetError
-from lstmcli.prepare import prepare
-from lstmcli.readers import read_ag_csv, read_user_file
-from lstmcli.registry import AG_NEWS
 
 
 def test_ag_csv_reader_joins_title_and_description(tmp_path):
@@ -127,28 +127,28 @@ def test_unknown_dataset(workdir):
 
 def test_prepare_caches_and_reuses(mirror, workdir, monkeypatch):
     cfg = DataConfig(dataset="ag_news", data_dir="d")
-    first = prepare(cfg)
+    first = encode_dataset(cfg)
     assert first.vocab.itos[:2] == ["<pad>", "<unk>"]
     assert first.splits["train"].ids.dtype.is_floating_point is False
-    import lstmcli.prepare as prep
+    import lstmcli.data.encode as prep
     monkeypatch.setattr(prep, "load_splits", lambda *a, **k: pytest.fail("tokenized again"))
-    again = prepare(cfg)
+    again = encode_dataset(cfg)
     assert again.vocab == first.vocab
     for s in ("train", "val", "test"):
         assert again.splits[s].ids.equal(first.splits[s].ids)
         assert again.splits[s].labels.equal(first.splits[s].labels)
     # a checkpoint's own vocabulary reuses that entry too
-    assert prepare(cfg, vocab=first.vocab, label_names=first.label_names).vocab == first.vocab
+    assert encode_dataset(cfg, vocab=first.vocab, label_names=first.label_names).vocab == first.vocab
 
 
 def test_prepare_key_changes_with_settings(mirror, workdir):
-    a = prepare(DataConfig(dataset="ag_news", vocab_max_size=10))
-    b = prepare(DataConfig(dataset="ag_news", vocab_max_size=20))
+    a = encode_dataset(DataConfig(dataset="ag_news", vocab_max_size=10))
+    b = encode_dataset(DataConfig(dataset="ag_news", vocab_max_size=20))
     assert len(a.vocab) == 10 and len(b.vocab) == 20
 
 
 def _tiny_splits():
-    from lstmcli.datasets import RawSplit
+    from lstmcli.data.splits import RawSplit
     rng = random.Random(0)
     words = [f"w{i}" for i in range(40)] + ["<pad>", "<unk>", "Big", "big."]
     texts = [" ".join(rng.choice(words) for _ in range(rng.randrange(0, 12))) for _ in range(101)]
@@ -157,7 +157,7 @@ def _tiny_splits():
 
 
 def _encoded(monkeypatch, min_chars):
-    import lstmcli.prepare as prep
+    import lstmcli.data.encode as prep
     monkeypatch.setattr(prep, "PARALLEL_MIN_CHARS", min_chars)
     vocab, enc = prep.encode_splits(_tiny_splits(), DataConfig(vocab_max_size=30))
     return vocab, {name: (s.ids.tolist(), s.offsets.tolist()) for name, s in enc.items()}
@@ -168,7 +168,7 @@ def _encoded(monkeypatch, min_chars):
 def test_two_process_tokenizing_equals_one_process(monkeypatch):
     """Above PARALLEL_MIN_CHARS a forked child tokenizes half the texts with its own provisional ids;
     the merged result must be the one-process result exactly (vocabulary, ids, offsets)."""
-    import lstmcli.prepare as prep
+    import lstmcli.data.encode as prep
     pools = []
 
     class Recorded(prep.ProcessPoolExecutor):
@@ -185,7 +185,7 @@ def test_two_process_tokenizing_equals_one_process(monkeypatch):
 
 
 def test_tokenizing_falls_back_to_one_process_when_fork_fails(monkeypatch):
-    import lstmcli.prepare as prep
+    import lstmcli.data.encode as prep
     one = _encoded(monkeypatch, 10**12)
 
     def no_fork(*args, **kwargs):

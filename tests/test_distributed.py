@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lstmcli.distributed import SINGLE, Dist, from_env, threads_per_process
+from lstmcli.runtime.distributed import SINGLE, Dist, from_env, threads_per_process
 
 from .conftest import F32_EPS, TINY, ok, run
 
@@ -106,8 +106,8 @@ def test_two_processes_calibrate_on_the_whole_validation_split(mirror, workdir):
     assert code == 0, err
     c1, c2 = (json.loads(Path(d, "metrics.json").read_text())["calibration"] for d in ("one", "two"))
     assert c2["split_size"] == c1["split_size"] == 24
-    assert c2["scales"] == pytest.approx(c1["scales"], rel=1e-3)  # (weights equal up to float32 rounding)
-    assert weights(Path("two"), "best")["branch_scale"].tolist() == pytest.approx(c2["scales"], rel=1e-6)
+    assert c2["weights"] == pytest.approx(c1["weights"], rel=1e-3)  # (weights equal up to float32 rounding)
+    assert weights(Path("two"), "best")["branch_weights"].tolist() == pytest.approx(c2["weights"], rel=1e-6)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -11,7 +11,7 @@ from functools import partial
 
 import pytest
 
-from lstmcli.download import RemoteFile, extract_once, fetch
+from lstmcli.data.download import RemoteFile, extract_once, fetch
 from lstmcli.errors import DatasetError
 
 from .conftest import write_sums
@@ -103,8 +103,8 @@ def http_mirror(mirror):
 
 def test_two_processes_fetch_once_over_http(http_mirror, tmp_path):
     cache = tmp_path / "cache"
-    code = ("import sys; from pathlib import Path; from lstmcli.download import extract_once, fetch; "
-            "from lstmcli.registry import IMDB; "
+    code = ("import sys; from pathlib import Path; from lstmcli.data.download import extract_once, fetch; "
+            "from lstmcli.data.registry import IMDB; "
             "p = fetch(IMDB.files['archive'], Path(sys.argv[1])); "
             "print(extract_once(p, Path(sys.argv[1]), 'aclImdb'))")
     env = {**os.environ, "LSTMCLI_MIRROR": http_mirror}

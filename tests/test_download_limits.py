@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from lstmcli.download import Limits, RemoteFile, fetch
+from lstmcli.data.download import Limits, RemoteFile, fetch
 from lstmcli.errors import DatasetError, LstmcliError
 
 from .conftest import one_line_error, run
@@ -189,7 +189,7 @@ HOLDER = textwrap.dedent("""
     import sys, time
     from contextlib import ExitStack
     from pathlib import Path
-    from lstmcli.download import cache_lock
+    from lstmcli.data.download import cache_lock
     with ExitStack() as stack:
         for key in sys.argv[2:]:
             stack.enter_context(cache_lock(Path(sys.argv[1]), key))

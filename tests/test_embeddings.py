@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from lstmcli.cli import app
-from lstmcli.embeddings import load_vectors
-from lstmcli.text import Vocab
+from lstmcli.data.embeddings import load_vectors
+from lstmcli.data.text import Vocab
 
 from .conftest import TINY
 

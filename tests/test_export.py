@@ -9,17 +9,19 @@ import numpy as np
 import pytest
 import torch
 
+from lstmcli.data.text import basic_english
+from lstmcli.export.onnx import build_onnx
 from lstmcli.models.classifier import TextClassifier
 from lstmcli.models.spec import ModelSpec
-from lstmcli.onnx_export import build_onnx
-from lstmcli.text import basic_english
 
 from .conftest import TINY, ok, one_line_error, run
+
+pytestmark = pytest.mark.cpu  # the outcome depends on the CPU: also run under AVX2 emulation
 
 ort = pytest.importorskip("onnxruntime")
 VOCAB = 60
 
-SHAPES = [  # encoder, impl, bidirectional, pooling, layers, n-gram buckets, peephole, bag
+SHAPES = [  # cell, impl, bidirectional, pooling, layers, n-gram buckets, peephole, bag
     ("lstm", "builtin", True, "last", 1, 0, False, "fasttext"),
     ("lstm", "builtin", False, "mean", 2, 0, False, "fasttext"),
     ("lstm", "builtin", True, "max", 1, 16, False, "fasttext"),
@@ -48,11 +50,11 @@ def padded_batch(gen: torch.Generator, lengths: list[int]) -> tuple[torch.Tensor
     return ids, lens
 
 
-@pytest.mark.parametrize("encoder,impl,bidirectional,pooling,layers,buckets,peephole,bag", SHAPES)
-def test_onnx_logits_equal_lstmcli_for_every_shape(encoder, impl, bidirectional, pooling, layers, buckets,
+@pytest.mark.parametrize("cell,impl,bidirectional,pooling,layers,buckets,peephole,bag", SHAPES)
+def test_onnx_logits_equal_lstmcli_for_every_shape(cell, impl, bidirectional, pooling, layers, buckets,
                                                     peephole, bag):
     torch.manual_seed(0)
-    spec = ModelSpec(vocab_size=VOCAB, num_classes=3, encoder=encoder, impl=impl, bidirectional=bidirectional,
+    spec = ModelSpec(vocab_size=VOCAB, num_classes=3, cell=cell, impl=impl, bidirectional=bidirectional,
                      pooling=pooling, num_layers=layers, ngram_buckets=buckets, ngram_dim=8,
                      peephole=peephole, embedding_dim=16, hidden_size=12, ngram_bag=bag)
     model = TextClassifier(spec).eval()
@@ -61,7 +63,7 @@ def test_onnx_logits_equal_lstmcli_for_every_shape(encoder, impl, bidirectional,
     with torch.no_grad():  # weights of a trained size (not init's +-1/sqrt(H)), so that errors would show
         for p in model.parameters():
             p.mul_(3.0)
-        model.branch_scale.copy_(torch.tensor([0.7, 1.9])[: len(model.branch_scale)])  # as calibrated
+        model.branch_weights.copy_(torch.tensor([0.7, 1.9])[: len(model.branch_weights)])  # as calibrated
     sess = session(model)
     gen = torch.Generator().manual_seed(1)
     for lengths in ([1], [5, 1, 3], [17, 16, 9, 4, 2, 1, 1, 13], [40] * 2 + [1] * 3):

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lstmcli import metrics, plots
-from lstmcli.metrics import DENSE_LABELS, classification_report, format_report, merge_pairs, pair_counts
+from lstmcli.evaluation import metrics, plots
+from lstmcli.evaluation.metrics import DENSE_LABELS, merge_pairs, pair_counts, report_from_pairs
+from lstmcli.reports import format_report
 
 from .conftest import TINY, ok, one_line_error, run
 from .test_plots import png_size
@@ -54,7 +55,8 @@ def test_pair_counts_give_the_dense_computation_s_numbers(k):
                                             for j, c in enumerate(row) if c]
         batches = [pair_counts(t, p, k) for t, p in zip(targets.split(37), preds.split(37), strict=True)]
         ranks = [merge_pairs(batches[:5]), merge_pairs(batches[5:]), merge_pairs([])]  # as torchrun merges
-        assert classification_report(targets, preds, names) == expected  # every number exactly as before
+        whole = report_from_pairs(pair_counts(targets, preds, len(names)), names)
+        assert whole == expected  # every number exactly as the dense computation
         assert metrics.report_from_pairs(merge_pairs(ranks), names) == expected
         assert ("confusion" in expected) == (k <= DENSE_LABELS)
 
@@ -64,7 +66,7 @@ def test_ten_thousand_labels_make_a_small_report():
     k, n = 10_000, 3_000
     names = [f"class {i}" for i in range(k)]
     targets, preds = random_predictions(k, n, seed=7)
-    report = classification_report(targets, preds, names)
+    report = report_from_pairs(pair_counts(targets, preds, len(names)), names)
     assert "confusion" not in report
     cells = report["confusion_sparse"]
     assert sum(c for _, _, c in cells) == n == report["n"]

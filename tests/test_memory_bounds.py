@@ -10,10 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lstmcli import footprint
 from lstmcli.config import Config, from_dict
 from lstmcli.models.classifier import TextClassifier
 from lstmcli.models.spec import ModelSpec
+from lstmcli.runtime import memory
+from lstmcli.runtime.plan import choose, model_spec
 
 from .conftest import TINY, ok, run, write_sums
 from .conftest import one_line_error as one_line
@@ -21,25 +22,25 @@ from .conftest import one_line_error as one_line
 TRAIN = ("train", "--config", TINY, "--dataset", "imdb", "--quiet")
 
 
-@pytest.mark.parametrize("encoder,impl,peephole,bidirectional,layers,bag", [
+@pytest.mark.parametrize("cell,impl,peephole,bidirectional,layers,bag", [
     ("lstm", "builtin", False, True, 2, ""), ("gru", "scratch", False, False, 3, "fasttext"),
     ("rnn", "builtin", False, True, 1, "nbsvm"), ("lstm", "scratch", True, True, 2, "nbsvm"),
 ])
-def test_the_parameter_count_is_the_built_models(encoder, impl, peephole, bidirectional, layers, bag):
-    spec = ModelSpec(vocab_size=97, num_classes=5, encoder=encoder, impl=impl, peephole=peephole,
+def test_the_parameter_count_is_the_built_models(cell, impl, peephole, bidirectional, layers, bag):
+    spec = ModelSpec(vocab_size=97, num_classes=5, cell=cell, impl=impl, peephole=peephole,
                      embedding_dim=7, hidden_size=6, num_layers=layers, bidirectional=bidirectional,
                      ngram_buckets=13 if bag else 0, ngram_bag=bag or "fasttext", ngram_dim=4)
     model = TextClassifier(spec)
     persistent = model.state_dict()
     buffers = sum(b.numel() for name, b in model.named_buffers() if name in persistent)
-    assert footprint.parameter_count(spec) == (sum(p.numel() for p in model.parameters()), buffers)
+    assert spec.parameter_count() == (sum(p.numel() for p in model.parameters()), buffers)
 
 
 @pytest.fixture
 def eight_gb(monkeypatch):
     """This machine, as far as lstmcli can tell, has 8 GB available: the refusals below then hold on any
     machine the suite runs on."""
-    monkeypatch.setattr(footprint, "available_bytes", lambda device: 8 * 10**9)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 8 * 10**9)
 
 
 @pytest.mark.hostile
@@ -74,8 +75,8 @@ def test_a_batch_size_beyond_the_data_is_no_reason_to_refuse(mirror, workdir, ei
 
 @pytest.mark.hostile
 def test_the_check_can_be_skipped_and_passes_an_ordinary_run(mirror, workdir, monkeypatch):
-    real, room = footprint.available_bytes, {"bytes": 1000}  # a machine with 1 KB free
-    monkeypatch.setattr(footprint, "available_bytes", lambda device: room["bytes"] or real(device))
+    real, room = memory.available_bytes, {"bytes": 1000}  # a machine with 1 KB free
+    monkeypatch.setattr(memory, "available_bytes", lambda device: room["bytes"] or real(device))
     one_line(run(*TRAIN, "--out", "r"), 2, "this needs about")
     ok(run(*TRAIN, "--out", "r", "--skip-memory-check"))
     room["bytes"] = None
@@ -93,16 +94,17 @@ def test_the_estimate_holds_what_a_tiny_run_allocates(mirror, workdir):
     moments = sum(t.numel() * t.element_size() for s in state["optimizer"]["state"].values()
                   for t in s.values() if t.dim())
     vocab = len(json.loads(Path("r/last/vocab.json").read_text())["itos"])
-    est = footprint.estimate(cfg, vocab, 2, 64, 4)
+    spec = model_spec(cfg.model, vocab, 2, choose(cfg.model, torch.device("cpu")))
+    est = memory.estimate(cfg, spec, 64, 4)
     assert est.state >= 2 * weights + moments - 8  # weights, gradients, moments
     assert est.activations > 0 and est.length == 64
 
 
 @pytest.mark.hostile
 def test_bench_refuses_a_shape_too_large(workdir, eight_gb):
-    one_line(run("bench", "--hidden-size", "57000", "--encoder", "lstm"), 2, "this needs about",
+    one_line(run("bench", "--hidden-size", "57000", "--cell", "lstm"), 2, "this needs about",
              "--skip-memory-check")
-    one_line(run("bench", "--batches", "100000000", "--encoder", "rnn"), 2, "this needs about")
+    one_line(run("bench", "--batches", "100000000", "--cell", "rnn"), 2, "this needs about")
     assert not Path("bench.json").exists()
 
 
@@ -139,6 +141,6 @@ def test_eval_of_a_checkpoint_trained_uncut_cuts_a_huge_text(workdir, tmp_path):
     report = json.loads(ok(run("eval", "--checkpoint", "r/best", "--dataset", tmp_path / "huge.jsonl",
                                "--json", "--quiet")).stdout)
     assert report["n"] == 40
-    from lstmcli.batching import DEFAULT_MAX_LENGTH, Cut
-    assert Cut.for_inference(from_dict(json.loads(Path("r/best/config.json").read_text()), "c").data) \
-        == Cut(DEFAULT_MAX_LENGTH)
+    from lstmcli.data.batches import DEFAULT_MAX_LENGTH, Truncation
+    assert Truncation.for_inference(from_dict(json.loads(Path("r/best/config.json").read_text()), "c").data) \
+        == Truncation(DEFAULT_MAX_LENGTH)

@@ -3,30 +3,32 @@ import copy
 import pytest
 import torch
 
-from lstmcli.batching import Cut, collate
-from lstmcli.distributed import SINGLE
+from lstmcli.data.batches import Truncation, collate
+from lstmcli.data.encode import EncodedSplit
 from lstmcli.models.builtin import BuiltinEncoder
 from lstmcli.models.classifier import TextClassifier, build_encoder
 from lstmcli.models.lengths import last_real, reverse_within_length
 from lstmcli.models.pooling import pool
 from lstmcli.models.spec import ModelSpec
-from lstmcli.prepare import EncodedSplit
-from lstmcli.training import _step_loss
+from lstmcli.runtime.distributed import SINGLE
+from lstmcli.training.fit import _step_loss
 
 from .conftest import assert_float32_close, float32_tolerance, needs_native_bf16, reference
+
+pytestmark = pytest.mark.cpu  # the outcome depends on the CPU: also run under AVX2 emulation
 
 
 def real_mask(lengths, T):
     return (torch.arange(T)[None, :] < lengths[:, None])[:, :, None]
 
 
-@pytest.mark.parametrize("encoder", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_padded_equals_packed_outputs_states_and_gradients(encoder, layers, bidirectional):
+def test_padded_equals_packed_outputs_states_and_gradients(cell, layers, bidirectional):
     torch.manual_seed(0)
-    padded = BuiltinEncoder(encoder, 6, 5, layers, bidirectional, 0.0, pack="never")
-    packed = BuiltinEncoder(encoder, 6, 5, layers, bidirectional, 0.0, pack="always")
+    padded = BuiltinEncoder(cell, 6, 5, layers, bidirectional, 0.0, pack="never")
+    packed = BuiltinEncoder(cell, 6, 5, layers, bidirectional, 0.0, pack="always")
     packed.load_state_dict(padded.state_dict())
     exact = copy.deepcopy(packed).double()
     lengths = torch.tensor([7, 1, 4, 7, 2])
@@ -80,10 +82,10 @@ def test_reverse_within_length_passes_gradients_back_reversed(time_dim):
 
 
 @pytest.mark.parametrize("pooling", ["last", "mean", "max"])
-@pytest.mark.parametrize("encoder", ["lstm", "gru", "rnn"])
-def test_pooling_ignores_padding(pooling, encoder):
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_pooling_ignores_padding(pooling, cell):
     torch.manual_seed(1)
-    spec = ModelSpec(vocab_size=50, num_classes=3, embedding_dim=8, hidden_size=6, encoder=encoder,
+    spec = ModelSpec(vocab_size=50, num_classes=3, embedding_dim=8, hidden_size=6, cell=cell,
                      num_layers=2, bidirectional=True, pooling=pooling)
     model = TextClassifier(spec).eval()
     seq = torch.tensor([[5, 9, 2, 7]])
@@ -97,12 +99,12 @@ def test_pooling_ignores_padding(pooling, encoder):
 
 
 @pytest.mark.parametrize("impl,pack", [("builtin", "never"), ("builtin", "always"), ("scratch", "never")])
-@pytest.mark.parametrize("encoder", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("layers", [1, 2])
-def test_without_outputs_an_encoder_gives_none_and_the_same_final_states_and_gradients(impl, pack, encoder,
+def test_without_outputs_an_encoder_gives_none_and_the_same_final_states_and_gradients(impl, pack, cell,
                                                                                        layers):
     torch.manual_seed(0)
-    spec = ModelSpec(vocab_size=10, num_classes=2, encoder=encoder, impl=impl, pack=pack, embedding_dim=6,
+    spec = ModelSpec(vocab_size=10, num_classes=2, cell=cell, impl=impl, pack=pack, embedding_dim=6,
                      hidden_size=5, num_layers=layers, bidirectional=True)
     enc = build_encoder(spec)
     lengths = torch.tensor([7, 1, 4, 7, 2])  # not sorted: the scratch encoder's reordering runs too
@@ -162,8 +164,8 @@ def test_max_pool_gradient_comes_back_in_the_outputs_layout():
 
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown encoder 'transformer'; valid: lstm, gru, rnn"):
-        ModelSpec(vocab_size=10, num_classes=2, encoder="transformer")
+    with pytest.raises(ValueError, match="unknown cell 'transformer'; valid: lstm, gru, rnn"):
+        ModelSpec(vocab_size=10, num_classes=2, cell="transformer")
     with pytest.raises(ValueError, match="valid: builtin, scratch"):
         ModelSpec(vocab_size=10, num_classes=2, impl="cudnn")
     with pytest.raises(ValueError, match="last, mean, max"):
@@ -247,9 +249,9 @@ def test_ngram_ids_are_the_words_then_hashed_neighbour_pairs_within_each_length(
 
 
 def test_ngram_bag_is_the_mean_over_real_words_and_pairs_and_ignores_padding():
-    from lstmcli.models.ngrams import NgramBag, ngram_ids
+    from lstmcli.models.ngrams import FastTextBag, ngram_ids
     torch.manual_seed(0)
-    bag = NgramBag(vocab_size=10, buckets=50, dim=3)
+    bag = FastTextBag(vocab_size=10, buckets=50, dim=3)
     short = torch.tensor([[3, 4]])
     padded = torch.tensor([[3, 4, 0, 0]])
     rows = ngram_ids(short, torch.tensor([2]), 10, 50)[0]  # 3, 4 and the pair (3, 4)
@@ -287,7 +289,7 @@ def test_each_branch_learns_from_its_own_loss():
     split = EncodedSplit(torch.randint(2, 30, (12,), dtype=torch.int32), torch.tensor([0, 5, 7, 12]),
                          torch.tensor([1, 0, 1]))
     rows = torch.tensor([2, 0, 1])
-    loss, totals = _step_loss(model, split, rows, Cut(), torch.device("cpu"), SINGLE)
+    loss, totals = _step_loss(model, split, rows, Truncation(), torch.device("cpu"), SINGLE)
     loss.backward()
     got = {n: p.grad.clone() for n, p in model.named_parameters()}
     batch = collate(split, rows)
@@ -317,7 +319,7 @@ def test_distinct_ngram_ids_keep_each_ngram_of_a_text_once():
 
 def nb_bag_by_hand(counts, w, bias, grams, label=None):
     """NBSVM's logits in float64 from the formula: p = n_c + 1, q = n_rest + 1 over the whole table."""
-    from lstmcli.models.ngrams import NbBag
+    from lstmcli.models.ngrams import NbsvmBag
     counts = counts.double()
     rest = counts.sum(1, keepdim=True) - counts
     norm_p, norm_q = (counts + 1).sum(0), (rest + 1).sum(0)
@@ -327,14 +329,14 @@ def nb_bag_by_hand(counts, w, bias, grams, label=None):
         if label is not None:
             n[label] -= 1
         r = ((n + 1) / norm_p).log() - ((n.sum() - n + 1) / norm_q).log()
-        total += (NbBag.GAIN * w[g, 0].double() + NbBag.W_ADJ) * r * NbBag.R_SCALE
+        total += (NbsvmBag.GAIN * w[g, 0].double() + NbsvmBag.W_ADJ) * r * NbsvmBag.R_SCALE
     return total
 
 
 def test_nb_bag_sums_each_distinct_ngrams_ratio_times_its_weight():
-    from lstmcli.models.ngrams import HASH_MULTIPLIER, NbBag
+    from lstmcli.models.ngrams import HASH_MULTIPLIER, NbsvmBag
     torch.manual_seed(0)
-    bag = NbBag(vocab_size=10, buckets=7, num_classes=3)
+    bag = NbsvmBag(vocab_size=10, buckets=7, num_classes=3)
     counts = torch.randint(0, 6, (17, 3)).float()
     counts[[3, 4]] += 1  # every text below holds 3 and 4, so the counts it is left out of are >= 1
     bag.set_counts(counts)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lstmcli import plots
+from lstmcli.evaluation import plots
 
 from .conftest import TINY, ok, one_line_error, run
 

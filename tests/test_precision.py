@@ -7,10 +7,12 @@ import sys
 import pytest
 import torch
 
-from lstmcli import precision
 from lstmcli.config import Impl, Precision
 from lstmcli.errors import LstmcliError
-from lstmcli.precision import NATIVE, NOT_NATIVE, UNAVAILABLE, for_inference, for_training
+from lstmcli.runtime import precision
+from lstmcli.runtime.precision import NATIVE, NOT_NATIVE, UNAVAILABLE, for_inference, for_training
+
+pytestmark = pytest.mark.cpu  # the outcome depends on the CPU: also run under AVX2 emulation
 
 CPU = torch.device("cpu")
 fp32, bf16, auto = Precision.fp32, Precision.bf16, Precision.auto
@@ -67,7 +69,8 @@ def test_inference_refuses_bf16_that_cannot_run(bf16_level):
 def test_detection_follows_onednn_capped_at_avx2():
     """ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN refuse the bfloat16 LSTM exactly as an AVX2-only CPU does
     (the suite's emulation relies on it), and lstmcli's detection says bf16 is unavailable there."""
-    code = ("import torch\nfrom lstmcli.precision import bf16_support\nprint(bf16_support('cpu').level)\n"
+    code = ("import torch\nfrom lstmcli.runtime.precision import bf16_support\n"
+            "print(bf16_support('cpu').level)\n"
             "try:\n    with torch.autocast('cpu', dtype=torch.bfloat16):\n"
             "        torch.nn.LSTM(4, 4)(torch.randn(3, 2, 4))\n    print('ran')\n"
             "except RuntimeError as e:\n    print(str(e).splitlines()[0])\n")

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import lstmcli.checkpoint as ckpt
-from lstmcli.build import build_model
 from lstmcli.config import resolve
+from lstmcli.data.text import Vocab
 from lstmcli.fsutil import old_dir
-from lstmcli.text import Vocab
+from lstmcli.runtime.plan import build_model, choose, model_spec
 
 from .conftest import TINY, ok, run
 from .conftest import one_line_error as one_line
@@ -122,7 +122,8 @@ def test_train_points_an_unfinished_run_at_resume_and_force_starts_over(trained)
 def test_a_folder_in_use_is_refused(mirror, workdir):
     Path("busy").mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from pathlib import Path; from lstmcli.rundir import RunLock;"
+        [sys.executable, "-c", "import time; from pathlib import Path;"
+         " from lstmcli.training.rundir import RunLock;"
          " lock = RunLock(Path('busy')); print('locked', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -192,7 +193,7 @@ def _checkpoint_parts():
 def _model(seed: int):
     cfg, vocab = _checkpoint_parts()
     torch.manual_seed(seed)
-    return build_model(cfg.model, len(vocab), 2)
+    return build_model(model_spec(cfg.model, len(vocab), 2, choose(cfg.model, torch.device("cpu"))))
 
 
 def _weights(path: Path) -> torch.Tensor:
@@ -296,8 +297,8 @@ def test_a_resumed_calibration_reports_the_same_before(trained):
     (trained / "metrics.json").write_text(json.dumps(metrics))
     ok(run("train", "--resume", trained))
     again = json.loads((trained / "metrics.json").read_text())["calibration"]
-    assert again["scales_before"] == [1.0] and again["before"] == first["before"]
-    assert again["scales"] == pytest.approx(first["scales"], rel=1e-9)
+    assert again["weights_before"] == [1.0] and again["before"] == first["before"]
+    assert again["weights"] == pytest.approx(first["weights"], rel=1e-9)
 
 
 # --- permissions and full disks ---------------------------------------------------------------------
@@ -391,7 +392,7 @@ def test_stale_temporary_folders_of_a_killed_save_are_cleared(trained):
 
 def test_bench_writes_its_report_to_regular_files_only(workdir):
     os.mkfifo("bench.json")
-    one_line(run("bench", "--encoder", "rnn", "--impl", "builtin", "--batches", "1", "--repeats", "1"), 2,
+    one_line(run("bench", "--cell", "rnn", "--impl", "builtin", "--batches", "1", "--repeats", "1"), 2,
              "bench.json is a FIFO")
     assert stat.S_ISFIFO(os.lstat("bench.json").st_mode)
 
@@ -477,7 +478,7 @@ def test_the_largest_seed_trains(mirror, workdir):
 
 def test_a_full_disk_names_the_json_it_could_not_write(trained, small_disk):
     fill(small_disk)
-    one_line(run("bench", "--encoder", "rnn", "--impl", "builtin", "--batches", "1", "--repeats", "1",
+    one_line(run("bench", "--cell", "rnn", "--impl", "builtin", "--batches", "1", "--repeats", "1",
                  "--out", small_disk / "b.json"), 2, f"cannot write {small_disk / 'b.json'}: No space left")
     one_line(run("eval", "--checkpoint", trained / "best", "--batch-size", "0"), 2,
              "--batch-size must be >= 1")

@@ -9,16 +9,20 @@ import pytest
 import torch
 from torch import nn
 
-from lstmcli import native
 from lstmcli.models import recurrence
+from lstmcli.models.cells import CELLS
 from lstmcli.models.classifier import TextClassifier
 from lstmcli.models.recurrence import GRULayer, LSTMLayer, RNNLayer, peephole_lstm
 from lstmcli.models.scratch import ScratchRNN
 from lstmcli.models.spec import ModelSpec
+from lstmcli.runtime import native
 
 from .conftest import assert_float32_close, float32_tolerance, reference
 
-TORCH_RNN = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+pytestmark = pytest.mark.cpu  # the outcome depends on the CPU: also run under AVX2 emulation
+
+# the reference for each cell: PyTorch's own module, as its row in CELLS names it
+TORCH_RNN = {name: getattr(nn, cell.torch_module) for name, cell in CELLS.items()}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
@@ -38,31 +42,31 @@ def loops(request):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("encoder", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_equals_pytorch_outputs_states_and_gradients(encoder, layers, bidirectional, device, loops):
+def test_equals_pytorch_outputs_states_and_gradients(cell, layers, bidirectional, device, loops):
     torch.manual_seed(layers * 10 + bidirectional)
-    ref = TORCH_RNN[encoder](5, 7, num_layers=layers, bidirectional=bidirectional, batch_first=True)
+    ref = TORCH_RNN[cell](5, 7, num_layers=layers, bidirectional=bidirectional, batch_first=True)
     ref = ref.to(device)
-    ours = ScratchRNN(encoder, 5, 7, layers, bidirectional).to(device)
+    ours = ScratchRNN(cell, 5, 7, layers, bidirectional).to(device)
     ours.load_state_dict(ref.state_dict())
     lengths = torch.tensor([1, 9, 4, 9, 2, 6])  # unsorted, with length 1 and ties
     x = torch.randn(6, 9, 5, device=device)
-    _check_against_reference(ref, ours, x, lengths, encoder)
+    _check_against_reference(ref, ours, x, lengths, cell)
 
 
-@pytest.mark.parametrize("encoder", ["lstm", "gru"])
-def test_equals_pytorch_when_rows_are_split_between_threads(encoder, loops):
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_equals_pytorch_when_rows_are_split_between_threads(cell, loops):
     """300 rows of hidden 20 (not a multiple of the vector width): the C++ loop splits a step's rows
     between threads and handles a partial vector at the end of each row."""
     torch.manual_seed(3)
-    ref = TORCH_RNN[encoder](4, 20, bidirectional=True, batch_first=True)
-    ours = ScratchRNN(encoder, 4, 20, bidirectional=True)
+    ref = TORCH_RNN[cell](4, 20, bidirectional=True, batch_first=True)
+    ours = ScratchRNN(cell, 4, 20, bidirectional=True)
     ours.load_state_dict(ref.state_dict())
     lengths = torch.randint(1, 12, (300,))
     lengths[0] = 12
-    _check_against_reference(ref, ours, torch.randn(300, 12, 4), lengths, encoder)
+    _check_against_reference(ref, ours, torch.randn(300, 12, 4), lengths, cell)
 
 
 def _run(fn, x, lengths, weights):
@@ -74,7 +78,7 @@ def _run(fn, x, lengths, weights):
     return {"output": out, "h_n": h, "c_n": c, "x.grad": x.grad}
 
 
-def _check_against_reference(ref, ours, x, lengths, encoder):
+def _check_against_reference(ref, ours, x, lengths, cell):
     """Ours (float32) against nn.LSTM/GRU/RNN in float32 and, as the exact answer, in float64."""
     exact = copy.deepcopy(ref).double()
     g = torch.Generator().manual_seed(0)
@@ -86,10 +90,10 @@ def _check_against_reference(ref, ours, x, lengths, encoder):
     best = _run(lambda x, lens: reference(exact, x, lens), x.double(), lengths, weights)
     for key in ("output", "h_n", "c_n", "x.grad"):
         if best[key] is not None:
-            assert_float32_close(got[key], want[key], best[key], f"{encoder} {key}")
+            assert_float32_close(got[key], want[key], best[key], f"{cell} {key}")
     theirs, truth = dict(ref.named_parameters()), dict(exact.named_parameters())
     for name, p in ours.named_parameters():
-        assert_float32_close(p.grad, theirs[name].grad, truth[name].grad, f"{encoder} {name}.grad")
+        assert_float32_close(p.grad, theirs[name].grad, truth[name].grad, f"{cell} {name}.grad")
 
 
 def test_state_dict_moves_both_ways_through_the_classifier(loops):
@@ -132,8 +136,8 @@ def test_gradcheck_hand_written_backwards(loops):
 def test_gradcheck_whole_encoder_float64(loops):
     torch.manual_seed(1)
     lengths = torch.tensor([2, 5, 1])
-    for encoder in ("lstm", "gru", "rnn"):
-        rnn = ScratchRNN(encoder, 3, 2, num_layers=2, bidirectional=True).double()
+    for cell in CELLS:
+        rnn = ScratchRNN(cell, 3, 2, num_layers=2, bidirectional=True).double()
         x = torch.randn(3, 5, 3, dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(lambda x, rnn=rnn: rnn(x, lengths)[0], (x,))
 
@@ -217,13 +221,13 @@ def test_lstmcli_native_0_skips_the_build(monkeypatch, caplog, fresh_native):
     assert recurrence.native_kernels() is None and caplog.records == []
 
 
-@pytest.mark.parametrize("encoder", ["lstm", "gru"])
-def test_inference_path_equals_pytorch(encoder, loops):
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_inference_path_equals_pytorch(cell, loops):
     """Under no_grad the loops take their inference path. At hidden 256 / batch 64 on 2 threads the C++
     LSTM gives each thread 128 units and projects 4 steps at a time: 11 steps make chunks of 4, 4 and 3."""
     torch.manual_seed(4)
-    ref = TORCH_RNN[encoder](5, 256, num_layers=2, bidirectional=True, batch_first=True)
-    ours = ScratchRNN(encoder, 5, 256, 2, bidirectional=True)
+    ref = TORCH_RNN[cell](5, 256, num_layers=2, bidirectional=True, batch_first=True)
+    ours = ScratchRNN(cell, 5, 256, 2, bidirectional=True)
     ours.load_state_dict(ref.state_dict())
     lengths = torch.randint(1, 12, (64,))
     lengths[0] = 11

@@ -2,8 +2,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lstmcli.text import PAD, UNK, UNK_ID, Vocab, basic_english
-from lstmcli.text import basic_english_regex as torchtext_basic_english
+from lstmcli.data.text import PAD, UNK, UNK_ID, Vocab, basic_english
+from lstmcli.data.text import basic_english_regex as torchtext_basic_english
 
 CASES = [
     ("Don't stop", ["don", "'", "t", "stop"]),
@@ -70,3 +70,10 @@ def test_vocab_json_round_trip():
 def test_vocab_json_rejects_malformed(bad):
     with pytest.raises(ValueError):
         Vocab.from_json(bad)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_tokenizer_never_fails(text):
+    tokens = basic_english(text)
+    assert all(tok and not any(c.isspace() for c in tok) for tok in tokens)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lstmcli.readers import read_user_file
+from lstmcli.data.readers import read_user_file
 
 from .conftest import NEG_WORDS, POS_WORDS, TINY, ok, one_line_error, run, sentence
 
@@ -215,7 +215,7 @@ def test_a_csv_field_longer_than_csvs_own_limit_reads(tmp_path):
     the process-wide limit must be what it was afterwards."""
     import csv
 
-    from lstmcli.readers import read_user_file
+    from lstmcli.data.readers import read_user_file
     path = tmp_path / "long.csv"
     long_text = "word " * 100_000  # 500 KB in one field
     path.write_text(f"text,label\n\"{long_text}\",pos\nshort,neg\n")

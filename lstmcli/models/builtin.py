@@ -1,7 +1,7 @@
 """PyTorch's nn.LSTM / nn.GRU / nn.RNN with exact, fast variable-length handling.
 
-On the CPU a PackedSequence costs ~20x the padded throughput, so by default we run padded tensors and
-stay exact instead of packing:
+On the CPU a PackedSequence costs many times the padded throughput (benchmarks/RESULTS.md, "Design
+choices measured"), so by default we run padded tensors and stay exact instead of packing:
   * forward direction: an RNN is causal, so outputs at t < length never see the padding after them;
     the final state is the output at position length - 1;
   * backward direction: each sequence is reversed *within its own length* (padding stays at the end),
@@ -22,10 +22,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from .cells import CELLS
 from .lengths import last_real, reverse_within_length
-
-RNN_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
-_KERNELS = {"lstm": torch.lstm, "gru": torch.gru, "rnn": torch.rnn_tanh}
 
 
 class BuiltinEncoder(nn.Module):
@@ -33,14 +31,15 @@ class BuiltinEncoder(nn.Module):
     outputs=False: the last layer's per-step outputs are not assembled and None comes back in their place
     (pooling "last" reads `final` only)."""
 
-    def __init__(self, encoder: str, input_size: int, hidden_size: int, num_layers: int = 1,
+    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, pack: str = "auto",
                  recurrent_dropout: float = 0.0):
         super().__init__()
-        self.encoder, self.pack, self.recurrent_dropout = encoder, pack, recurrent_dropout
-        self.rnn = RNN_CLASSES[encoder](input_size, hidden_size, num_layers=num_layers, batch_first=True,
-                                        bidirectional=bidirectional,
-                                        dropout=dropout if num_layers > 1 else 0.0)
+        self.cell, self.pack, self.recurrent_dropout = CELLS[cell], pack, recurrent_dropout
+        self.kernel = getattr(torch, self.cell.torch_kernel)  # what nn's module calls for one layer
+        module = getattr(nn, self.cell.torch_module)  # nn.LSTM, nn.GRU, nn.RNN
+        self.rnn = module(input_size, hidden_size, num_layers=num_layers, batch_first=True,
+                          bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0)
         self.num_directions = 2 if bidirectional else 1
         self.output_size = hidden_size * self.num_directions
 
@@ -65,7 +64,7 @@ class BuiltinEncoder(nn.Module):
             out, state = functional_call(self.rnn, dropped, (packed,))
         else:
             out, state = self.rnn(packed)
-        h_n = state[0] if self.encoder == "lstm" else state  # (L*D, B, H)
+        h_n = state[0] if self.cell.cell_state else state  # (L*D, B, H)
         padded = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))[0] if outputs else None
         final = torch.cat(list(h_n[-self.num_directions:]), dim=-1)  # last layer, fwd then bwd
         return padded, final
@@ -75,9 +74,9 @@ class BuiltinEncoder(nn.Module):
         params = [getattr(rnn, f"weight_ih_l{layer}{suffix}"), self._weight_hh(f"weight_hh_l{layer}{suffix}"),
                   getattr(rnn, f"bias_ih_l{layer}{suffix}"), getattr(rnn, f"bias_hh_l{layer}{suffix}")]
         h0 = x.new_zeros(1, x.size(0), rnn.hidden_size)
-        hx = (h0, h0) if self.encoder == "lstm" else h0
+        hx = (h0, h0) if self.cell.cell_state else h0
         # args: input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first
-        out = _KERNELS[self.encoder](x, hx, params, True, 1, 0.0, self.training, False, True)[0]
+        out = self.kernel(x, hx, params, True, 1, 0.0, self.training, False, True)[0]
         return out
 
     def _padded(self, x: torch.Tensor, lengths: torch.Tensor, outputs: bool):

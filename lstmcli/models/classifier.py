@@ -1,22 +1,23 @@
 """TextClassifier: Embedding -> dropout -> recurrent encoder -> pooling -> dropout -> Linear, and
 optionally an n-gram bag beside it (ngrams.py: a fastText bag -> Linear, or an NBSVM bag), whose logits
-are added, each branch's times its weight (branch_scale: ones until calibration.py fits them)."""
+are added, each branch's times its weight (branch_weights: ones until training/calibration.py fits
+them)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from . import ngrams
 from .builtin import BuiltinEncoder
-from .ngrams import NbBag, NgramBag
 from .pooling import pool
 from .scratch import ScratchEncoder
-from .spec import ModelSpec
+from .spec import BAGS, ModelSpec
 
 
 def build_encoder(spec: ModelSpec) -> nn.Module:
     """The recurrent encoder `spec` asks for: (B, T, E) + lengths -> outputs (B, T, D*H), final (B, D*H)."""
-    args = dict(encoder=spec.encoder, input_size=spec.embedding_dim, hidden_size=spec.hidden_size,
+    args = dict(cell=spec.cell, input_size=spec.embedding_dim, hidden_size=spec.hidden_size,
                 num_layers=spec.num_layers, bidirectional=spec.bidirectional, dropout=spec.dropout,
                 recurrent_dropout=spec.recurrent_dropout)
     if spec.impl == "scratch":
@@ -24,10 +25,10 @@ def build_encoder(spec: ModelSpec) -> nn.Module:
     return BuiltinEncoder(**args, pack=spec.pack)
 
 
-def weigh(scales: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
+def combine_branches(weights: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
     """(P,) branch weights, (P, B, C) branch logits -> (B, C): how a TextClassifier combines its branches
-    (calibration.py fits the weights through this same function)."""
-    return torch.einsum("p,pbc->bc", scales, parts)
+    (training/calibration.py fits the weights through this same function)."""
+    return torch.einsum("p,pbc->bc", weights, parts)
 
 
 class TextClassifier(nn.Module):
@@ -39,14 +40,15 @@ class TextClassifier(nn.Module):
         self.encoder = build_encoder(spec)
         self.dropout = nn.Dropout(spec.dropout)
         self.head = nn.Linear(spec.hidden_size * spec.num_directions, spec.num_classes)
-        self.ngrams, self.ngram_head = None, None
-        if spec.ngram_buckets and spec.ngram_bag == "nbsvm":  # gives logits itself
-            self.ngrams = NbBag(spec.vocab_size, spec.ngram_buckets, spec.num_classes)
-        elif spec.ngram_buckets:
-            self.ngrams = NgramBag(spec.vocab_size, spec.ngram_buckets, spec.ngram_dim)
-            self.ngram_head = nn.Linear(spec.ngram_dim, spec.num_classes)
+        self.ngrams, self.ngram_head = None, None  # the n-gram bag, and its head when it needs one
+        if spec.ngram_buckets:
+            bag = BAGS[spec.ngram_bag]
+            width = spec.num_classes if bag.own_logits else spec.ngram_dim
+            self.ngrams = getattr(ngrams, bag.module)(spec.vocab_size, spec.ngram_buckets, width)
+            if not bag.own_logits:
+                self.ngram_head = nn.Linear(spec.ngram_dim, spec.num_classes)
         # (P,) one weight per branch, fitted after training on the validation split (calibration.py)
-        self.register_buffer("branch_scale", torch.ones(1 + (self.ngrams is not None)))
+        self.register_buffer("branch_weights", torch.ones(len(spec.branches)))
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor, parts: bool = False,
                 labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -56,7 +58,7 @@ class TextClassifier(nn.Module):
         weighs and adds up. Training gives each branch its own loss (training._step_loss), so that the
         bag, which fits the training set within an epoch or two, does not leave the encoder without a
         gradient: the two learn as two classifiers and predict as one (their log-odds add, an ensemble).
-        labels (B,): given in training only, for an NBSVM bag, which counted the training texts (NbBag)."""
+        labels (B,): given in training only, for an NBSVM bag, which counted the training texts (NbsvmBag)."""
         if self.spec.precision == "bf16":
             # autocast: the matmuls and the fused recurrent kernels take bfloat16 copies of the float32
             # weights (their gradients come back float32); the loss is computed on float32 logits
@@ -67,8 +69,8 @@ class TextClassifier(nn.Module):
         return branches if parts else self.combine(branches)
 
     def combine(self, parts: torch.Tensor) -> torch.Tensor:
-        """(P, B, C) branch logits -> (B, C): their sum, each times its weight in branch_scale."""
-        return weigh(self.branch_scale.to(parts.dtype), parts)
+        """(P, B, C) branch logits -> (B, C): their sum, each times its weight in branch_weights."""
+        return combine_branches(self.branch_weights.to(parts.dtype), parts)
 
     def _branches(self, ids: torch.Tensor, lengths: torch.Tensor,
                   labels: torch.Tensor | None) -> torch.Tensor:
@@ -79,7 +81,7 @@ class TextClassifier(nn.Module):
         if self.ngrams is not None:
             # no dropout: a bag of averaged n-gram vectors is a linear model in its counts (fastText
             # trains it without any), and dropping half of its few dimensions only slows it down
-            if self.ngram_head is None:  # NBSVM: logits of its own
+            if self.ngram_head is None:  # logits of its own (NBSVM, which reads the labels in training)
                 bag = self.ngrams(ids, lengths, labels)
             else:
                 bag = self.ngram_head(self.ngrams(ids, lengths))

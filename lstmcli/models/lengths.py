@@ -31,8 +31,7 @@ def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor, time_dim: int 
 class _Permute(torch.autograd.Function):
     """x's first two dimensions as one of rows, those rows taken in the order `rows` gives (a permutation
     that is its own inverse, so the gradient is permuted the same way). A whole row of features at a time
-    (index_select): ~4x faster on a CPU than a gather with an index per element, whose backward is a
-    scatter-add."""
+    (index_select), not a gather with an index per element, whose backward is a slow scatter-add."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

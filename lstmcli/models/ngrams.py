@@ -6,8 +6,8 @@ through its state. The classifier adds a bag's logits to the encoder's (each bra
 loss), so each part learns what the other misses. Bigrams are hashed into a fixed number of buckets
 (fastText's trick: no bigram vocabulary to build or store; collisions cost little). Two bags:
 
-- NgramBag (`ngram_bag = "fasttext"`): the mean of learned n-gram vectors, then a linear head.
-- NbBag (`ngram_bag = "nbsvm"`): NBSVM (Wang & Manning 2012) as a layer: each n-gram a text holds
+- FastTextBag (`ngram_bag = "fasttext"`): the mean of learned n-gram vectors, then a linear head.
+- NbsvmBag (`ngram_bag = "nbsvm"`): NBSVM (Wang & Manning 2012) as a layer: each n-gram a text holds
   counts once, weighted by its Naive Bayes log-count ratio (from the training split's counts, a buffer
   set before training) times a learned weight per n-gram (Howard's "NBSVM++" parameterisation).
 """
@@ -39,7 +39,7 @@ def distinct_ngram_ids(ids: torch.Tensor, lengths: torch.Tensor, vocab_size: int
     return rows.masked_fill(repeat, 0)
 
 
-class NgramBag(nn.Module):
+class FastTextBag(nn.Module):
     """(ids, lengths) -> (B, dim): the mean of the vectors of a text's words and word bigrams."""
 
     def __init__(self, vocab_size: int, buckets: int, dim: int):
@@ -55,23 +55,22 @@ class NgramBag(nn.Module):
         return self.table(ngram_ids(ids, lengths, self.vocab_size, self.buckets))
 
 
-class NbBag(nn.Module):
+class NbsvmBag(nn.Module):
     """(ids, lengths) -> (B, C) logits: sum over the distinct n-grams g of a text of
     (GAIN * w[g] + W_ADJ) * r[g] * R_SCALE, plus a bias.
 
     r[g, c] is the Naive Bayes log-count ratio of class c against the rest: with n[g, c] the number of
     training texts of class c holding g, p = n[g, c] + 1 and q = (texts of other classes holding g) + 1,
     r = log(p / |p|_1) - log(q / |q|_1) (Wang & Manning 2012). The counts n are a buffer that
-    lstmcli.ngram_stats fills from the training split before training (zeros until then; row 0, <pad>,
+    training/ngram_counts.py fills from the training split before training (zeros until then; row 0, <pad>,
     adds nothing). With w = 0 this is a Naive Bayes classifier; training learns how far to trust each
     n-gram (the SVM half of NBSVM). W_ADJ and R_SCALE are Howard's NBSVM++ values (0.4, 1/10).
 
     Given the batch's `labels` (training), each text is left out of the counts it reads: otherwise an
     n-gram seen in one training text points at that text's label with a ratio it never has on unseen
-    text, the bag fits the training set at once and w learns little (alone on IMDB, 4 epochs: test
-    90.98% -> 91.31%). Adam moves w by about the learning rate per step whatever the gradient's scale,
-    and the bag wants a rate about 5x the encoder's, hence GAIN (alone, lr 2e-3, without leaving texts
-    out: GAIN 1 -> 90.23%, 2 -> 90.73%, 5 -> 90.98%).
+    text, the bag fits the training set at once and w learns little. Adam moves w by about the learning
+    rate per step whatever the gradient's scale, and the bag wants a rate about 5x the encoder's, hence
+    GAIN. Both choices were measured on IMDB (benchmarks/RESULTS.md, "Design choices measured").
     """
 
     W_ADJ, R_SCALE, GAIN, SMOOTHING = 0.4, 0.1, 5.0, 1.0

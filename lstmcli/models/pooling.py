@@ -1,17 +1,14 @@
 """Pooling over time: an encoder's outputs (B, T, F) -> one vector (B, F) per sequence, from its real steps.
 
 Batches are length-sorted, so most of the width is real in every row: the steps up to the shortest
-length are reduced as they are (a view), and only the tail past it is masked. Masking all T steps
-copied the whole (B, T, F) tensor: for IMDB batches of 256 x 500 x 512 that was most of the cost.
+length are reduced as they are (a view), and only the tail past it is masked; masking all T steps
+would copy the whole (B, T, F) tensor, the model's largest activation.
 
 Max pooling in training is an autograd Function (_MaxOverTime) for its backward. Autograd's, through
-amax and the two slices, makes zeros of the outputs' shape twice (batch-first: one per slice), copies
-each slice's gradient into one and adds them, and the scratch encoder then copies the sum back to its
-time-major layout: passes over the model's largest activation (64 MB at batch 64, 500 steps, BiLSTM
-256) for B x F non-zeros. _MaxOverTime writes the gradient once, in the outputs' own layout. Measured
-(2-core AVX2 EPYC, that shape, pool + concatenation + reversal to the encoder's gradients): backward
-67-86 ms -> 40-48 ms; the whole imdb_nbsvm training step, old and new interleaved batch by batch over
-32 real batches, three times: 1.3%, 2.1% and 4.7% faster (median per batch; the VM's noise is larger).
+amax and the two slices, makes zeros of the outputs' shape twice, copies each slice's gradient into one
+and adds them, and the scratch encoder then copies the sum back to its time-major layout: several
+passes over (B, T, F) for B x F non-zeros. _MaxOverTime writes the gradient once, in the outputs' own
+layout (benchmarks/RESULTS.md, "Design choices measured").
 """
 
 from __future__ import annotations

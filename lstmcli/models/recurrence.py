@@ -3,7 +3,7 @@
 The equations are in scratch.py. What makes these fast on a CPU:
   * the input projections W_ih x are big matmuls over many (t, b) at once, and each step adds W_hh h
     to its slice in place (the C++ LSTM instead makes a step one deeper matmul, [x_t | h_{t-1}] times
-    [W_ih | W_hh]^T, measured faster there);
+    [W_ih | W_hh]^T, which is faster there);
   * sequences come sorted by length, so step t runs only on the first n_t rows (the batch shrinks as
     sequences end, as with PackedSequence) and padding is never computed;
   * the forward keeps activations in preallocated (T, B, ·) buffers and, when training, also stores the
@@ -247,7 +247,7 @@ class LSTMLayer(torch.autograd.Function):
 
 def _pair(loops, num_dirs: int) -> bool:
     """Whether to run two directions side by side: C++ kernels, two of them, and two threads to run them on
-    (measured there; with more threads each direction's steps are split over them as before)."""
+    (faster there; with more threads each direction's steps are split over them instead)."""
     return num_dirs == 2 and hasattr(loops, "lstm_forward_pair") and torch.get_num_threads() == 2
 
 

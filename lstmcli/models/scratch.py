@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cells import CELLS
 from .lengths import last_real, reverse_within_length
 from .recurrence import GRULayer, LSTMLayer, RNNLayer, peephole_lstm
-from .spec import GATES, model_problem
+from .spec import model_problem
 
 
 def _steps_active(lengths: torch.Tensor, T: int) -> list[int]:
@@ -41,17 +42,18 @@ class ScratchRNN(nn.Module):
     a peephole LSTM adds weight_ci/weight_cf/weight_co per layer and direction.
     """
 
-    def __init__(self, encoder: str, input_size: int, hidden_size: int, num_layers: int = 1,
+    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, peephole: bool = False,
                  recurrent_dropout: float = 0.0):
         super().__init__()
-        problem = model_problem(encoder, "scratch", peephole, "fp32")
+        problem = model_problem(cell, "scratch", peephole, "fp32")
         if problem:
             raise ValueError(problem[1])
-        self.encoder, self.hidden_size, self.num_layers = encoder, hidden_size, num_layers
+        self.hidden_size, self.num_layers = hidden_size, num_layers
         self.dropout, self.peephole, self.recurrent_dropout = dropout, peephole, recurrent_dropout
         self.suffixes = ["", "_reverse"] if bidirectional else [""]
-        gates = GATES[encoder] * hidden_size
+        gates = CELLS[cell].gate_count * hidden_size
+        self.cell = CELLS[cell]
         for layer in range(num_layers):
             in_size = input_size if layer == 0 else hidden_size * len(self.suffixes)
             for sfx in self.suffixes:
@@ -62,7 +64,7 @@ class ScratchRNN(nn.Module):
                 for name, shape in shapes.items():
                     self.register_parameter(f"{name}_l{layer}{sfx}", nn.Parameter(torch.empty(shape)))
         H = hidden_size  # PyTorch's LSTM rows are (i, f, g, o); ours are (o, i, f, g)
-        order = torch.cat([torch.arange(3 * H, 4 * H), torch.arange(0, 3 * H)]) if encoder == "lstm" \
+        order = torch.cat([torch.arange(3 * H, 4 * H), torch.arange(0, 3 * H)]) if cell == "lstm" \
             else torch.empty(0)
         self.register_buffer("_lstm_order", order.long(), persistent=False)
         self.reset_parameters()
@@ -82,36 +84,54 @@ class ScratchRNN(nn.Module):
 
     def _layer(self, inp: torch.Tensor, layer: int, active: list[int], lens: torch.Tensor):
         """inp (T, B, In) -> per direction, (hs (T, B, H) in its own reading order, each sequence's final
-        h (B, H), for the LSTM its final c (B, H), else None)."""
+        h (B, H), for a cell with a cell state its final c (B, H), else None)."""
         seqs = [inp if d == 0 else reverse_within_length(inp, lens, time_dim=0)
                 for d in range(len(self.suffixes))]
         directions = list(zip(seqs, self.suffixes, strict=True))
-        if self.encoder != "lstm" or self.peephole:
-            return [self._direction(seq, layer, sfx, active, lens) for seq, sfx in directions]
+        return getattr(self, self.cell.scratch_layer)(directions, layer, active, lens)
+
+    def lstm_layer(self, directions, layer: int, active: list[int], lens: torch.Tensor):
+        """The LSTM's layer: both directions in one call, which the C++ kernels run side by side."""
+        if self.peephole:
+            return [self._peephole_direction(seq, layer, sfx, active, lens) for seq, sfx in directions]
         order, args = self._lstm_order, []
-        for seq, sfx in directions:  # both directions in one call: they run side by side
+        for seq, sfx in directions:
             p = self._params(layer, sfx)
             args += [seq, p["weight_ih"][order], (p["bias_ih"] + p["bias_hh"])[order], p["weight_hh"][order]]
         out = LSTMLayer.apply(active, *args)  # (hs, c_last, h_last) per direction
         return list(zip(out[::3], out[2::3], out[1::3], strict=True))
 
-    def _direction(self, seq: torch.Tensor, layer: int, sfx: str, active: list[int], lens: torch.Tensor):
-        """GRU, RNN, peephole LSTM: seq (T, B, In) -> hs (T, B, H), each sequence's final h (B, H), and for
-        the LSTM its final c (B, H), else None."""
-        p = self._params(layer, sfx)
-        T, B = seq.shape[:2]
-        cs = None
-        if self.encoder == "gru":
+    def gru_layer(self, directions, layer: int, active: list[int], lens: torch.Tensor):
+        """The GRU's layer, one direction at a time: r gates the recurrent product, so only the input
+        product (with b_ih) is made for all steps at once."""
+        out = []
+        for seq, sfx in directions:
+            p = self._params(layer, sfx)
+            T, B = seq.shape[:2]
             xproj = torch.addmm(p["bias_ih"], seq.reshape(T * B, -1), p["weight_ih"].t()).view(T, B, -1)
             hs = GRULayer.apply(xproj, p["weight_hh"], p["bias_hh"], active)
-        elif self.encoder == "rnn":
+            out.append((hs, last_real(hs, lens, time_dim=0), None))
+        return out
+
+    def rnn_layer(self, directions, layer: int, active: list[int], lens: torch.Tensor):
+        """The tanh RNN's layer, one direction at a time."""
+        out = []
+        for seq, sfx in directions:
+            p = self._params(layer, sfx)
             hs = RNNLayer.apply(seq, p["weight_ih"], p["bias_ih"] + p["bias_hh"], p["weight_hh"], active)
-        else:
-            bias = p["bias_ih"] + p["bias_hh"]
-            xproj = torch.addmm(bias, seq.reshape(T * B, -1), p["weight_ih"].t()).view(T, B, -1)
-            peep = [getattr(self, f"weight_c{gate}_l{layer}{sfx}") for gate in "ifo"]
-            hs, cs = peephole_lstm(xproj, p["weight_hh"], *peep, active)
-        return hs, last_real(hs, lens, time_dim=0), (None if cs is None else last_real(cs, lens, time_dim=0))
+            out.append((hs, last_real(hs, lens, time_dim=0), None))
+        return out
+
+    def _peephole_direction(self, seq: torch.Tensor, layer: int, sfx: str, active: list[int],
+                            lens: torch.Tensor):
+        """One direction of a peephole LSTM layer: seq (T, B, In) -> hs (T, B, H), final h and c (B, H)."""
+        p = self._params(layer, sfx)
+        T, B = seq.shape[:2]
+        bias = p["bias_ih"] + p["bias_hh"]
+        xproj = torch.addmm(bias, seq.reshape(T * B, -1), p["weight_ih"].t()).view(T, B, -1)
+        peep = [getattr(self, f"weight_c{gate}_l{layer}{sfx}") for gate in "ifo"]
+        hs, cs = peephole_lstm(xproj, p["weight_hh"], *peep, active)
+        return hs, last_real(hs, lens, time_dim=0), last_real(cs, lens, time_dim=0)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, outputs: bool = True):
         """x (B, T, In), lengths (B,) on the CPU -> outputs (B, T, D*H) (0 at padding),
@@ -149,11 +169,11 @@ class ScratchRNN(nn.Module):
 class ScratchEncoder(nn.Module):
     """The scratch counterpart of BuiltinEncoder: (B, T, E) + lengths -> outputs, final (B, D*H)."""
 
-    def __init__(self, encoder: str, input_size: int, hidden_size: int, num_layers: int = 1,
+    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, peephole: bool = False,
                  recurrent_dropout: float = 0.0):
         super().__init__()
-        self.rnn = ScratchRNN(encoder, input_size, hidden_size, num_layers, bidirectional,
+        self.rnn = ScratchRNN(cell, input_size, hidden_size, num_layers, bidirectional,
                               dropout if num_layers > 1 else 0.0, peephole, recurrent_dropout)
         self.num_directions = len(self.rnn.suffixes)
         self.output_size = hidden_size * self.num_directions

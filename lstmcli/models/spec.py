@@ -1,33 +1,96 @@
-"""ModelSpec: everything that defines a TextClassifier, as nanoGPT's GPTConfig defines a GPT.
+"""ModelSpec: everything that defines a TextClassifier, as nanoGPT's GPTConfig defines a GPT, and the
+tables of the choices a model has (cells.py holds the cell kinds).
 
 Its field names are ModelConfig's (plus the vocabulary size and the number of classes), so lstmcli builds
 one by keyword from a config, and a library user writes `TextClassifier(ModelSpec(vocab_size=..., ...))`.
-This file imports nothing, not even torch: config.py checks its rules with `model_problem` without
-paying for torch, so an invalid combination is named by its config key before anything loads.
+The config's choices are these tables' keys. This file imports nothing, not even torch: config.py checks
+its rules with `model_problem` without paying for torch, so an invalid combination is named by its
+config key before anything loads.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-ENCODERS = ("lstm", "gru", "rnn")  # the recurrent cell
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # weight rows per unit of state, as nn.LSTM / nn.GRU / nn.RNN
-IMPLS = ("builtin", "scratch")  # PyTorch's kernels, or ours (a config's `auto` is resolved to one)
+from .cells import CELLS
+
+
+@dataclass(frozen=True)
+class Impl:
+    """An implementation of the recurrent encoders."""
+
+    name: str
+    about: str
+    precisions: tuple[str, ...]  # what it computes in
+    peephole: bool  # runs peephole connections
+
+
+IMPLS: dict[str, Impl] = {i.name: i for i in (
+    Impl("builtin", "PyTorch's nn.LSTM/GRU/RNN kernels", ("fp32", "bf16"), peephole=False),
+    Impl("scratch", "ours: the equations with hand-written backward passes, C++ time loops",
+         ("fp32",), peephole=True),
+)}
+# fp32, or bf16 autocast (weights, optimizer and loss stay float32); `auto` is resolved before a model is
+# built (runtime/precision.py)
+PRECISIONS = ("fp32", "bf16")
 POOLINGS = ("last", "mean", "max")
 PACKS = ("auto", "always", "never")
-PRECISIONS = ("fp32", "bf16")  # what runs; `auto` is resolved before a model is built
-NGRAM_BAGS = ("fasttext", "nbsvm")  # models/ngrams.py: NgramBag, NbBag
-CHOICES = {"encoder": ENCODERS, "impl": IMPLS, "pooling": POOLINGS, "pack": PACKS, "precision": PRECISIONS,
-           "ngram_bag": NGRAM_BAGS}
 
 
-def model_problem(encoder: str, impl: str, peephole: bool, precision: str) -> tuple[str, str] | None:
-    """(field, what is wrong) for a combination of fields no model can have, else None. A config's impl
-    `auto` becomes scratch for peephole connections and builtin for bf16."""
-    if peephole and (encoder != "lstm" or impl == "builtin"):
-        return "peephole", "peephole connections need encoder 'lstm' and impl 'scratch'"
-    if precision == "bf16" and (impl == "scratch" or peephole):
-        return "precision", "precision 'bf16' needs impl 'builtin' (the scratch kernels are float32/float64)"
+@dataclass(frozen=True)
+class Bag:
+    """A kind of n-gram bag beside the encoder (models/ngrams.py); F = vocab_size + buckets rows."""
+
+    name: str
+    module: str  # its class in models/ngrams.py
+    own_logits: bool  # gives class logits itself; else a vector that a linear head turns into logits
+    counts_training_split: bool  # holds per-class counts of the training split, set before training
+    # float32-sized numbers a training step keeps per token for it: (a constant, a number per class);
+    # used by the memory estimate (runtime/memory.py)
+    activations_per_token: tuple[int, int]
+
+    def parameter_count(self, features: int, dim: int, classes: int) -> tuple[int, int]:
+        """(parameters, persistent buffer elements), its head included."""
+        if self.own_logits:  # a weight per n-gram and a bias per class; counts (F, C) and norms (2, C)
+            return features + classes, features * classes + 2 * classes
+        return features * dim + dim * classes + classes, 0  # vectors, then the head
+
+
+BAGS: dict[str, Bag] = {b.name: b for b in (
+    # fasttext: its (2T,) int64 n-gram ids; nbsvm: (2T, C) gathered counts, ratios, a mask and a product
+    Bag("fasttext", "FastTextBag", own_logits=False, counts_training_split=False,
+        activations_per_token=(2 * 2, 0)),
+    Bag("nbsvm", "NbsvmBag", own_logits=True, counts_training_split=True, activations_per_token=(0, 2 * 4)),
+)}
+CHOICES = {"cell": tuple(CELLS), "impl": tuple(IMPLS), "pooling": POOLINGS, "pack": PACKS,
+           "precision": PRECISIONS, "ngram_bag": tuple(BAGS)}
+
+
+def impls_for(cell: str, peephole: bool, precision: str = "auto") -> list[str]:
+    """The implementations that can run this cell (with or without peephole connections) at this
+    precision (`auto`: at some precision)."""
+    if peephole and not CELLS[cell].peephole:
+        return []
+    return [name for name, impl in IMPLS.items()
+            if (impl.peephole or not peephole) and (precision == "auto" or precision in impl.precisions)]
+
+
+def model_problem(cell: str, impl: str, peephole: bool, precision: str) -> tuple[str, str] | None:
+    """(field, what is wrong) for a combination of fields no model can have, else None. `impl` and
+    `precision` may be `auto` (a config's, resolved later)."""
+    chosen = list(IMPLS) if impl == "auto" else [impl]
+    if peephole and not (CELLS[cell].peephole and any(IMPLS[i].peephole for i in chosen)):
+        able = [c for c in CELLS if CELLS[c].peephole]
+        with_it = [i for i in IMPLS if IMPLS[i].peephole]
+        return "peephole", (f"peephole connections need cell {' or '.join(map(repr, able))} and impl "
+                            f"{' or '.join(map(repr, with_it))}")
+    if not any(i in impls_for(cell, peephole, precision) for i in chosen):
+        if peephole:
+            return "precision", (f"precision {precision!r} cannot run peephole connections (impl "
+                                 f"{chosen[-1]!r} runs them in {', '.join(IMPLS[chosen[-1]].precisions)})")
+        able = [i for i in IMPLS if precision in IMPLS[i].precisions]
+        return "precision", (f"precision {precision!r} needs impl {' or '.join(map(repr, able))} (the "
+                             f"{impl} kernels run in {', '.join(IMPLS[impl].precisions)})")
     return None
 
 
@@ -35,7 +98,7 @@ def model_problem(encoder: str, impl: str, peephole: bool, precision: str) -> tu
 class ModelSpec:
     vocab_size: int
     num_classes: int
-    encoder: str = "lstm"
+    cell: str = "lstm"  # a key of cells.CELLS
     impl: str = "builtin"
     peephole: bool = False
     embedding_dim: int = 128
@@ -47,7 +110,7 @@ class ModelSpec:
     recurrent_dropout: float = 0.0  # AWD-LSTM's DropConnect on every weight_hh
     pooling: str = "last"
     ngram_buckets: int = 0  # hashed word-bigram buckets of the n-gram bag beside the encoder (0 = no bag)
-    ngram_bag: str = "fasttext"  # which bag (models/ngrams.py)
+    ngram_bag: str = "fasttext"  # which bag: a key of BAGS
     ngram_dim: int = 64  # the fasttext bag's vector size
     pack: str = "auto"
     precision: str = "fp32"
@@ -56,7 +119,7 @@ class ModelSpec:
         for name, valid in CHOICES.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid: {', '.join(valid)}")
-        problem = model_problem(self.encoder, self.impl, self.peephole, self.precision)
+        problem = model_problem(self.cell, self.impl, self.peephole, self.precision)
         if problem:
             raise ValueError(problem[1])
 
@@ -64,21 +127,24 @@ class ModelSpec:
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    @property
+    def branches(self) -> list[str]:
+        """The model's branches, whose logits add up: the encoder's head, and the n-gram bag's."""
+        return ["encoder"] + (["ngram_bag"] if self.ngram_buckets else [])
+
     def parameter_count(self) -> tuple[int, int]:
         """(parameters, persistent buffer elements) of the TextClassifier built from this spec, counted
         without building it (in constant time, whatever num_layers says)."""
         E, H, D, C = self.embedding_dim, self.hidden_size, self.num_directions, self.num_classes
-        rows = GATES[self.encoder] * H
+        rows = CELLS[self.cell].gate_count * H
 
         def layer(width: int) -> int:  # W_ih, W_hh, two biases (and peepholes) per direction
             return D * (rows * width + rows * H + 2 * rows + (3 * H if self.peephole else 0))
         params = self.vocab_size * E + (H * D) * C + C  # embedding, head
         params += layer(E) + (self.num_layers - 1) * layer(H * D)
-        buffers = 2 if self.ngram_buckets else 1  # branch_scale
-        features = self.vocab_size + self.ngram_buckets
-        if self.ngram_buckets and self.ngram_bag == "nbsvm":
-            params += features + C  # a weight per n-gram, a bias per class
-            buffers += features * C + 2 * C  # counts, norms
-        elif self.ngram_buckets:
-            params += features * self.ngram_dim + self.ngram_dim * C + C
+        buffers = len(self.branches)  # branch_weights
+        if self.ngram_buckets:
+            bag_params, bag_buffers = BAGS[self.ngram_bag].parameter_count(
+                self.vocab_size + self.ngram_buckets, self.ngram_dim, C)
+            params, buffers = params + bag_params, buffers + bag_buffers
         return params, buffers

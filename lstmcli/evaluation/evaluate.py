@@ -1,0 +1,101 @@
+"""Evaluating a model: loss and classification metrics on every example of a split, and the same for a
+checkpoint on a split of its dataset, or on every row of another file (`lstmcli eval`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lstmcli import checkpoint
+from lstmcli.data.batches import Truncation, collate, sorted_batches, truncated_lengths
+from lstmcli.data.encode import EncodedSplit, encode_dataset, encode_file
+from lstmcli.errors import LstmcliError
+from lstmcli.evaluation.metrics import (
+    best_f1_threshold,
+    check_threshold,
+    merge_pairs,
+    pair_counts,
+    report_from_pairs,
+    roc_auc,
+)
+from lstmcli.runtime.device import resolve_device
+from lstmcli.runtime.distributed import SINGLE, Dist, all_reduce_sum, gather
+
+
+def rank_batches(split: EncodedSplit, batch_size: int, cut: Truncation, device: torch.device,
+                 dist: Dist = SINGLE):
+    """This rank's share of `split` in length-sorted batches, collated onto `device`: every
+    world_size-th batch from its rank's, so that the ranks together see every example once."""
+    batches = sorted_batches(truncated_lengths(split, cut.length), batch_size)
+    for indices in batches[dist.rank::dist.world_size]:
+        yield collate(split, indices, cut).to(device)
+
+
+@torch.no_grad()
+def evaluate(model, split: EncodedSplit, device: torch.device, batch_size: int, cut: Truncation,
+             label_names: list[str], dist: Dist = SINGLE, threshold: float | None = None) -> dict:
+    """Loss and classification metrics of `model` on every example of `split`.
+
+    With two labels the report adds the ROC-AUC of the second label's probability and the threshold
+    that maximises its F1 here; `threshold` decides by that probability (>= threshold: the second
+    label) instead of the most probable label. Under torchrun each rank runs every world_size-th of the
+    same length-sorted batches and the counts (and binary scores) are combined, so the metrics are the
+    single process's and the loss differs only by the order of its float sum. The confusion is counted
+    as (true, predicted) pairs (metrics.pair_counts), so memory and time grow with the examples and the
+    labels, never with the labels squared."""
+    model.eval()
+    k = len(label_names)
+    pairs, loss_sum, scores, targets = [], 0.0, [], []
+    for batch in rank_batches(split, batch_size, cut, device, dist):
+        logits = model(batch.ids, batch.lengths)
+        loss_sum += float(F.cross_entropy(logits, batch.labels, reduction="sum"))
+        positive = logits.softmax(1)[:, 1] if k == 2 else None  # (B,) the second label's probability
+        preds = logits.argmax(1) if threshold is None else (positive >= threshold).long()
+        pairs.append(pair_counts(batch.labels.cpu(), preds.cpu(), k))
+        if k == 2:
+            scores.append(positive.float().cpu())
+            targets.append(batch.labels.cpu())
+    # each rank's distinct pairs, not a k x k matrix, travel: a dense all-reduce is k^2 whatever the data
+    confusion = merge_pairs(gather(dist, merge_pairs(pairs)))
+    loss_sum = float(all_reduce_sum(dist, torch.tensor([loss_sum], dtype=torch.float64)))
+    report = report_from_pairs(confusion, label_names, loss=loss_sum / max(len(split), 1))
+    if k == 2:
+        none = [torch.zeros(0)], [torch.zeros(0, dtype=torch.int64)]
+        ranks = gather(dist, (torch.cat(scores or none[0]), torch.cat(targets or none[1])))
+        s, y = (torch.cat([r[i] for r in ranks]) for i in (0, 1))
+        report |= {"positive_label": label_names[1], "threshold": threshold, "roc_auc": roc_auc(s, y.long()),
+                   "best_threshold": best_f1_threshold(s, y.long())}
+    return report
+
+
+def evaluate_checkpoint(checkpoint_dir: Path, split: str = "test", dataset: str | None = None,
+                        data_dir: str | None = None, batch_size: int | None = None, device: str = "auto",
+                        impl: str | None = None, precision: str | None = None,
+                        threshold: float | None = None) -> dict:
+    """The report of `checkpoint_dir` on a split: evaluate()'s metrics, plus what was evaluated and how
+    (checkpoint, dataset, split, impl, precision, device, torch). Writes nothing.
+
+    With `dataset` a single file, every row of it is evaluated (`split` is then the file's stem);
+    otherwise the split is carved exactly as in training, from the checkpoint's data settings, reading
+    the data from `data_dir` (default: the folder the checkpoint was trained from).
+    """
+    dev = resolve_device(device)
+    ck = checkpoint.load(checkpoint_dir, str(dev), impl, precision)
+    if threshold is not None:
+        check_threshold(threshold, ck.label_names)
+    data_cfg = dataclasses.replace(ck.config.data, data_dir=data_dir or ck.config.data.data_dir,
+                                   dataset=dataset or ck.config.data.dataset)
+    if dataset and Path(dataset).is_file():
+        encoded, split = encode_file(Path(dataset), data_cfg, ck.vocab, ck.label_names), Path(dataset).stem
+    else:
+        encoded = encode_dataset(data_cfg, vocab=ck.vocab, label_names=ck.label_names).splits[split]
+    if len(encoded) == 0:
+        raise LstmcliError(f"split '{split}' of {data_cfg.dataset} has no examples")
+    report = evaluate(ck.model, encoded, dev, batch_size or ck.config.train.batch_size,
+                      Truncation.for_inference(ck.config.data), ck.label_names, threshold=threshold)
+    return {"checkpoint": str(ck.path), "dataset": data_cfg.dataset, "split": split,
+            "impl": ck.model.spec.impl, "precision": ck.config.model.precision.value, **report,
+            "device": str(dev), "torch": torch.__version__}

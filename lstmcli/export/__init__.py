@@ -1,0 +1,1 @@
+"""Export formats: a checkpoint as a model that runs without lstmcli, one module per format (onnx.py)."""

@@ -1,0 +1,82 @@
+"""Builds and installs the C++ time loops of the scratch LSTM and GRU (recurrence.cpp here).
+
+The scratch encoders run the Python loops of lstmcli/models/recurrence.py unless a kernel module has
+been handed to `recurrence.use_native`. `ensure()` builds that module with torch.utils.cpp_extension
+(a C++ compiler and ninja; about a minute the first time on 2 cores, then cached in
+TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions) and hands it over. When it cannot be
+built, the Python loops run - same results, slower - and one line on stderr says why.
+LSTMCLI_NATIVE=0 skips the build.
+
+The build is compiled for the instruction set torch itself dispatches to on this CPU (AVX512, AVX2,
+or none of those: plain x86-64), never -march=native, and its cache folder is named for that
+instruction set and a digest of the flags and torch version. So a cache shared between machines (a
+home folder on NFS, a CI cache, a Docker layer) never hands an AVX-512 build to an AVX2 CPU, and a
+torch upgrade rebuilds instead of loading a module built against another ABI.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from lstmcli.models import recurrence
+
+log = logging.getLogger(__name__)
+SOURCE = Path(__file__).with_name("recurrence.cpp")
+
+# -fopenmp: at::parallel_for is a template, compiled here; without it a step's rows run on one thread.
+# ATen's Vectorized<T> picks its instruction set from these macros; torch exports the Sleef
+# exp/tanh routines it calls. The capability is the one torch itself dispatches to on this CPU.
+ISA_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma",
+               "-DCPU_CAPABILITY_AVX512", "-DCPU_CAPABILITY=AVX512"],
+    "AVX2": ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"],
+}
+
+
+@functools.cache
+def ensure() -> bool:
+    """Build (or load the cached build of) the kernels and install them; True when they are in use."""
+    if os.environ.get("LSTMCLI_NATIVE", "1") == "0":
+        return False
+    try:
+        module = build()
+    except Exception as e:  # no compiler, no ninja, a failed build: the Python loops still work
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        log.warning(f"scratch encoders: C++ kernels unavailable ({reason[:200]}); using the Python loops "
+                    f"(slower, same results; LSTMCLI_NATIVE=0 silences this)")
+        return False
+    recurrence.use_native(module)
+    return True
+
+
+def uses_packed_gemm() -> bool:
+    """Whether the installed C++ kernels run their float32 step matmuls through MKL's packed GEMM."""
+    kernels = recurrence.native_kernels()
+    return kernels is not None and kernels.packed_gemm()
+
+
+def build_spec(isa: str | None = None) -> tuple[str, list[str]]:
+    """(module name, compiler flags) of the build for `isa` (default: what torch dispatches to here)."""
+    isa = isa or torch.backends.cpu.get_cpu_capability()
+    flags = ["-O3", "-fopenmp", *ISA_FLAGS.get(isa, [])]
+    digest = hashlib.sha256(" ".join([torch.__version__, *flags]).encode()).hexdigest()[:10]
+    return f"lstmcli_recurrence_{isa.lower()}_{digest}", flags
+
+
+def build():
+    from torch.utils import cpp_extension  # imported here: it is slow to import and only needed now
+
+    # ninja may come from the virtual environment's bin folder, which is not on PATH unless activated
+    bin_dir = str(Path(sys.executable).parent)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    name, flags = build_spec()
+    return cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags,
+                              extra_ldflags=["-fopenmp"], verbose=False)

@@ -1,0 +1,244 @@
+"""Training: train_one_epoch, and a run's epochs: validate, checkpoint, stop and resume, calibrate and
+test best/. setup.py starts or reopens the Run this takes through them."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lstmcli import checkpoint
+from lstmcli.config import Config
+from lstmcli.data.batches import Truncation, bucket_batches, collate, padding_share, truncated_lengths
+from lstmcli.data.encode import EncodedSplit
+from lstmcli.errors import CheckFailed, Interrupted, LstmcliError, PeerFailed
+from lstmcli.evaluation import plots
+from lstmcli.evaluation.evaluate import evaluate
+from lstmcli.fsutil import write_json
+from lstmcli.runtime import distributed
+from lstmcli.runtime.distributed import SINGLE, Dist, all_reduce_sum
+from lstmcli.training.calibration import calibrate
+from lstmcli.training.progress import EpochReporter, StepCallback, chain, epoch_line
+from lstmcli.training.rundir import point_latest
+from lstmcli.training.schedule import step_per_batch, step_per_epoch
+from lstmcli.training.setup import Run, reopen, start
+from lstmcli.training.state import EpochProgress, GracefulStop, TrainState, rng_state, state_dict
+
+log = logging.getLogger(__name__)
+
+
+def train_one_epoch(model, split: EncodedSplit, batches: list[torch.Tensor], optimizer, scheduler,
+                    device: torch.device, cut: Truncation, grad_clip: float, progress: EpochProgress,
+                    should_stop: Callable[[], bool], on_step: StepCallback | None = None,
+                    epoch: int = 1, dist: Dist = SINGLE,
+                    class_weight: torch.Tensor | None = None) -> EpochProgress:
+    """Train on `batches`, continuing from `progress.batches_done` and updating `progress` in place;
+    `on_step(step, progress)` after each step. `class_weight` (C,) weighs each label's loss.
+
+    Returns early, between two batches, once `should_stop()` says so. A non-finite loss or gradient
+    raises CheckFailed before the optimizer step, so the weights stay the last good ones. Under torchrun
+    `model` is wrapped in DistributedDataParallel and `batches` are the global batches; each rank runs
+    its share of each (see _step_loss), and the stop request and running totals are summed over the
+    ranks every step, so that all of them stop at the same step with the same totals.
+    """
+    model.train()
+    start = time.perf_counter() - progress.seconds
+    for step in range(progress.batches_done + 1, len(batches) + 1):
+        loss, totals = _step_loss(model, split, batches[step - 1], cut, device, dist, class_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf))
+        totals[4] = float(should_stop())
+        loss_sum, correct, seen, tokens, stop = all_reduce_sum(dist, totals).tolist()
+        if not (math.isfinite(loss_sum) and math.isfinite(norm)):
+            what = f"loss {loss_sum / seen}" if not math.isfinite(loss_sum) else f"gradient norm {norm}"
+            raise CheckFailed(f"non-finite {what} in epoch {epoch} at step {step}; training stopped, and "
+                              f"last/ keeps the last good checkpoint (try a lower --lr or a --grad-clip)")
+        optimizer.step()
+        step_per_batch(scheduler)
+        p = progress
+        p.batches_done, p.loss_sum, p.correct = step, p.loss_sum + loss_sum, p.correct + int(correct)
+        p.seen, p.tokens, p.seconds = p.seen + int(seen), p.tokens + int(tokens), time.perf_counter() - start
+        if on_step is not None:
+            on_step(step, p)
+        if stop:
+            break
+    return progress
+
+
+def _step_loss(model, split: EncodedSplit, rows: torch.Tensor, cut: Truncation, device: torch.device,
+               dist: Dist, class_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss to back-propagate for the global batch `rows`, and this rank's float64 totals
+    [loss sum, correct, examples, tokens, 0 (the stop request's place)].
+
+    One process: the mean loss (with class weights, the weighted mean: sum w_y * loss / sum w_y, as
+    F.cross_entropy's). Under torchrun each rank runs its share of the rows, and its loss is its sum over
+    them times world_size / (the rows' total weight): DDP averages gradients over the ranks, so the
+    result is the gradient of the mean over the whole global batch, however unevenly the rows divide."""
+    mine, live = dist.shard(rows)
+    batch = collate(split, mine, cut).to(device)
+    # (P, B, C): each branch learns on its own; labels: an NBSVM bag leaves each text out of its counts
+    parts = model(batch.ids, batch.lengths, parts=True, labels=batch.labels)
+    # (B, C): what evaluation and prediction see (branch_weights is all ones until training has ended)
+    logits = parts.sum(0)
+    w = None if class_weight is None else class_weight.to(device)
+    if dist.enabled:
+        total = len(rows) if w is None else float(class_weight[split.labels[rows]].sum())
+        losses = [F.cross_entropy(part, batch.labels, weight=w, reduction="sum") for part in parts]
+        loss_sum = sum(losses) * live
+        loss = loss_sum * (dist.world_size / total)
+    else:
+        loss = sum(F.cross_entropy(part, batch.labels, weight=w) for part in parts)
+    # reported: the loss of the summed logits, as validation reports it (with one branch, the loss
+    # trained); a non-finite trained loss is reported as it is, so that the step stops on it
+    value = F.cross_entropy(logits.detach(), batch.labels, reduction="sum").item() * live
+    if not math.isfinite(trained := loss.item()):
+        value = trained
+    n = len(batch.labels) * live
+    correct = int((logits.argmax(1) == batch.labels).sum()) * live
+    return loss, torch.tensor([value, correct, n, batch.num_tokens * live, 0.0], dtype=torch.float64)
+
+
+def _resume_command(r: Run) -> str:
+    launcher = f"torchrun --nproc-per-node {r.dist.local_world_size} -m " if r.dist.enabled else ""
+    return f"{launcher}lstmcli train --resume {r.run_dir}"
+
+
+def _save_last(r: Run, val_report: dict | None) -> None:
+    """last/ with the trainer state; every rank's RNG is gathered, rank 0 writes."""
+    rngs = distributed.gather(r.dist, rng_state())
+    if r.dist.is_main:
+        checkpoint.save(r.run_dir / "last", r.saved_cfg, r.data.vocab, r.data.label_names, r.model,
+                        {"epoch": r.state.epoch - (r.state.progress.batches_done == 0), "val": val_report},
+                        state_dict(r.state, r.optimizer, r.scheduler, rngs))
+    distributed.barrier(r.dist)  # no rank leaves (and no launcher kills rank 0) before last/ is whole
+
+
+def _finish_epoch(r: Run, batches: list[torch.Tensor], lengths: torch.Tensor) -> None:
+    """Validate, record the epoch, save best/ and last/, step the plateau schedule, early stopping."""
+    epoch, p, t = r.state.epoch, r.state.progress, r.cfg.train
+    val = evaluate(r.model, r.data.splits["val"], r.device, t.batch_size, Truncation.of(r.cfg.data),
+                   r.data.label_names, r.dist)
+    stats = {"epoch": epoch, "train_loss": p.loss_sum / p.seen, "train_accuracy": p.correct / p.seen,
+             "seconds": p.seconds, "tokens": p.tokens, "tokens_per_s": p.tokens / max(p.seconds, 1e-9),
+             "padding": padding_share(batches, lengths), "lr": r.optimizer.param_groups[0]["lr"],
+             **{f"val_{k}": val[k] for k in ("loss", "accuracy", "macro_f1")}}
+    r.metrics["history"].append(stats)
+    improved = val["accuracy"] > r.state.best_val
+    step_per_epoch(r.scheduler, val["accuracy"])
+    bad = 0 if improved else r.state.bad_epochs + 1
+    best_val, best_epoch = (val["accuracy"], epoch) if improved else (r.state.best_val, r.state.best_epoch)
+    stop = bool(t.patience and bad >= t.patience)
+    r.state = TrainState(epoch + 1, EpochProgress(), best_val, best_epoch, bad, stop)
+    if improved and r.dist.is_main:
+        checkpoint.save(r.run_dir / "best", r.saved_cfg, r.data.vocab, r.data.label_names, r.model,
+                        {"epoch": epoch, "val": val})
+    _save_last(r, val)
+    r.metrics["best_epoch"] = r.state.best_epoch
+    if r.state.stopped_early:
+        r.metrics["stopped_early"] = {"epoch": epoch, "patience": t.patience}
+    if r.dist.is_main:
+        write_json(r.run_dir / "metrics.json", r.metrics)
+        point_latest(r.run_dir)
+        plots.learning_curves(r.metrics, r.run_dir / plots.LEARNING_CURVES,
+                              f"{r.run_dir.name}: learning curves")
+    if r.tb is not None:
+        r.tb.on_epoch(stats)
+    log.info(epoch_line(stats, t.epochs, improved))
+
+
+def fit(r: Run) -> dict:
+    """Train `r` to its last epoch (or early stop), then report test metrics of best/."""
+    t, cut = r.cfg.train, Truncation.of(r.cfg.data)
+    train = r.data.splits["train"]
+    lengths = truncated_lengths(train, cut.length)
+    with GracefulStop() as stop, (contextlib.closing(r.tb) if r.tb else contextlib.nullcontext()):
+        while r.state.epoch <= t.epochs and not r.state.stopped_early:
+            epoch, p = r.state.epoch, r.state.progress
+            batches = bucket_batches(lengths, t.batch_size, t.seed, epoch)  # the same on every rank
+            with EpochReporter(epoch, t.epochs, len(batches), p.batches_done, t.log_every) as report:
+                on_step = report if r.tb is None else chain(report, r.tb.on_step(epoch, len(batches),
+                                                                                 r.optimizer, p))
+                train_one_epoch(r.wrapped, train, batches, r.optimizer, r.scheduler, r.device, cut,
+                                t.grad_clip, p, stop, on_step, epoch, r.dist, r.class_weight)
+            if p.batches_done < len(batches):
+                _save_last(r, None)
+                raise Interrupted(f"interrupted in epoch {epoch} after {p.batches_done}/{len(batches)} "
+                                  f"batches; {r.run_dir / 'last'} holds that point; continue with: "
+                                  f"{_resume_command(r)}")
+            _finish_epoch(r, batches, lengths)
+            stopped = bool(all_reduce_sum(r.dist, torch.tensor([float(stop())])))  # one answer for all ranks
+            if stopped and r.state.epoch <= t.epochs and not r.state.stopped_early:
+                raise Interrupted(f"interrupted after epoch {epoch}; continue with: {_resume_command(r)}")
+    best = checkpoint.load(r.run_dir / "best", str(r.device), choice=r.choice)
+    if t.calibrate:
+        _calibrate_best(r, best)
+    r.metrics["test"] = evaluate(best.model, r.data.splits["test"], r.device, t.batch_size, cut,
+                                 r.data.label_names, r.dist)
+    if r.dist.is_main:
+        write_json(r.run_dir / "metrics.json", r.metrics)
+        plots.confusion_matrix(r.metrics["test"], r.run_dir / plots.CONFUSION,
+                               f"{r.run_dir.name}: test split, best/")
+    log.info(f"test accuracy of best/ (epoch {r.metrics['best_epoch']}): {r.metrics['test']['accuracy']:.4f} "
+             f"(n={r.metrics['test']['n']})")
+    return r.metrics
+
+
+def _calibrate_best(r: Run, best: checkpoint.Checkpoint) -> None:
+    """Fit best/'s branch weights on the validation split (calibration.py) and write them into best/.
+    Its branch logits ignore the weights it has, so a resumed run that calibrates again gets the same."""
+    t = r.cfg.train
+    # the plain sum is where calibration starts and what its "before" reports; best/ holds fitted weights
+    # already when an earlier try of this run was stopped after calibrating it
+    best.model.branch_weights.fill_(1.0)
+    try:
+        report = calibrate(best.model, r.data.splits["val"], r.device, t.batch_size,
+                           Truncation.of(r.cfg.data), r.dist, r.class_weight)
+    except LstmcliError as exc:  # (every rank holds the same labels, so every rank returns here)
+        r.metrics["calibration"] = {"skipped": str(exc)}
+        log.info(f"best/ is not calibrated: {exc}")
+        return
+    r.metrics["calibration"] = report
+    if r.dist.is_main:
+        checkpoint.update(best.path, best.model, {**best.metrics, "calibration": report})
+    b, a = report["before"], report["after"]
+    weights = ", ".join(f"{n} {w:.3g}" for n, w in zip(report["branches"], report["weights"], strict=True))
+    log.info(f"calibrated best/ on val (n={report['split_size']}): weights {weights}; log-loss "
+             f"{b['loss']:.4f} -> {a['loss']:.4f}, accuracy {b['accuracy']:.4f} -> {a['accuracy']:.4f}")
+
+
+def _fit_and_release(r: Run) -> Path:
+    """fit(r), then let go of the run folder; under torchrun a collective that fails (another rank died:
+    torchrun then ends the rest within seconds, or the process group's timeout passed) becomes one line
+    instead of a traceback."""
+    try:
+        fit(r)
+    except RuntimeError as exc:
+        if not r.dist.enabled:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PeerFailed(f"rank {r.dist.rank}: another process of this torchrun launch failed or stopped "
+                         f"answering ({first[:200]}); its own output says why") from None
+    finally:
+        if r.lock is not None:
+            r.lock.release()
+    distributed.stop(r.dist)
+    return r.run_dir
+
+
+def run(cfg: Config, force: bool = False, memory_check: bool = True) -> Path:
+    """Train as `cfg` says; returns the run folder (config.json, metrics.json, best/, last/). `force`
+    trains into a folder that holds something; `memory_check` False skips the estimate of what the run
+    needs against the memory the machine has (runtime/memory.check)."""
+    return _fit_and_release(start(cfg, force, memory_check))
+
+
+def resume(run_dir: Path) -> Path:
+    """Continue a stopped run where it stopped."""
+    return _fit_and_release(reopen(run_dir))

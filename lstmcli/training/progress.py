@@ -1,0 +1,55 @@
+"""What a person sees of an epoch in progress: a bar on a terminal, a log line every `log_every` steps."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from tqdm import tqdm
+
+from lstmcli.training.state import EpochProgress
+
+log = logging.getLogger(__name__)
+StepCallback = Callable[[int, EpochProgress], None]
+
+
+def chain(*callbacks: StepCallback) -> StepCallback:
+    """One step callback that calls each of `callbacks` in turn."""
+    def call(step: int, p: EpochProgress) -> None:
+        for callback in callbacks:
+            callback(step, p)
+    return call
+
+
+def epoch_line(s: dict, epochs: int, improved: bool) -> str:
+    """The log line of a finished epoch, from its history entry."""
+    return (f"epoch {s['epoch']}/{epochs}: train loss {s['train_loss']:.4f} acc {s['train_accuracy']:.4f}"
+            f" | val loss {s['val_loss']:.4f} acc {s['val_accuracy']:.4f} | {s['seconds']:.1f}s "
+            f"{s['tokens_per_s']:,.0f} tok/s, padding {s['padding']:.1%}{'  *best' if improved else ''}")
+
+
+class EpochReporter:
+    """A `train_one_epoch` step callback. The bar shows only when stderr is a terminal and info is
+    logged (not under --quiet); the lines are for CI logs, where no bar is drawn."""
+
+    def __init__(self, epoch: int, epochs: int, total: int, done: int, log_every: int):
+        self.epoch, self.total, self.log_every = epoch, total, log_every
+        shown = log.isEnabledFor(logging.INFO) and sys.stderr.isatty()
+        self.bar = tqdm(total=total, initial=done, desc=f"epoch {epoch}/{epochs}", leave=False,
+                        disable=not shown)
+
+    def __call__(self, step: int, p: EpochProgress) -> None:
+        rate = p.tokens / max(p.seconds, 1e-9)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{p.loss_sum / p.seen:.4f}", acc=f"{p.correct / p.seen:.4f}",
+                             tok_s=f"{rate:,.0f}")
+        if self.log_every and step % self.log_every == 0:
+            log.info(f"epoch {self.epoch} step {step}/{self.total}: loss {p.loss_sum / p.seen:.4f} "
+                     f"acc {p.correct / p.seen:.4f}, {rate:,.0f} tok/s")
+
+    def __enter__(self) -> EpochReporter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
