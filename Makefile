@@ -12,7 +12,7 @@ ifeq ($(origin LSTMCLI_MIRROR), undefined)
   endif
 endif
 
-.PHONY: demo test bench-prepare clean
+.PHONY: demo test bench-encode clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,8 +43,8 @@ test: $(BIN)/.installed
 	  $(AVX2_ONLY) $(BIN)/python -m pytest -m 'cpu and not slow'; \
 	else echo "make test: this CPU has no AVX-512, so the run above was an AVX2-only run; no second pass"; fi
 
-bench-prepare: $(BIN)/.installed
-	$(BIN)/python benchmarks/bench_prepare.py
+bench-encode: $(BIN)/.installed
+	$(BIN)/python benchmarks/bench_encode.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

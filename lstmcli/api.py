@@ -41,14 +41,14 @@ def train(config: Config | Mapping[str, Any] | str | Path | None = None, *, forc
 
     The run folder (`out`) must be new or empty unless `force`; a run estimated to need more memory
     than is available is refused before its model is built unless `skip_memory_check`."""
-    from lstmcli.training import fit as training
-    return training.run(_config(config, overrides), force, not skip_memory_check)
+    from lstmcli.training import fit
+    return fit.run(_config(config, overrides), force, not skip_memory_check)
 
 
 def resume(run_dir: str | Path) -> Path:
     """Continue a stopped run folder exactly where it stopped; returns it."""
-    from lstmcli.training import fit as training
-    return training.resume(Path(run_dir))
+    from lstmcli.training import fit
+    return fit.resume(Path(run_dir))
 
 
 def evaluate(checkpoint: str | Path, split: str = "test", dataset: str | None = None,
@@ -99,11 +99,9 @@ def tune_process() -> dict[str, bool]:
 
 def export(checkpoint: str | Path, out: str | Path, format: str = "onnx",
            force: bool = False) -> tuple[Path, Path]:
-    """Write the checkpoint as an ONNX model (ids, lengths) -> logits, and beside it a JSON of its labels,
+    """Write the checkpoint as a model that runs without lstmcli (`format`: a key of
+    lstmcli.export.FORMATS; onnx: (ids, lengths) -> logits) and beside it a JSON of its labels,
     vocabulary, tokenizer rules and cut; returns both paths. Existing files are replaced only with
     `force`, and never anything but a regular file outside the checkpoint."""
-    if format != "onnx":
-        from lstmcli.errors import LstmcliError
-        raise LstmcliError(f"unknown export format {format!r}; valid: onnx")
-    from lstmcli.export.onnx import export_onnx
-    return export_onnx(Path(checkpoint), Path(out), force)
+    from lstmcli.export import export as export_as
+    return export_as(Path(checkpoint), Path(out), format, force)

@@ -140,17 +140,9 @@ def _check_sizes(path: Path, cfg: Config, vocab_size: int, num_classes: int, cho
                               f"numbers, {weights} holds {stored:,}")
 
 
-def load(path: Path, device: str = "cpu", impl: str | None = None, precision: str | None = None,
-         choice: Choice | None = None) -> Checkpoint:
-    """Load a checkpoint folder; anything missing or malformed is a CheckpointError.
-
-    `impl` runs the weights in another encoder implementation (builtin <-> scratch share a state_dict);
-    `precision` (auto, fp32, bf16) overrides the one it was trained at, which otherwise runs where the
-    device runs it natively (runtime/plan.choose). A training run passes the `choice` it made instead,
-    so that it decides once. The returned config says how it runs: its impl as asked (`auto` stays
-    auto), its precision the one chosen.
-    """
-    path = Path(path)
+def _read_files(path: Path) -> tuple[Config, Vocab, list[str], dict]:
+    """The checkpoint folder's config, vocabulary, labels and metrics, each checked; a save cut short
+    between its renames is restored first."""
     if recover_dir(path):
         log.warning(f"{path} was restored from {path.parent / ('.' + path.name + '.old')}: a save was cut "
                     "short between its two renames")
@@ -170,6 +162,21 @@ def load(path: Path, device: str = "cpu", impl: str | None = None, precision: st
         raise CheckpointError(f"broken checkpoint: {path / 'labels.json'} is not a list of two or more "
                               "distinct label names (strings without tabs or line breaks)")
     metrics = _read_json(path / "metrics.json") if (path / "metrics.json").is_file() else {}
+    return cfg, vocab, [str(x) for x in labels], metrics
+
+
+def load(path: Path, device: str = "cpu", impl: str | None = None, precision: str | None = None,
+         choice: Choice | None = None) -> Checkpoint:
+    """Load a checkpoint folder; anything missing or malformed is a CheckpointError.
+
+    `impl` runs the weights in another encoder implementation (builtin <-> scratch share a state_dict);
+    `precision` (auto, fp32, bf16) overrides the one it was trained at, which otherwise runs where the
+    device runs it natively (runtime/plan.choose). A training run passes the `choice` it made instead,
+    so that it decides once. The returned config says how it runs: its impl as asked (`auto` stays
+    auto), its precision the one chosen.
+    """
+    path = Path(path)
+    cfg, vocab, labels, metrics = _read_files(path)
     run_impl = Impl(impl) if impl is not None else cfg.model.impl
     if choice is None:
         choice = choose(dataclasses.replace(cfg.model, impl=run_impl), torch.device(device),
@@ -195,4 +202,4 @@ def load(path: Path, device: str = "cpu", impl: str | None = None, precision: st
     model.to(device).eval()
     if choice.note:
         log.warning(choice.note)
-    return Checkpoint(path, cfg, vocab, [str(x) for x in labels], model, metrics, choice.note)
+    return Checkpoint(path, cfg, vocab, labels, model, metrics, choice.note)

@@ -17,7 +17,7 @@ from lstmcli.config import MAX_THREADS, RENAMED, Cell, Device, Impl, Precision, 
 from lstmcli.data.registry import REGISTRY
 from lstmcli.errors import CheckFailed, LstmcliError
 from lstmcli.exits import DEBUG, run, user_errors
-from lstmcli.runtime import distributed
+from lstmcli.export import FORMATS
 
 EXIT_CODES = ("Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 130 interrupted, "
               "141 stdout closed by its reader.")
@@ -108,6 +108,7 @@ def train(
         run_dir = api.resume(resume)
     else:
         run_dir = api.train(config, force=force, skip_memory_check=skip_memory_check, **fields)
+    from lstmcli.runtime import distributed
     if not distributed.from_env().is_main:
         return  # under torchrun, rank 0 answers for the run
     if json_out:
@@ -232,8 +233,8 @@ def predict(
 def bench(
     cell: Annotated[list[Cell], typer.Option("--cell", "--encoder", help="recurrent cells to measure (repeat "
                                              "it; --encoder is its old name)")] = list(Cell),
-    impl: Annotated[list[Impl], typer.Option(help="implementations to measure (builtin, scratch)")] = [
-        Impl.builtin, Impl.scratch],
+    impl: Annotated[list[Impl], typer.Option(help="implementations to measure (repeat it)")] = [
+        i for i in Impl if i is not Impl.auto],
     embedding_dim: Annotated[int, typer.Option(min=1, help="embedding size")] = 128,
     hidden_size: Annotated[int, typer.Option(min=1, help="recurrent state size")] = 256,
     batch_size: Annotated[int, typer.Option(min=1, help="examples per batch")] = 64,
@@ -271,15 +272,15 @@ def bench(
     typer.echo(json.dumps(report) if json_out else format_bench(report))
 
 
-class ExportFormat(str, Enum):
-    onnx = "onnx"
+ExportFormat = Enum("ExportFormat", [(name, name) for name in FORMATS], type=str)  # export/__init__.py
 
 
 @app.command()
 @user_errors
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint folder")] = DEFAULT_CHECKPOINT,
-    format: Annotated[ExportFormat, typer.Option("--format", help="model format")] = ExportFormat.onnx,
+    format: Annotated[ExportFormat, typer.Option("--format", help="model format: " + "; ".join(
+        f"{name}: {about}" for name, about in FORMATS.items()))] = ExportFormat.onnx,
     out: Annotated[Path, typer.Option(help="model file; its labels, vocabulary and tokenizer go to the same "
                                       "name with .json")] = Path("model.onnx"),
     force: Annotated[bool, typer.Option("--force", help="replace --out and its .json if they exist "

@@ -97,11 +97,12 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     cell: Cell = _f(Cell.lstm, "recurrent cell: " + "; ".join(f"{c.name}: {c.about}" for c in CELLS.values()))
-    impl: Impl = _f(Impl.auto, "builtin: PyTorch's nn.LSTM/GRU/RNN; scratch: ours "
-                               "(lstmcli/models/scratch.py); auto: scratch for an LSTM run in float32 on a "
-                               "CPU where its C++ kernels build (faster there), else builtin")
-    peephole: bool = _f(False, "peephole connections (Gers & Schmidhuber 2000); lstm with impl scratch (or "
-                               "auto) only")
+    impl: Impl = _f(Impl.auto, "; ".join(f"{i.name}: {i.about}" for i in IMPLS.values()) + "; auto: scratch "
+                    f"for {', '.join(c for c in CELLS if CELLS[c].auto_scratch)} in fp32 on a CPU where its "
+                    f"C++ kernels build (faster there), else builtin")
+    peephole: bool = _f(False, "peephole connections (Gers & Schmidhuber 2000); cell "
+                        f"{', '.join(c for c in CELLS if CELLS[c].peephole)} with impl "
+                        f"{', '.join(i for i in IMPLS if IMPLS[i].peephole)} (or auto) only")
     embedding_dim: int = _f(128, "embedding size")
     hidden_size: int = _f(128, "recurrent state size per direction")
     num_layers: int = _f(1, "stacked recurrent layers")
@@ -113,13 +114,13 @@ class ModelConfig:
     pooling: Pooling = _f(Pooling.last, "how encoder outputs become one vector: last state, mean or max")
     ngram_buckets: int = _f(0, "add a bag of words and hashed word bigrams beside the encoder, with this "
                                "many bigram buckets (0 = none)")
-    ngram_bag: NgramBag = _f(NgramBag.fasttext, "the bag: fasttext (mean of learned n-gram vectors, "
-                                 "then a linear layer) or nbsvm (each distinct n-gram's Naive Bayes ratio "
-                                 "from the training split, times a learned weight)")
+    ngram_bag: NgramBag = _f(NgramBag.fasttext, "the bag: " + "; ".join(f"{b.name}: {b.about}"
+                                                                      for b in BAGS.values()))
     ngram_dim: int = _f(64, "size of the fasttext bag's vectors")
     pack: Pack = _f(Pack.auto, "PackedSequence: auto packs on CUDA only; padded runs are exact too")
     precision: Precision = _f(Precision.fp32, "bf16: matmuls and recurrent kernels run in bfloat16 under "
-                              "autocast, weights, optimizer and loss stay float32 (builtin impl only; needs "
+                              "autocast, weights, optimizer and loss stay float32 (impl "
+                              f"{', '.join(i for i in IMPLS if 'bf16' in IMPLS[i].precisions)} only; needs "
                               "CUDA or a CPU with AVX-512-BF16/AMX to pay); auto: bf16 where the device runs "
                               "it natively, else fp32")
 

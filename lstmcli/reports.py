@@ -68,8 +68,6 @@ def _confusion_lines(report: dict, names: list[str], width: int) -> list[str]:
     return lines
 
 
-
-
 def format_calibration(report: dict) -> str:
     """`lstmcli calibrate`'s table: each branch's weight, and the split's log-loss and accuracy."""
     b, a = report["before"], report["after"]

@@ -1,4 +1,5 @@
-"""The Python API (what the CLI calls), binary thresholds and ROC-AUC, and class weights in the loss."""
+"""api.py, the Python API the CLI calls: train, evaluate, load and predict as the CLI does; `import
+lstmcli` stays light."""
 
 import json
 import subprocess
@@ -49,13 +50,3 @@ def test_import_lstmcli_stays_light():
             "print('torch' in sys.modules, callable(lstmcli.load), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "True", "True"]  # torch comes with the first use
-
-
-
-
-
-
-
-
-
-

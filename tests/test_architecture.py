@@ -1,7 +1,7 @@
 """The rules of docs/architecture.md that code can check: the layers import downwards only, the models
-import torch only, only the command line prints, reading a config loads no torch, importing or loading
-changes nothing process-wide, every path the doc names exists, and the README's dataset table lists
-the registry."""
+import torch only, only the command line prints, reading a config loads no torch, every path the doc
+names exists, and the README's dataset table lists the registry (tests/test_process.py checks that
+importing or loading changes nothing process-wide)."""
 
 import ast
 import re
@@ -113,10 +113,6 @@ def test_reading_a_config_loads_no_torch():
     code = "import sys, lstmcli.config; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
-
-
-
-
 
 
 def test_architecture_doc_names_only_paths_that_exist():

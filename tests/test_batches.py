@@ -64,7 +64,7 @@ def test_collate_head_tail_keeps_both_ends():
     assert batch.lengths.tolist() == [5, 3]
 
 
-def test_cut_apply_matches_collate():
+def test_truncation_apply_matches_collate():
     from lstmcli.data.batches import Truncation
     split = make_split([7])
     cuts = (Truncation(5, Truncate.head_tail), Truncation(5), Truncation(0),

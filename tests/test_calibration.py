@@ -38,14 +38,14 @@ def sampled(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def test_the_fitted_weights_are_the_most_probable_ones():
     features, labels = sampled(20000, seed=0)
     parts = two_class(features)
-    scales = fit_branch_weights(parts, labels)
-    assert scales.tolist() == pytest.approx([1.5, 0.5], abs=0.06)  # the weights the labels were drawn with
-    u = scales.log().requires_grad_()  # at the optimum of log-loss + prior: no slope left
+    weights = fit_branch_weights(parts, labels)
+    assert weights.tolist() == pytest.approx([1.5, 0.5], abs=0.06)  # the weights the labels were drawn with
+    u = weights.log().requires_grad_()  # at the optimum of log-loss + prior: no slope left
     w = u.exp()
     loss = F.cross_entropy(torch.einsum("p,pnc->nc", w, parts), labels) + ((w - 1) ** 2).sum() / (2 * 20000)
     loss.backward()
     assert u.grad.abs().max() < 1e-5  # (L-BFGS stops once the loss moves by < 1e-12: a slope near 1e-6)
-    assert torch.equal(fit_branch_weights(parts, labels), scales)  # the same logits give the same weights
+    assert torch.equal(fit_branch_weights(parts, labels), weights)  # the same logits give the same weights
 
 
 def test_a_separable_split_gets_finite_weights():

@@ -1,4 +1,4 @@
-"""Issue 28, part 5: downloads that cannot hang. Hostile loopback servers (a trickle, silence after the
+"""Downloads that cannot hang (data/transfer.py). Hostile loopback servers (a trickle, silence after the
 headers, headers that never end, a stream just fast enough to dodge the stall rule), a lock held by
 another process or by one that was killed, and bad values of the three limits' variables."""
 

@@ -133,3 +133,9 @@ def test_without_the_extra_export_is_one_line(mirror, workdir, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
     one_line_error(run("export", "r/best"), 2, "needs the onnx package", "pip install 'lstmcli[export]'")
     assert not Path("model.onnx").exists() and not Path("model.json").exists()
+
+
+def test_every_kind_of_bag_has_an_onnx_graph():
+    from lstmcli.export.onnx import BAG_GRAPHS
+    from lstmcli.models.spec import BAGS
+    assert set(BAG_GRAPHS) == set(BAGS)

@@ -1,4 +1,4 @@
-"""Many labels (issue 28): the confusion is counted as (true, predicted) pairs, so evaluation, reports and
+"""Many labels: the confusion is counted as (true, predicted) pairs, so evaluation, reports and
 pictures grow with the examples and the labels, not with the labels squared; beyond 50 labels a report
 holds the sparse confusion and the picture draws the 50 most frequent labels; `plot` on a malformed
 metrics.json ends in one line."""

@@ -333,7 +333,7 @@ def nb_bag_by_hand(counts, w, bias, grams, label=None):
     return total
 
 
-def test_nb_bag_sums_each_distinct_ngrams_ratio_times_its_weight():
+def test_nbsvm_bag_sums_each_distinct_ngrams_ratio_times_its_weight():
     from lstmcli.models.ngrams import HASH_MULTIPLIER, NbsvmBag
     torch.manual_seed(0)
     bag = NbsvmBag(vocab_size=10, buckets=7, num_classes=3)

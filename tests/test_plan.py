@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lstmcli.config import Cell, ConfigError, Impl, ModelConfig, Precision, resolve
-from lstmcli.runtime import native
+from lstmcli.runtime import native, precision
 from lstmcli.runtime.plan import build_model, choose, model_spec
 
 pytestmark = pytest.mark.cpu  # the outcome depends on the CPU: also run under AVX2 emulation
@@ -23,9 +23,10 @@ CPU = torch.device("cpu")
     ({"peephole": True}, "cuda", Impl.scratch),  # only scratch has peepholes
     ({"impl": Impl.builtin}, "cpu", Impl.builtin), ({"impl": Impl.scratch}, "cuda", Impl.scratch),
 ])
-def test_auto_picks_scratch_for_an_fp32_lstm_on_a_cpu_only(fields, device, want):
+def test_auto_picks_scratch_for_an_fp32_lstm_on_a_cpu_only(fields, device, want, bf16_level):
     if not native.ensure():
         pytest.fail("the C++ kernels did not build (the log says why)")
+    bf16_level(precision.NATIVE)  # an explicit bf16 runs (an AVX2-only CPU refuses it: test_precision.py)
     cfg = ModelConfig(**{"impl": Impl.auto, **fields})
     choice = choose(cfg, torch.device(device))
     assert choice.impl is want and f"impl {want.value}" in choice.why

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,9 +28,11 @@ print(json.dumps({"took": took, "faults": counts}))
 """
 
 PROCESS_STATE = """
-import sys, torch
+import os, sys, torch
+path = os.environ.get("PATH")
 import lstmcli
 {action}
+assert os.environ.get("PATH") == path, "PATH changed"
 flushes = float(torch.tensor([1e-39]) * torch.tensor([1.0])) == 0.0  # a denormal flushed to zero?
 process = sys.modules.get("lstmcli.runtime.process")
 malloc = process is not None and process.keep_freed_memory.cache_info().currsize > 0
@@ -57,12 +60,16 @@ def test_freed_buffers_are_reused_without_new_page_faults(setting):
 
 def test_importing_and_loading_change_nothing_process_wide(mirror, workdir):
     """Neither denormal flushing nor glibc's malloc setting is turned on by importing lstmcli, loading a
-    checkpoint or predicting with it; tune_process (what the CLI calls) turns both on."""
+    checkpoint or predicting with it, and PATH stays as it was (the C++ kernels' build puts the
+    interpreter's folder on it while it runs); tune_process (what the CLI calls) turns both on."""
     ok(run("train", "--config", TINY, "--max-train-examples", 40, "--max-eval-examples", 20, "--out", "r"))
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if d != bin_dir)
 
     def state(action: str) -> list[str]:
         code = [sys.executable, "-c", PROCESS_STATE.format(action=action), str(workdir / "r" / "best")]
-        return subprocess.run(code, capture_output=True, text=True, check=True).stdout.split()
+        env = {**os.environ, "PATH": path}
+        return subprocess.run(code, capture_output=True, text=True, check=True, env=env).stdout.split()
     for action in ("", "lstmcli.load(sys.argv[1])", "lstmcli.load(sys.argv[1]).predict(['a fine film'])"):
         assert state(action) == ["False", "False"], action
     tuned = state("lstmcli.load(sys.argv[1]); lstmcli.tune_process()")

@@ -1,4 +1,4 @@
-"""A user's CSV/TSV/JSONL files read as the user meant (issue 28, part 6): a byte order mark, duplicate
+"""A user's CSV/TSV/JSONL files read as the user meant (data/readers.py): a byte order mark, duplicate
 or misread header rows, null and empty labels, bad UTF-8 on its true line, labels that would break
 predict's output, and one-class data are each refused in one line (exit 2) before anything is written,
 or, for a BOM, simply read."""

@@ -179,12 +179,12 @@ def encode_dataset(cfg: DataConfig, vocab: Vocab | None = None,
         return _load(folder)
     names, splits = load_splits(cfg, label_names)
     vocab, encoded = encode_splits(splits, cfg, vocab)
-    prepared = EncodedData(vocab, names, encoded)
-    _save(prepared, folder)
-    return prepared
+    data = EncodedData(vocab, names, encoded)
+    _save(data, folder)
+    return data
 
 
-def _save(prepared: EncodedData, folder: Path) -> None:
+def _save(data: EncodedData, folder: Path) -> None:
     """Write to a temporary folder, then rename: a reader never sees half a cache entry. The cache only
     saves time, so a folder that cannot be written (a full disk, no permission) is a warning, not an
     error: this run goes on without it, and the next one tokenizes again."""
@@ -192,12 +192,12 @@ def _save(prepared: EncodedData, folder: Path) -> None:
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_dir(folder)
-        for name, split in prepared.splits.items():
+        for name, split in data.splits.items():
             path = tmp / f"{name}.safetensors"
             save_file({"ids": split.ids, "offsets": split.offsets, "labels": split.labels}, str(path))
             honour_umask(path)
-        (tmp / "vocab.json").write_text(prepared.vocab.to_json(), encoding="utf-8")
-        (tmp / "meta.json").write_text(json.dumps({"label_names": prepared.label_names}), encoding="utf-8")
+        (tmp / "vocab.json").write_text(data.vocab.to_json(), encoding="utf-8")
+        (tmp / "meta.json").write_text(json.dumps({"label_names": data.label_names}), encoding="utf-8")
         os.replace(tmp, folder)
     except (OSError, SafetensorError) as exc:
         if not (folder / "meta.json").is_file():  # not a concurrent writer that won the race

@@ -74,9 +74,9 @@ def _open_bytes(path: Path):
 
 class _Lines:
     """The decoded lines of a file opened in binary, ends kept, split where a text file opened with
-    newline="" splits them (\\n, \\r\\n and a lone \\r), so that csv sees exactly what it saw before.
+    newline="" splits them (\\n, \\r\\n and a lone \\r), so that csv sees exactly what a text file gives it.
 
-    A text layer decodes 8 KB ahead of csv's line counter, so its decode errors named the wrong line;
+    A text layer decodes 8 KB ahead of csv's line counter, so its decode errors would name the wrong line;
     here each line is decoded alone (UTF-8 never holds a \\r or \\n byte inside a character), a decode
     error names its own line and byte, and `count` is the number of lines handed out so far. A UTF-8
     byte order mark (Excel's "CSV UTF-8") at the start of the file is dropped.

@@ -1,7 +1,7 @@
 """The built-in datasets: one table, REGISTRY, of what each is (files with their upstream URLs and
 checksums, label names, the reader of its format, a one-line description).
 
-The table feeds `datasets.open_source`, the run folder's default name, `--dataset`'s help, `lstmcli
+The table feeds `splits.open_source`, the run folder's default name, `--dataset`'s help, `lstmcli
 datasets`, and the README's table (a test keeps that in step). Adding a dataset is one entry here and,
 for a new format, its reader in readers.py.
 """

@@ -20,7 +20,7 @@ from lstmcli.errors import DatasetError
 
 @dataclass
 class RawSplit:
-    """A split's texts and label ids, before tokenizing (prepare.EncodedSplit is after)."""
+    """A split's texts and label ids, before tokenizing (encode.EncodedSplit is after)."""
 
     texts: list[str]
     labels: list[int]
@@ -112,7 +112,7 @@ def natural_sorted(names: set[str]) -> list[str]:
 
 def _refuse_one_class(train_rows: Rows, where: str) -> None:
     """A training split with a single label cannot train a classifier: refused here, before any
-    tokenizing, training or writing (it used to train the whole run, then fail to save labels.json)."""
+    tokenizing, training or writing (labels.json needs two labels or more)."""
     found = set(train_rows[1])
     if len(found) < 2:
         only = f"the label {next(iter(found))!r}" if found else "no label"

@@ -3,7 +3,7 @@
 The tokenizer reproduces ``torchtext.data.get_tokenizer("basic_english")`` token for token. Every
 rule of torchtext's table substitutes a literal string, so we apply the same rules in the same order
 with ``str.replace`` (a memchr-speed scan) instead of ``re.sub``, about three times faster
-(benchmarks/bench_prepare.py; benchmarks/RESULTS.md, "Design choices measured").
+(benchmarks/bench_encode.py; benchmarks/RESULTS.md, "Design choices measured").
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ BASIC_ENGLISH_RULES: tuple[tuple[str, str], ...] = (
     (r"\:", " "), (r"\s+", " "),
 )
 
+
 def basic_english_regex(line: str) -> list[str]:
     """torchtext 0.18's `_basic_english_normalize`, verbatim: twelve `re.sub` passes. The reference
-    that `basic_english` must equal (tests) and beat (benchmarks/bench_prepare.py); not used otherwise."""
+    that `basic_english` must equal (tests) and beat (benchmarks/bench_encode.py); not used otherwise."""
     line = line.lower()
     for pattern, repl in BASIC_ENGLISH_RULES:
         line = re.sub(pattern, repl, line)

@@ -76,7 +76,8 @@ def evaluate_checkpoint(checkpoint_dir: Path, split: str = "test", dataset: str 
                         impl: str | None = None, precision: str | None = None,
                         threshold: float | None = None) -> dict:
     """The report of `checkpoint_dir` on a split: evaluate()'s metrics, plus what was evaluated and how
-    (checkpoint, dataset, split, impl, precision, device, torch). Writes nothing.
+    (checkpoint, dataset, split, impl, precision, device, torch). Writes no report (the data's token
+    cache aside: encode_dataset keeps one).
 
     With `dataset` a single file, every row of it is evaluated (`split` is then the file's stem);
     otherwise the split is carved exactly as in training, from the checkpoint's data settings, reading

@@ -5,7 +5,7 @@ costs memory and time in the examples and the labels, not in the labels squared.
 "test", a checkpoint's "val", eval-SPLIT.json, `eval --json`) holds it in one of two forms:
 
 - up to DENSE_LABELS labels, "confusion": a list of k lists of k ints, confusion[i][j] the examples of
-  label i predicted as label j (the form every report had before);
+  label i predicted as label j;
 - beyond that, "confusion_sparse": a list of [true_index, predicted_index, count], one per non-zero
   cell, sorted by true index then predicted index; the counts sum to "n". There is then no "confusion".
 

@@ -1,1 +1,22 @@
-"""Export formats: a checkpoint as a model that runs without lstmcli, one module per format (onnx.py)."""
+"""Export formats: a checkpoint as a model that runs without lstmcli, one module per format.
+
+FORMATS is the one table of them: `lstmcli export --format` offers its keys, and `api.export` runs the
+module of that name's `export(checkpoint_dir, out, force) -> (model file, JSON beside it)`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+FORMATS = {
+    "onnx": "ONNX: (ids, lengths) -> logits with dynamic batch and sequence axes (onnx.py)",
+}
+
+
+def export(checkpoint_dir: Path, out: Path, format: str = "onnx", force: bool = False) -> tuple[Path, Path]:
+    """Write the checkpoint in `format` (a key of FORMATS); returns the model file and its JSON."""
+    if format not in FORMATS:
+        from lstmcli.errors import LstmcliError
+        raise LstmcliError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}")
+    return importlib.import_module(f"lstmcli.export.{format}").export(Path(checkpoint_dir), Path(out), force)

@@ -22,9 +22,8 @@ from lstmcli.data.batches import Truncation
 from lstmcli.data.text import PAD_ID, UNK_ID, literal_rules
 from lstmcli.errors import LstmcliError
 from lstmcli.fsutil import recover_dir, refuse_non_regular, write_bytes, write_json
-from lstmcli.models.cells import CELLS, Cell
+from lstmcli.models.cells import CELLS, CellKind
 from lstmcli.models.ngrams import HASH_MULTIPLIER
-from lstmcli.models.spec import BAGS
 
 OPSET = 18  # Reduce* take their axes as an input from 18 on
 
@@ -60,7 +59,7 @@ def _weights(state: dict[str, torch.Tensor], prefix: str) -> dict[str, np.ndarra
             for k, v in state.items() if k.startswith(prefix)}
 
 
-def _recurrent_layer(g: _Graph, w: dict, x: str, lens32: str, cell: Cell, layer: int,
+def _recurrent_layer(g: _Graph, w: dict, x: str, lens32: str, cell: CellKind, layer: int,
                      directions: int, hidden: int, peephole: bool) -> tuple[str, str]:
     """x (T, B, In) -> Y (T, D, B, H) and Y_h (D, B, H), one ONNX recurrent operator (the cell's)."""
     def rows(a: np.ndarray) -> np.ndarray:  # PyTorch's gate blocks in ONNX's order
@@ -81,7 +80,7 @@ def _recurrent_layer(g: _Graph, w: dict, x: str, lens32: str, cell: Cell, layer:
 
 
 def _pool(g: _Graph, out: str, y_h: str, mask: str, lengths: str, how: str) -> str:
-    """out (T, B, F) with mask (T, B, 1) -> (B, F) as models.classifier.pool; y_h (D, B, H) for 'last'."""
+    """out (T, B, F) with mask (T, B, 1) -> (B, F) as models/pooling.py's pool; y_h (D, B, H) for 'last'."""
     if how == "last":  # (D, B, H) -> (B, D, H) -> (B, D*H): forward state, then backward, as lstmcli
         return g.op("Reshape", g.op("Transpose", y_h, perm=[1, 0, 2]), g.const([0, -1], np.int64))
     axis0 = g.const([0], np.int64)
@@ -108,20 +107,24 @@ def _ngram_rows(g: _Graph, ids: str, lengths: str, width: str, vocab: int, bucke
     return g.op("Concat", words, pairs, axis=1)
 
 
-def _fasttext_bag(g: _Graph, w: dict, rows: str) -> str:
-    """The fasttext bag's mean vector (B, dim); <pad> rows (id 0) count for nothing."""
+def _fasttext_bag(g: _Graph, model, rows: str) -> str:
+    """The fasttext bag's logits (B, C): its mean vector (B, dim), <pad> rows (id 0) counting for
+    nothing, through its head."""
+    w, head = _weights(model.state_dict(), "ngrams."), _weights(model.state_dict(), "ngram_head.")
     ax1 = g.const([1], np.int64)
     real = g.op("Cast", g.op("Not", g.op("Equal", rows, g.const(PAD_ID, np.int64))), to=1)  # (B, 2T-1)
     vectors = g.op("Gather", g.const(w["table.weight"]), rows)  # (B, 2T-1, dim)
     total = g.op("ReduceSum", g.op("Mul", vectors, g.op("Unsqueeze", real, g.const([2], np.int64))), ax1,
                  keepdims=0)
     count = g.op("Max", g.op("ReduceSum", real, ax1, keepdims=1), g.const(1.0))
-    return g.op("Div", total, count)
+    vector = g.op("Div", total, count)
+    return g.op("Gemm", vector, g.const(head["weight"]), g.const(head["bias"]), transB=1)
 
 
-def _nbsvm_bag(g: _Graph, bag, rows: str) -> str:
+def _nbsvm_bag(g: _Graph, model, rows: str) -> str:
     """The NBSVM bag's logits (B, C): each row's repeats dropped (sort descending with TopK, then a row
     equal to its left neighbour becomes <pad>), then the sum of the bag's table over what is left."""
+    bag = model.ngrams
     ax1 = g.const([1], np.int64)
     n = g.op("Reshape", g.op("Gather", g.op("Shape", rows), g.const(1, np.int64), axis=0),
              g.const([1], np.int64))
@@ -135,6 +138,10 @@ def _nbsvm_bag(g: _Graph, bag, rows: str) -> str:
         table = bag.table().float().cpu().numpy()  # (F, C), row 0 = 0
     total = g.op("ReduceSum", g.op("Gather", g.const(table), distinct), ax1, keepdims=0)  # (B, C)
     return g.op("Add", total, g.const(bag.bias.detach().float().cpu().numpy()))
+
+
+# each kind of n-gram bag (models/spec.py's BAGS) as ONNX operators: (graph, model, rows) -> logits (B, C)
+BAG_GRAPHS = {"fasttext": _fasttext_bag, "nbsvm": _nbsvm_bag}
 
 
 def build_onnx(model, vocab_size: int):
@@ -164,12 +171,7 @@ def build_onnx(model, vocab_size: int):
     logits = g.op("Mul", logits, g.const(weights[0]))
     if spec.ngram_buckets:
         rows = _ngram_rows(g, ids, lengths, width, vocab_size, spec.ngram_buckets)
-        if BAGS[spec.ngram_bag].own_logits:
-            bag = _nbsvm_bag(g, model.ngrams, rows)
-        else:
-            nh = _weights(state, "ngram_head.")
-            vectors = _fasttext_bag(g, _weights(state, "ngrams."), rows)
-            bag = g.op("Gemm", vectors, g.const(nh["weight"]), g.const(nh["bias"]), transB=1)
+        bag = BAG_GRAPHS[spec.ngram_bag](g, model, rows)
         logits = g.op("Add", logits, g.op("Mul", bag, g.const(weights[1])))
     g.nodes.append(onnx.helper.make_node("Identity", [logits], ["logits"]))
     T = onnx.TensorProto
@@ -214,7 +216,7 @@ def _refuse_to_replace(targets: list[Path], checkpoint_dir: Path, force: bool) -
             raise LstmcliError(f"{target} exists; add --force to replace it, or choose another --out")
 
 
-def export_onnx(checkpoint_dir: Path, out: Path, force: bool = False) -> tuple[Path, Path]:
+def export(checkpoint_dir: Path, out: Path, force: bool = False) -> tuple[Path, Path]:
     """Write `out` (the ONNX model) and `out` with suffix .json (labels, vocabulary, tokenizer, cut), each
     atomically; neither may exist unless `force` (and neither may be anything but a regular file)."""
     out = Path(out)

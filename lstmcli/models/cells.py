@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class Cell:
+class CellKind:
     name: str
     about: str  # one line for --help
     gates: tuple[str, ...]  # PyTorch's blocks of weight rows, in its order: each is hidden_size rows
@@ -29,6 +29,9 @@ class Cell:
     onnx_attrs: tuple[tuple[str, int], ...] = ()  # extra attributes of the ONNX operator
     cell_state: bool = False  # carries a cell state c beside h (torch returns (h, c))
     peephole: bool = False  # can have peephole connections (scratch only)
+    # the gate order the scratch kernels keep, where it is not PyTorch's (the LSTM's: its three
+    # sigmoids side by side, then tanh's block)
+    scratch_gates: tuple[str, ...] = ()
     # impl `auto` picks scratch for it on a CPU in fp32: its C++ loops beat PyTorch's there
     # (benchmarks/RESULTS.md, "Scratch kernels against PyTorch's"); otherwise builtin
     auto_scratch: bool = False
@@ -42,19 +45,23 @@ class Cell:
         """For each of ONNX's gate blocks, the index of the same block in PyTorch's order."""
         return [self.gates.index(g) for g in self.onnx_gates]
 
+    def scratch_gate_order(self) -> list[int]:
+        """For each of the scratch kernels' gate blocks, the index of the same block in PyTorch's order."""
+        return [self.gates.index(g) for g in self.scratch_gates or self.gates]
+
     def flops_per_token(self, input_size: int, hidden_size: int) -> int:
         """Matrix-multiply FLOPs of one direction of one layer per token, forward: the input product
         2·G·H·I and the recurrent one 2·G·H·H (gate arithmetic is a few FLOPs per unit against these)."""
         return 2 * self.gate_count * hidden_size * (input_size + hidden_size)
 
 
-CELLS: dict[str, Cell] = {c.name: c for c in (
+CELLS: dict[str, CellKind] = {c.name: c for c in (
     # PyTorch's LSTM rows are (i, f, g, o); ONNX's are (i, o, f, c), its c being PyTorch's g
-    Cell("lstm", "long short-term memory (Hochreiter & Schmidhuber 1997)", ("i", "f", "g", "o"),
+    CellKind("lstm", "long short-term memory (Hochreiter & Schmidhuber 1997)", ("i", "f", "g", "o"),
          ("i", "o", "f", "g"), "LSTM", "lstm", "lstm_layer", "LSTM", cell_state=True, peephole=True,
-         auto_scratch=True),
+         scratch_gates=("o", "i", "f", "g"), auto_scratch=True),
     # GRU: PyTorch (r, z, n), ONNX (z, r, h); PyTorch applies r after the recurrent product
-    Cell("gru", "gated recurrent unit (Cho et al. 2014)", ("r", "z", "n"), ("z", "r", "n"), "GRU", "gru",
+    CellKind("gru", "gated recurrent unit (Cho et al. 2014)", ("r", "z", "n"), ("z", "r", "n"), "GRU", "gru",
          "gru_layer", "GRU", onnx_attrs=(("linear_before_reset", 1),)),
-    Cell("rnn", "Elman RNN with tanh", ("h",), ("h",), "RNN", "rnn_tanh", "rnn_layer", "RNN"),
+    CellKind("rnn", "Elman RNN with tanh", ("h",), ("h",), "RNN", "rnn_tanh", "rnn_layer", "RNN"),
 )}

@@ -55,10 +55,10 @@ class TextClassifier(nn.Module):
         """ids (B, T) int64 0-padded, lengths (B,) >= 1 -> logits (B, C), float32 at either precision.
 
         parts=True: each branch's own logits, (P, B, C) with P = 1 + (n-gram bag or not), which combine()
-        weighs and adds up. Training gives each branch its own loss (training._step_loss), so that the
-        bag, which fits the training set within an epoch or two, does not leave the encoder without a
-        gradient: the two learn as two classifiers and predict as one (their log-odds add, an ensemble).
-        labels (B,): given in training only, for an NBSVM bag, which counted the training texts (NbsvmBag)."""
+        weighs and adds up. Training gives each branch its own loss (training/fit.py's _step_loss), so
+        that the bag, which fits the training set within an epoch or two, does not leave the encoder
+        without a gradient: the two learn as two classifiers and predict as one (their log-odds add).
+        labels (B,): given in training only, for a bag that counted the training texts (NbsvmBag)."""
         if self.spec.precision == "bf16":
             # autocast: the matmuls and the fused recurrent kernels take bfloat16 copies of the float32
             # weights (their gradients come back float32); the loss is computed on float32 logits
@@ -81,9 +81,9 @@ class TextClassifier(nn.Module):
         if self.ngrams is not None:
             # no dropout: a bag of averaged n-gram vectors is a linear model in its counts (fastText
             # trains it without any), and dropping half of its few dimensions only slows it down
-            if self.ngram_head is None:  # logits of its own (NBSVM, which reads the labels in training)
-                bag = self.ngrams(ids, lengths, labels)
-            else:
-                bag = self.ngram_head(self.ngrams(ids, lengths))
+            reads_labels = BAGS[self.spec.ngram_bag].counts_training_split  # leaves each text out
+            bag = self.ngrams(ids, lengths, labels) if reads_labels else self.ngrams(ids, lengths)
+            if self.ngram_head is not None:  # a vector of its own: the head makes logits of it
+                bag = self.ngram_head(bag)
             logits.append(bag.to(logits[0].dtype))
         return torch.stack(logits)  # (P, B, C)

@@ -12,9 +12,9 @@ The equations are in scratch.py. What makes these fast on a CPU:
   * a bidirectional LSTM layer's two directions are one call (LSTMLayer), which the C++ kernels run
     side by side on two threads.
 The per-step loops exist twice with the same signatures: in Python here (_PythonLoops, the reference
-and the fallback) and in C++ (lstmcli/native/recurrence.cpp), where each step is one matmul plus one
+and the fallback) and in C++ (lstmcli/runtime/native/recurrence.cpp), where each step is one matmul plus one
 fused pass over its values instead of ~10 element-wise calls, and the LSTM's parameter gradients are
-formed a few steps at a time, while those steps' gradients are in cache. lstmcli.native builds the C++
+formed a few steps at a time, while those steps' gradients are in cache. lstmcli.runtime.native builds the C++
 ones and installs them with `use_native`; the tests run both. The RNN has one element-wise op per step
 and stays in Python.
 Tensors are time-major: (T, B, features). `active[t]` is n_t, non-increasing.
@@ -36,7 +36,7 @@ def _zero_tails(t: int, n: int, *buffers: torch.Tensor) -> None:
 
 class _PythonLoops:
     """The per-step loops in Python, the reference for (and fallback of) the C++ kernels in
-    lstmcli/native/recurrence.cpp, which have the same signatures and write the same buffers."""
+    lstmcli/runtime/native/recurrence.cpp, which have the same signatures and write the same buffers."""
 
     @staticmethod
     def lstm_forward(x, w_ih, bias, w_hh, active, hs, c_last, acts, K, A):
@@ -168,11 +168,12 @@ def _last_steps(active: list[int], B: int) -> torch.Tensor:
     return (torch.tensor(active)[:, None] > torch.arange(B)).sum(0) - 1
 
 
-_native = None  # the C++ kernels, once lstmcli.native has built them
+_native = None  # the C++ kernels, once lstmcli.runtime.native has built them
 
 
 def use_native(module) -> None:
-    """Run the LSTM and GRU time loops of CPU tensors with `module` (lstmcli/native), or None for Python."""
+    """Run the LSTM and GRU time loops of CPU tensors with `module` (lstmcli/runtime/native), or None
+    for Python."""
     global _native
     _native = module
 

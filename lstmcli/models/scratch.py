@@ -63,10 +63,10 @@ class ScratchRNN(nn.Module):
                     shapes |= {name: (hidden_size,) for name in ("weight_ci", "weight_cf", "weight_co")}
                 for name, shape in shapes.items():
                     self.register_parameter(f"{name}_l{layer}{sfx}", nn.Parameter(torch.empty(shape)))
-        H = hidden_size  # PyTorch's LSTM rows are (i, f, g, o); ours are (o, i, f, g)
-        order = torch.cat([torch.arange(3 * H, 4 * H), torch.arange(0, 3 * H)]) if cell == "lstm" \
-            else torch.empty(0)
-        self.register_buffer("_lstm_order", order.long(), persistent=False)
+        # the rows of PyTorch's gate blocks in the order the kernels keep them (cells.CellKind.scratch_gates)
+        H = hidden_size
+        rows = [torch.arange(i * H, (i + 1) * H) for i in self.cell.scratch_gate_order()]
+        self.register_buffer("_gate_rows", torch.cat(rows).long(), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -94,7 +94,7 @@ class ScratchRNN(nn.Module):
         """The LSTM's layer: both directions in one call, which the C++ kernels run side by side."""
         if self.peephole:
             return [self._peephole_direction(seq, layer, sfx, active, lens) for seq, sfx in directions]
-        order, args = self._lstm_order, []
+        order, args = self._gate_rows, []
         for seq, sfx in directions:
             p = self._params(layer, sfx)
             args += [seq, p["weight_ih"][order], (p["bias_ih"] + p["bias_hh"])[order], p["weight_hh"][order]]

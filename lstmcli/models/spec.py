@@ -16,51 +16,57 @@ from .cells import CELLS
 
 
 @dataclass(frozen=True)
-class Impl:
+class ImplKind:
     """An implementation of the recurrent encoders."""
 
     name: str
-    about: str
+    about: str  # one line for --help
     precisions: tuple[str, ...]  # what it computes in
     peephole: bool  # runs peephole connections
 
 
-IMPLS: dict[str, Impl] = {i.name: i for i in (
-    Impl("builtin", "PyTorch's nn.LSTM/GRU/RNN kernels", ("fp32", "bf16"), peephole=False),
-    Impl("scratch", "ours: the equations with hand-written backward passes, C++ time loops",
-         ("fp32",), peephole=True),
+IMPLS: dict[str, ImplKind] = {i.name: i for i in (
+    ImplKind("builtin", "PyTorch's kernels (nn.LSTM, nn.GRU, nn.RNN)", ("fp32", "bf16"), peephole=False),
+    ImplKind("scratch", "ours: the equations with hand-written backward passes and C++ time loops",
+             ("fp32",), peephole=True),
 )}
 # fp32, or bf16 autocast (weights, optimizer and loss stay float32); `auto` is resolved before a model is
-# built (runtime/precision.py)
+# built (runtime/plan.py)
 PRECISIONS = ("fp32", "bf16")
 POOLINGS = ("last", "mean", "max")
 PACKS = ("auto", "always", "never")
 
 
 @dataclass(frozen=True)
-class Bag:
+class BagKind:
     """A kind of n-gram bag beside the encoder (models/ngrams.py); F = vocab_size + buckets rows."""
 
     name: str
+    about: str  # one line for --help
     module: str  # its class in models/ngrams.py
     own_logits: bool  # gives class logits itself; else a vector that a linear head turns into logits
-    counts_training_split: bool  # holds per-class counts of the training split, set before training
+    # holds per-class counts of the training split, set before training, and reads each training
+    # batch's labels to leave each text out of the counts it reads
+    counts_training_split: bool
     # float32-sized numbers a training step keeps per token for it: (a constant, a number per class);
     # used by the memory estimate (runtime/memory.py)
     activations_per_token: tuple[int, int]
 
     def parameter_count(self, features: int, dim: int, classes: int) -> tuple[int, int]:
-        """(parameters, persistent buffer elements), its head included."""
-        if self.own_logits:  # a weight per n-gram and a bias per class; counts (F, C) and norms (2, C)
-            return features + classes, features * classes + 2 * classes
-        return features * dim + dim * classes + classes, 0  # vectors, then the head
+        """(parameters, persistent buffer elements), its head included: a weight per n-gram and a bias per
+        class, or dim-vectors and a linear head; counts (F, C) and their norms (2, C)."""
+        params = features + classes if self.own_logits else features * dim + dim * classes + classes
+        buffers = features * classes + 2 * classes if self.counts_training_split else 0
+        return params, buffers
 
 
-BAGS: dict[str, Bag] = {b.name: b for b in (
+BAGS: dict[str, BagKind] = {b.name: b for b in (
     # fasttext: its (2T,) int64 n-gram ids; nbsvm: (2T, C) gathered counts, ratios, a mask and a product
-    Bag("fasttext", "FastTextBag", own_logits=False, counts_training_split=False,
-        activations_per_token=(2 * 2, 0)),
-    Bag("nbsvm", "NbsvmBag", own_logits=True, counts_training_split=True, activations_per_token=(0, 2 * 4)),
+    BagKind("fasttext", "mean of learned n-gram vectors, then a linear layer", "FastTextBag",
+            own_logits=False, counts_training_split=False, activations_per_token=(2 * 2, 0)),
+    BagKind("nbsvm", "each distinct n-gram's Naive Bayes ratio from the training split, times a learned "
+            "weight", "NbsvmBag", own_logits=True, counts_training_split=True,
+            activations_per_token=(0, 2 * 4)),
 )}
 CHOICES = {"cell": tuple(CELLS), "impl": tuple(IMPLS), "pooling": POOLINGS, "pack": PACKS,
            "precision": PRECISIONS, "ngram_bag": tuple(BAGS)}
@@ -84,14 +90,15 @@ def model_problem(cell: str, impl: str, peephole: bool, precision: str) -> tuple
         with_it = [i for i in IMPLS if IMPLS[i].peephole]
         return "peephole", (f"peephole connections need cell {' or '.join(map(repr, able))} and impl "
                             f"{' or '.join(map(repr, with_it))}")
-    if not any(i in impls_for(cell, peephole, precision) for i in chosen):
-        if peephole:
-            return "precision", (f"precision {precision!r} cannot run peephole connections (impl "
-                                 f"{chosen[-1]!r} runs them in {', '.join(IMPLS[chosen[-1]].precisions)})")
-        able = [i for i in IMPLS if precision in IMPLS[i].precisions]
-        return "precision", (f"precision {precision!r} needs impl {' or '.join(map(repr, able))} (the "
-                             f"{impl} kernels run in {', '.join(IMPLS[impl].precisions)})")
-    return None
+    if any(i in impls_for(cell, peephole, precision) for i in chosen):
+        return None
+    runs = [i for i in chosen if i in impls_for(cell, peephole)]  # what runs the model at some precision
+    precisions = ", ".join(p for p in PRECISIONS if any(p in IMPLS[i].precisions for i in runs))
+    if peephole:
+        return "precision", (f"precision {precision!r} cannot run peephole connections (they run in "
+                             f"{precisions})")
+    able = " or ".join(repr(i) for i in IMPLS if precision in IMPLS[i].precisions)
+    return "precision", f"precision {precision!r} needs impl {able} (impl {impl!r} runs in {precisions})"
 
 
 @dataclass(frozen=True)

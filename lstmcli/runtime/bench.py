@@ -7,8 +7,8 @@ both alike, and the median is reported.
 
 Each figure is also given as a share of its FLOP limit: this machine's float32 GEMM rate, measured in
 the same run, divided by the encoder's matrix-multiply FLOPs per token. The rate is sampled before the
-measurements and after each round of them, and the highest sample is the limit: a 2-core cloud CPU's
-GEMM rate moves by a fifth within minutes, and the highest is the one that flatters no share. The
+measurements and after each round of them, and the highest sample is the limit: a shared cloud CPU's
+GEMM rate moves within minutes, and the highest is the one that flatters no share. The
 recurrent encoder is all GEMMs, so the share says how much of the machine the whole step (embedding to
 optimizer) turns into useful products; what it loses goes to small GEMMs, element-wise work, memory
 traffic and Python.
@@ -47,11 +47,9 @@ class BenchShape:
     vocab_size: int = 20000
 
 
-
-
 def encoder_flops(cell: str, shape: BenchShape) -> int:
     """Matrix-multiply FLOPs per token of the encoder's forward pass, every layer and direction
-    (cells.Cell.flops_per_token). Training costs 3x that: backward forms a gradient for the inputs and
+    (cells.CellKind.flops_per_token). Training costs 3x that: backward forms a gradient for the inputs and
     one for the weights, each the size of the forward product. The embedding lookup, pooling and head
     are left out."""
     directions = 2 if shape.bidirectional else 1

@@ -103,7 +103,7 @@ def wrap(model: torch.nn.Module, dist: Dist, device: torch.device) -> torch.nn.M
     from torch.nn.parallel import DistributedDataParallel
 
     # no buffer changes in training (the NBSVM bag's counts are set before it, the same on every rank):
-    # broadcasting them before every step, DDP's default, would move 34 MB a step for a 2^22-row bag
+    # broadcasting them before every step, DDP's default, would move the whole (F, C) table each step
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                    broadcast_buffers=False)
 

@@ -66,12 +66,12 @@ def choose(model: ModelConfig, device: torch.device, trained: Precision | None =
     Training (`trained` None): `model.precision` is the request (auto, fp32, bf16). Inference: the
     checkpoint was trained at `trained`, and `requested` (--precision) overrides it; precision.py's
     for_inference says when the two differ."""
-    bound = _only_impl(model)
+    impl = _only_impl(model)  # what the precision rules see
     if trained is None:
-        precision, precision_why = for_training(model.precision, bound, device)
+        precision, precision_why = for_training(model.precision, impl, device)
         note = None
     else:
-        precision, note = for_inference(trained, requested, bound, device)
+        precision, note = for_inference(trained, requested, impl, device)
         precision_why = precision.value
     impl, impl_why = _impl(model, precision, device)
     return Choice(impl, precision, f"precision {precision_why}, impl {impl_why}", note)

@@ -23,6 +23,7 @@ import torch
 
 from lstmcli.config import Impl, Precision
 from lstmcli.errors import LstmcliError
+from lstmcli.models.spec import IMPLS
 
 NATIVE, NOT_NATIVE, UNAVAILABLE = "native", "not native", "unavailable"
 
@@ -72,11 +73,21 @@ def bf16_support(device_type: str) -> Bf16Support:
                                    f"natively")
 
 
+def _runs_bf16(impl: Impl) -> bool:
+    """Whether `impl` computes in bfloat16 (IMPLS); `auto` can pick one that does."""
+    return impl is Impl.auto or "bf16" in IMPLS[impl.value].precisions
+
+
+def _in(impl: Impl) -> str:
+    """What `impl` computes in, for messages: "impl scratch is float32"."""
+    return f"impl {impl.value} is {', '.join(p.replace('fp', 'float') for p in IMPLS[impl.value].precisions)}"
+
+
 def _bf16_or_refuse(device: torch.device, impl: Impl, what: str) -> tuple[Precision, str]:
     """An explicit bf16 request: refused where it cannot run, allowed with a warning where it is slow."""
-    if impl is Impl.scratch:
-        raise LstmcliError("precision bf16 needs impl builtin (the scratch kernels are float32); "
-                           "use --precision fp32")
+    if not _runs_bf16(impl):
+        able = " or ".join(i for i, kind in IMPLS.items() if "bf16" in kind.precisions)
+        raise LstmcliError(f"precision bf16 needs impl {able} ({_in(impl)}); use --precision fp32")
     support = bf16_support(device.type)
     if support.level == UNAVAILABLE:
         raise LstmcliError(f"precision bf16 cannot run on this {support.why}; use --precision fp32, "
@@ -91,8 +102,8 @@ def for_training(requested: Precision, impl: Impl, device: torch.device) -> tupl
         return Precision.fp32, "fp32 (as configured)"
     if requested is Precision.bf16:
         return _bf16_or_refuse(device, impl, "as configured")
-    if impl is Impl.scratch:
-        return Precision.fp32, "fp32 (auto: the scratch kernels are float32)"
+    if not _runs_bf16(impl):
+        return Precision.fp32, f"fp32 (auto: {_in(impl)})"
     support = bf16_support(device.type)
     picked = Precision.bf16 if support.level == NATIVE else Precision.fp32
     return picked, f"{picked.value} (auto: {support.why})"
@@ -105,9 +116,9 @@ def for_inference(trained: Precision, requested: Precision | None, impl: Impl,
     native: its weights are float32, and fp32 is then both faster and more exact."""
     if requested is None and trained is Precision.bf16:
         support = bf16_support(device.type)
-        if support.level == NATIVE and impl is not Impl.scratch:
+        if support.level == NATIVE and _runs_bf16(impl):
             return Precision.bf16, None
-        reason = support.why if impl is not Impl.scratch else f"impl {impl.value} is float32"
+        reason = support.why if _runs_bf16(impl) else _in(impl)
         insist = "; --precision bf16 to run it in bf16 anyway" if support.level == NOT_NATIVE else ""
         return Precision.fp32, f"this checkpoint was trained in bf16; running it in fp32 ({reason}){insist}"
     if requested is None or requested is Precision.auto:  # trained: fp32, or auto in a hand-written config

@@ -62,7 +62,7 @@ def _loss(u: torch.Tensor, parts: torch.Tensor, labels: torch.Tensor,
 
 
 def fit_branch_weights(parts: torch.Tensor, labels: torch.Tensor,
-               class_weight: torch.Tensor | None = None) -> torch.Tensor:
+                       class_weight: torch.Tensor | None = None) -> torch.Tensor:
     """The weights (P,) float64, all > 0, that minimise the mean log-loss (with class weights, as
     training weighs it) of the weighted sum of `parts` (P, N, C) against `labels` (N,), a posteriori.
 

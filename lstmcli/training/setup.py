@@ -84,7 +84,6 @@ def _note_truncation(data: EncodedData, max_length: int) -> None:
                  f"(the longest has {int(lengths.max()):,} tokens)")
 
 
-
 def _plan(cfg: Config) -> RunPlan:
     """The run's plan (runtime/plan.py), and the TensorBoard extra checked before any work starts."""
     plan = plan_run(cfg)

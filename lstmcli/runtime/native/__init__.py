@@ -2,7 +2,7 @@
 
 The scratch encoders run the Python loops of lstmcli/models/recurrence.py unless a kernel module has
 been handed to `recurrence.use_native`. `ensure()` builds that module with torch.utils.cpp_extension
-(a C++ compiler and ninja; about a minute the first time on 2 cores, then cached in
+(a C++ compiler and ninja; about a minute the first time, then cached in
 TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions) and hands it over. When it cannot be
 built, the Python loops run - same results, slower - and one line on stderr says why.
 LSTMCLI_NATIVE=0 skips the build.
@@ -71,12 +71,21 @@ def build_spec(isa: str | None = None) -> tuple[str, list[str]]:
 
 
 def build():
+    """The kernel module: built, or loaded from the cache of an earlier build."""
     from torch.utils import cpp_extension  # imported here: it is slow to import and only needed now
 
-    # ninja may come from the virtual environment's bin folder, which is not on PATH unless activated
+    # ninja may come from the virtual environment's bin folder, which is not on PATH unless activated;
+    # the process's PATH is put back afterwards (loading a model changes nothing process-wide)
     bin_dir = str(Path(sys.executable).parent)
-    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    path = os.environ.get("PATH")
+    if bin_dir not in (path or "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + (path or "")
     name, flags = build_spec()
-    return cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags,
-                              extra_ldflags=["-fopenmp"], verbose=False)
+    try:
+        return cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags,
+                                  extra_ldflags=["-fopenmp"], verbose=False)
+    finally:
+        if path is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = path

@@ -5,7 +5,7 @@
 // [W_ih | W_hh]^T, the GRU's W_hh h), then ONE pass over the step's values that applies every gate
 // non-linearity and the cell update, and, when training, stores the backward's per-step factors. The
 // Python loop needs ~10 element-wise ATen calls per step for that, each a pass over memory plus
-// dispatch and interpreter overhead; at hidden 256 / batch 64 those cost about as much as the matmul.
+// dispatch and interpreter overhead, which at the usual sizes cost about as much as the matmul.
 //
 // Layouts (all contiguous, time-major, rows sorted by length so that the active rows are a prefix):
 //   LSTM acts (T, B, 4H): W_ih x + W_hh h (b is added as it is read), gate blocks (o, i, f, g); the forward
@@ -34,7 +34,7 @@ namespace {
 
 // 1 / d. float: the hardware estimate (14 bits with AVX-512, 12 with AVX2) and one Newton step,
 // r' = r (2 - d r), which squares its relative error (2^-28 / 2^-24, i.e. float's own precision);
-// a division costs ~4x as much, and an LSTM step has five per unit. Other types divide.
+// a division costs several times as much, and an LSTM step has five per unit. Other types divide.
 template <typename T>
 inline V<T> recip(V<T> d) {
 #if defined(CPU_CAPABILITY_AVX512)
@@ -66,8 +66,8 @@ inline V<T> sigmoid(V<T> x) {
   return recip(V<T>(T(1)) + exp_(x.neg()));
 }
 
-// tanh x = 2 σ(2x) - 1: one exp, as sigmoid. Sleef's tanh (Vectorized::tanh) costs ~4x as much here
-// (1.66 vs 0.43 ns per float, AVX-512), and the absolute error stays ~1e-7.
+// tanh x = 2 σ(2x) - 1: one exp, as sigmoid. Sleef's tanh (Vectorized::tanh) costs several times as
+// much (benchmarks/RESULTS.md, "Design choices measured"), and the absolute error stays ~1e-7.
 template <typename T>
 inline V<T> tanh_(V<T> x) {
   return V<T>(T(2)) * recip(V<T>(T(1)) + exp_(x * V<T>(T(-2)))) - V<T>(T(1));
@@ -93,7 +93,7 @@ inline void st(V<T> v, T* p, int64_t cnt) {
 }
 
 // The caller's floating-point mode, for the threads of a parallel region: the flush of denormals to zero
-// that torch.set_flush_denormal sets (lstmcli.device) is a per-thread register (x86 MXCSR), and OpenMP's
+// that torch.set_flush_denormal sets (lstmcli/runtime/process.py) is a per-thread register (x86 MXCSR), and OpenMP's
 // workers start without it. Gradients fading through many forget gates reach denormals, which cost x86
 // CPUs ~100x; a worker without the flush would run its direction that much slower.
 struct FloatMode {
@@ -129,7 +129,7 @@ void check(const Tensor& t, const char* name) {
 // MKL's packed GEMM, when the torch build carries MKL (x86 wheels do; its cblas symbols are exported by
 // libtorch_cpu). Declared weak: where they are absent the pointers are null and ATen's matmul runs.
 // The time loops multiply by the same weight matrix at every step; a plain sgemm re-packs it (1 MB at
-// hidden 256) into its internal layout on each call, ~25% of the step's matmul. Packing it once per
+// hidden 256) into its internal layout on each call, a good share of the step's matmul. Packing it once per
 // sequence batch removes that (oneDNN's RNN does the same). MKL_INT is int (LP64).
 extern "C" {
 size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k) __attribute__((weak));
@@ -261,8 +261,8 @@ void lstm_infer(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const T
 // A step's pre-activations are ONE product, [x_t | h_{t-1}] · [W_ih | W_hh]^T, over the active rows
 // (K = In + H), written straight into the step's acts. Projecting x a few steps ahead with W_ih and
 // then adding W_hh h_{t-1} per step made two GEMMs of depth In and H and wrote the acts twice; the
-// single deeper one was 2-7% faster per forward (BiLSTM 256, embedding 128, batch 64, AVX2 EPYC),
-// for a copy of x_t and h_{t-1} (B x (In + H) floats) per step.
+// single deeper one is faster per forward (benchmarks/RESULTS.md, "Design choices measured"), for a copy of x_t and h_{t-1}
+// (B x (In + H) floats) per step.
 void lstm_forward(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const Tensor& w_hh,
                   const std::vector<int64_t>& active, Tensor hs, Tensor c_last, std::optional<Tensor> acts_,
                   std::optional<Tensor> K, std::optional<Tensor> A) {
@@ -332,9 +332,8 @@ void lstm_forward(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
 // d_b += Σ d_pre and d[W_ih | W_hh] += d_pre^T [x_t | h_{t-1}]. Forming d_pre for all T steps first
 // (tens of MB) and then big products over it read it back from memory for each product. The weights'
 // gradient is one product over the rows [x_t | h_{t-1}], copied side by side into `xh` (as the forward
-// multiplies them), into d_w (4H, In + H): against one product for W_ih (N = In) and one for W_hh
-// (N = H), 8-11% less time in them in three of four interleaved runs, 1% in the fourth (BiLSTM 256,
-// embedding 128, batch 64, AVX2 EPYC).
+// multiplies them), into d_w (4H, In + H): less time than one product for W_ih (N = In) and one for
+// W_hh (N = H) (benchmarks/RESULTS.md, "Design choices measured").
 struct GradBuffers {
   std::vector<Tensor> out;  // d_x, d_W_ih, d_b, d_W_hh
   Tensor ring, xh, d_w;
@@ -405,8 +404,8 @@ void lstm_grads_into(const GradBuffers& buf, const std::optional<Tensor>& d_hs, 
 
 // The outputs (d_x, d_W_ih, d_b, d_W_hh) and the working buffers: a ring of ~GRAD_ROWS rows of d_pre,
 // as many rows of [x_t | h_{t-1}] and the weights' gradient d[W_ih | W_hh]. Allocated by the thread that
-// calls: glibc gives other threads' allocations arenas of their own (see lstmcli/memory.py).
-constexpr int64_t GRAD_ROWS = 1024;  // 16 steps at batch 64, 4 MB at hidden 256 (measured: 512-4096 alike)
+// calls: glibc gives other threads' allocations arenas of their own (see lstmcli/runtime/process.py).
+constexpr int64_t GRAD_ROWS = 1024;  // 16 steps at batch 64, 4 MB at hidden 256: stays in cache
 GradBuffers grads_buffers(const Tensor& acts, const Tensor& w_ih, const Tensor& x) {
   const int64_t T = acts.size(0), B = acts.size(1), G = acts.size(2), H = G / 4, In = x.size(2);
   const int64_t slots = std::clamp<int64_t>(GRAD_ROWS / std::max<int64_t>(1, B), 1, std::max<int64_t>(1, T));
@@ -513,7 +512,7 @@ std::vector<Tensor> gru_backward(const Tensor& d_hs, const Tensor& zs, const Ten
 
 // The two directions of a bidirectional LSTM layer at once, one per thread. They share nothing until
 // the layer's output, and each step of one is a small matmul (B x H by H x 4H) plus a gate pass: split
-// over two threads, every step pays two fork/joins and the matmul runs at ~1.6x one thread's speed;
+// over two threads, every step pays two fork/joins and the matmul runs well short of twice as fast;
 // run side by side on one thread each, a step needs no synchronisation and each core runs at its full
 // single-thread speed (MKL and at::parallel_for run serially inside a parallel region). Worker threads
 // start with autograd enabled: the guard keeps the kernels' ATen calls off the graph, as on the caller.

@@ -6,8 +6,8 @@ of state + one batch's activations. On CUDA the peak is torch.cuda.max_memory_al
 is the growth of the process's peak RSS over what it held before the model was built (each shape in a
 fresh process, so that one shape's heap does not hide the next one's).
 
-    python benchmarks/bench_footprint.py                 # CPU
-    python benchmarks/bench_footprint.py --device cuda   # GPU
+    python benchmarks/bench_memory.py                 # CPU
+    python benchmarks/bench_memory.py --device cuda   # GPU
 """
 
 from __future__ import annotations

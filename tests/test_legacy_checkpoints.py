@@ -1,4 +1,4 @@
-"""checkpoint.py: a checkpoint written before the renames of issue 29 (`encoder` in config.json, the
+"""checkpoint.py: a checkpoint written before the renames (`encoder` in config.json, the
 branch weights stored as `branch_scale`) loads, evaluates and predicts exactly as the same checkpoint
 written now; `--encoder` still trains."""
 

@@ -1,6 +1,6 @@
 """Benchmark: data preparation of IMDB (read, tokenize, vocabulary, numericalize), cold and warm.
 
-    LSTMCLI_MIRROR=../shared/datasets python benchmarks/bench_prepare.py [--data-dir DIR]
+    LSTMCLI_MIRROR=../shared/datasets python benchmarks/bench_encode.py [--data-dir DIR]
 
 Cold = the token cache is empty (the archive is already fetched and extracted, which happens once);
 warm = the cache holds the numericalized splits. Both are timed first, before the process has
