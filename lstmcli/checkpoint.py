@@ -191,7 +191,7 @@ def load(path: Path, device: str = "cpu", impl: str | None = None, precision: st
     try:
         state = load_file(str(path / "model.safetensors"), device=device)
         for old, new in LEGACY_WEIGHT_NAMES.items():
-            if old in state:
+            if old in state and new not in state:  # (both: an unexpected key, refused below)
                 state[new] = state.pop(old)
         # checkpoints written before calibration existed have no branch weights: all ones is how they ran
         state.setdefault("branch_weights", torch.ones_like(model.branch_weights))
