@@ -100,8 +100,8 @@ def tune_process() -> dict[str, bool]:
 def export(checkpoint: str | Path, out: str | Path, format: str = "onnx",
            force: bool = False) -> tuple[Path, Path]:
     """Write the checkpoint as a model that runs without lstmcli (`format`: a key of
-    lstmcli.export.FORMATS; onnx: (ids, lengths) -> logits) and beside it a JSON of its labels,
+    lstmcli.exporters.FORMATS; onnx: (ids, lengths) -> logits) and beside it a JSON of its labels,
     vocabulary, tokenizer rules and cut; returns both paths. Existing files are replaced only with
     `force`, and never anything but a regular file outside the checkpoint."""
-    from lstmcli.export import export as export_as
+    from lstmcli.exporters import export as export_as
     return export_as(Path(checkpoint), Path(out), format, force)

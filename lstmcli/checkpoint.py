@@ -197,8 +197,13 @@ def load(path: Path, device: str = "cpu", impl: str | None = None, precision: st
         state.setdefault("branch_weights", torch.ones_like(model.branch_weights))
         model.load_state_dict(state)
     except (SafetensorError, RuntimeError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"broken checkpoint: {path / 'model.safetensors'} ({first})") from None
+        # load_state_dict's message is a header line, then a line per problem: keep the problems
+        what = " ".join(line.strip() for line in str(exc).strip().splitlines()[1:] or [str(exc)])
+        raise CheckpointError(f"broken checkpoint: {path / 'model.safetensors'} "
+                              f"({what[:300] or type(exc).__name__})") from None
+    if not bool(torch.isfinite(model.branch_weights).all()):
+        raise CheckpointError(f"broken checkpoint: {path / 'model.safetensors'} holds branch weights that "
+                              f"are not finite ({model.branch_weights.tolist()})")
     model.to(device).eval()
     if choice.note:
         log.warning(choice.note)

@@ -6,6 +6,7 @@ line and an exit code, signals, the process's exit) is exits.py's.
 
 import inspect
 import json
+import logging
 import sys
 from enum import Enum
 from pathlib import Path
@@ -17,7 +18,7 @@ from lstmcli.config import MAX_THREADS, RENAMED, Cell, Device, Impl, Precision, 
 from lstmcli.data.registry import REGISTRY
 from lstmcli.errors import CheckFailed, LstmcliError
 from lstmcli.exits import DEBUG, run, user_errors
-from lstmcli.export import FORMATS
+from lstmcli.exporters import FORMATS
 
 EXIT_CODES = ("Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 130 interrupted, "
               "141 stdout closed by its reader.")
@@ -231,8 +232,9 @@ def predict(
 @app.command()
 @user_errors
 def bench(
-    cell: Annotated[list[Cell], typer.Option("--cell", "--encoder", help="recurrent cells to measure (repeat "
-                                             "it; --encoder is its old name)")] = list(Cell),
+    cell: Annotated[list[Cell] | None, typer.Option(help="recurrent cells to measure (repeat it; default: "
+                                                    "all)")] = None,
+    encoder: Annotated[list[Cell] | None, typer.Option(hidden=True)] = None,  # --cell's old name
     impl: Annotated[list[Impl], typer.Option(help="implementations to measure (repeat it)")] = [
         i for i in Impl if i is not Impl.auto],
     embedding_dim: Annotated[int, typer.Option(min=1, help="embedding size")] = 128,
@@ -258,6 +260,11 @@ def bench(
     from lstmcli.reports import format_bench
     from lstmcli.runtime.bench import BenchShape, run_bench
     refuse_non_regular(out, "bench writes its report to a regular file: choose another --out")
+    if encoder and cell:
+        raise LstmcliError("'encoder' and 'cell' are one setting; give --cell only")
+    if encoder:
+        logging.getLogger("lstmcli").warning("'encoder' is now 'cell' (--cell); the old name will be removed")
+    cells = cell or encoder or list(Cell)
     if min_length > max_length:
         raise LstmcliError(f"--min-length {min_length} is above --max-length {max_length}")
     if Impl.auto in impl:
@@ -266,7 +273,7 @@ def bench(
     shape = BenchShape(embedding_dim, hidden_size, batch_size, min_length, max_length, num_layers,
                        bidirectional, batches, repeats)
     tune_process()
-    report = run_bench([c.value for c in cell], [i.value for i in impl], shape, device.value, threads,
+    report = run_bench([c.value for c in cells], [i.value for i in impl], shape, device.value, threads,
                        memory_check=not skip_memory_check)
     write_json(out, report)
     typer.echo(json.dumps(report) if json_out else format_bench(report))

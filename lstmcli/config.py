@@ -281,6 +281,7 @@ def validate(cfg: Config, source: str) -> Config:
 # Keys renamed since an earlier version, old -> new: the old name still works, with a one-line
 # deprecation warning in a config file, a flag or an API call, silently in a checkpoint's config.json.
 RENAMED = {"model.encoder": "model.cell"}
+RENAMED_TO = {old.split(".")[1]: new.split(".")[1] for old, new in RENAMED.items()}  # by field name
 
 
 def _renamed(section: str, table: dict[str, Any], source: str, warn: bool) -> dict[str, Any]:
@@ -326,11 +327,11 @@ def apply_flags(cfg: Config, flags: dict[str, Any]) -> Config:
     for key, value in flags.items():
         if value is None:
             continue
-        old = next((o for o in RENAMED if o.split(".")[1] == key), None)
-        if old is not None:
-            key = RENAMED[old].split(".")[1]
-            log.warning(f"--{old.split('.')[1].replace('_', '-')} is now --{key.replace('_', '-')}; the old "
-                        f"name will be removed")
+        if key in RENAMED_TO:
+            old, key = key, RENAMED_TO[key]
+            if flags.get(key) is not None:
+                raise ConfigError(f"'{old}' and '{key}' are one setting; give '{key}' only")
+            log.warning(f"'{old}' is now '{key}' (--{key.replace('_', '-')}); the old name will be removed")
         if key not in index:
             raise ConfigError(f"unknown option '{key}'")
         nested.setdefault(index[key].section, {})[key] = value.value if isinstance(value, Enum) else value

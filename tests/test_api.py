@@ -50,3 +50,15 @@ def test_import_lstmcli_stays_light():
             "print('torch' in sys.modules, callable(lstmcli.load), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "True", "True"]  # torch comes with the first use
+
+
+def test_the_api_functions_stay_functions_after_the_subpackages_load():
+    """A subpackage named like an API function would replace it on first import (`lstmcli.export` was
+    once the exporters' package): every API name is still the function after the CLI and all layers
+    load."""
+    code = ("import lstmcli, lstmcli.cli, lstmcli.exporters, lstmcli.exporters.onnx, lstmcli.training.fit, "
+            "lstmcli.evaluation.evaluate, lstmcli.inference.predict\n"
+            "print(all(callable(getattr(lstmcli, n)) and not type(getattr(lstmcli, n)).__name__ == 'module' "
+            "for n in lstmcli.__all__))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"

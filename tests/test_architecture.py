@@ -28,7 +28,7 @@ LAYERS = [
     {"checkpoint"},
     {"evaluation"},
     {"training"},
-    {"inference", "export"},
+    {"inference", "exporters"},
     {"reports", "exits"},
     {"api"},
     {"cli"},

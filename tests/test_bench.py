@@ -42,3 +42,13 @@ def test_bench_writes_a_table_and_json(workdir):
         assert r["infer_share"] == pytest.approx(r["infer"] * 1024 / report["sgemm_flops"])
     assert "GEMM peak measured in this run" in result.stdout and "share" in result.stdout
     one_line_error(run("bench", "--min-length", 10, "--max-length", 5), 2, "--min-length")
+
+
+def test_the_old_name_of_cell_warns_and_both_names_are_refused(workdir):
+    small = ("--impl", "builtin", "--batches", 1, "--repeats", 1, "--hidden-size", 8, "--embedding-dim", 8,
+             "--min-length", 3, "--max-length", 9, "--out", "b.json")
+    result = ok(run("bench", "--encoder", "rnn", *small))
+    assert "'encoder' is now 'cell' (--cell)" in result.stderr
+    assert set(json.loads(Path("b.json").read_text())["results"]) == {"rnn"}
+    one_line_error(run("bench", "--encoder", "rnn", "--cell", "gru", *small), 2, "give --cell only")
+    assert "--encoder" not in ok(run("bench", "--help")).stdout

@@ -145,7 +145,9 @@ def test_the_old_name_of_a_renamed_key_still_works_with_a_warning(tmp_path, capl
         assert resolve(None, {"encoder": "rnn"}).model.cell is Cell.rnn
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 2 and "'model.encoder' is now 'model.cell'" in said[0]
-    assert "--encoder is now --cell" in said[1]
+    assert "'encoder' is now 'cell' (--cell)" in said[1]
+    with pytest.raises(ConfigError, match="'encoder' and 'cell' are one setting"):
+        resolve(None, {"encoder": "rnn", "cell": "gru"})
     with pytest.raises(ConfigError, match="'model.encoder' and 'model.cell'"):
         resolve(write(tmp_path, '[model]\nencoder = "gru"\ncell = "lstm"\n'))
     caplog.clear()

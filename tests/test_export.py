@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lstmcli.data.text import basic_english
-from lstmcli.export.onnx import build_onnx
+from lstmcli.exporters.onnx import build_onnx
 from lstmcli.models.classifier import TextClassifier
 from lstmcli.models.spec import ModelSpec
 
@@ -136,6 +136,6 @@ def test_without_the_extra_export_is_one_line(mirror, workdir, monkeypatch):
 
 
 def test_every_kind_of_bag_has_an_onnx_graph():
-    from lstmcli.export.onnx import BAG_GRAPHS
+    from lstmcli.exporters.onnx import BAG_GRAPHS
     from lstmcli.models.spec import BAGS
     assert set(BAG_GRAPHS) == set(BAGS)

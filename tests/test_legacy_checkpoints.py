@@ -26,7 +26,7 @@ def as_written_before(new: Path, old: Path) -> None:
 
 def test_a_checkpoint_written_before_the_renames_loads_and_predicts_the_same(mirror, workdir):
     result = ok(run("train", "--config", TINY, *FAST, "--encoder", "gru", "--out", "r"))
-    assert "--encoder is now --cell" in result.stderr  # the old flag: a warning, and it trained a GRU
+    assert "'encoder' is now 'cell' (--cell)" in result.stderr  # the old flag: a warning; it trained a GRU
     assert json.loads(Path("r/config.json").read_text())["model"]["cell"] == "gru"
     as_written_before(Path("r/best"), Path("old"))
     weights = load_file("r/best/model.safetensors")["branch_weights"]
@@ -39,3 +39,17 @@ def test_a_checkpoint_written_before_the_renames_loads_and_predicts_the_same(mir
     new = ok(run("predict", "--checkpoint", "r/best", "--top-k", 2, *texts))
     old = ok(run("predict", "--checkpoint", "old", "--top-k", 2, *texts))
     assert old.stdout == new.stdout and old.stderr == ""  # loading the old format says nothing
+
+
+def test_branch_weights_under_both_names_or_not_finite_are_refused(mirror, workdir):
+    import torch
+    ok(run("train", "--config", TINY, "--val-fraction", 0.3, "--out", "r"))
+    for name, change in (("both", lambda s: s.update(branch_scale=s["branch_weights"].clone())),
+                         ("nan", lambda s: s.update(branch_weights=torch.tensor([float("nan")])))):
+        shutil.copytree("r/best", name)
+        state = load_file(f"{name}/model.safetensors")
+        change(state)
+        save_file(state, f"{name}/model.safetensors")
+        result = run("predict", "--checkpoint", name, "a film")
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert ("branch_scale" if name == "both" else "not finite") in result.stderr, result.stderr

@@ -81,10 +81,12 @@ def build():
     if bin_dir not in (path or "").split(os.pathsep):
         os.environ["PATH"] = bin_dir + os.pathsep + (path or "")
     name, flags = build_spec()
+    sys_path = list(sys.path)  # torch's build helpers add setuptools' vendored packages to it
     try:
         return cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags,
                                   extra_ldflags=["-fopenmp"], verbose=False)
     finally:
+        sys.path[:] = sys_path
         if path is None:
             os.environ.pop("PATH", None)
         else:

@@ -1,4 +1,5 @@
-"""Export formats: a checkpoint as a model that runs without lstmcli, one module per format.
+"""Export formats: a checkpoint as a model that runs without lstmcli, one module per format. (Named
+exporters, not export, so that the subpackage never hides the API function `lstmcli.export`.)
 
 FORMATS is the one table of them: `lstmcli export --format` offers its keys, and `api.export` runs the
 module of that name's `export(checkpoint_dir, out, force) -> (model file, JSON beside it)`.
@@ -10,7 +11,7 @@ import importlib
 from pathlib import Path
 
 FORMATS = {
-    "onnx": "ONNX: (ids, lengths) -> logits with dynamic batch and sequence axes (onnx.py)",
+    "onnx": "(ids, lengths) -> logits, dynamic batch and sequence axes; onnxruntime runs it",
 }
 
 
@@ -19,4 +20,5 @@ def export(checkpoint_dir: Path, out: Path, format: str = "onnx", force: bool = 
     if format not in FORMATS:
         from lstmcli.errors import LstmcliError
         raise LstmcliError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}")
-    return importlib.import_module(f"lstmcli.export.{format}").export(Path(checkpoint_dir), Path(out), force)
+    module = importlib.import_module(f"lstmcli.exporters.{format}")
+    return module.export(Path(checkpoint_dir), Path(out), force)
