@@ -30,6 +30,7 @@ from lstmcli.data.text import Vocab
 from lstmcli.errors import CheckpointError, ConfigError
 from lstmcli.fsutil import honour_umask, recover_dir, replace_dir, temp_dir, write_failed, write_json
 from lstmcli.models.classifier import TextClassifier
+from lstmcli.models.spec import ModelSpec
 from lstmcli.runtime.plan import Choice, build_model, choose, model_spec
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def _read_json(path: Path):
         raise CheckpointError(f"broken checkpoint: cannot read {path} ({exc})") from None
 
 
-def _check_sizes(path: Path, cfg: Config, vocab_size: int, num_classes: int, choice: Choice) -> None:
+def _check_sizes(path: Path, spec: ModelSpec) -> None:
     """Refuse a config.json that does not describe model.safetensors before anything is allocated: the
     model it describes is built first, so an edited hidden_size of 200,000 would otherwise take
     gigabytes before the weights fail to fit. The file's header says how many numbers it holds."""
@@ -132,7 +133,6 @@ def _check_sizes(path: Path, cfg: Config, vocab_size: int, num_classes: int, cho
     except (SafetensorError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"broken checkpoint: {weights} ({first})") from None
-    spec = model_spec(cfg.model, vocab_size, num_classes, choice)
     params, buffers = spec.parameter_count()
     expected = params + buffers - len(spec.branches)  # branch_weights aside
     if stored != expected:
@@ -186,8 +186,9 @@ def load(path: Path, device: str = "cpu", impl: str | None = None, precision: st
                     f"--impl {run_impl.value} for {path}")
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
-    _check_sizes(path, cfg, len(vocab), len(labels), choice)
-    model = build_model(model_spec(cfg.model, len(vocab), len(labels), choice))
+    spec = model_spec(cfg.model, len(vocab), len(labels), choice)
+    _check_sizes(path, spec)
+    model = build_model(spec)
     try:
         state = load_file(str(path / "model.safetensors"), device=device)
         for old, new in LEGACY_WEIGHT_NAMES.items():

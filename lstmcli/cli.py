@@ -6,7 +6,6 @@ line and an exit code, signals, the process's exit) is exits.py's.
 
 import inspect
 import json
-import logging
 import sys
 from enum import Enum
 from pathlib import Path
@@ -14,7 +13,17 @@ from typing import Annotated, Any
 
 import typer
 
-from lstmcli.config import MAX_THREADS, RENAMED, Cell, Device, Impl, Precision, env_data_dir, field_index
+from lstmcli.config import (
+    MAX_THREADS,
+    RENAMED,
+    Cell,
+    Device,
+    Impl,
+    Precision,
+    env_data_dir,
+    field_index,
+    renamed_value,
+)
 from lstmcli.data.registry import REGISTRY
 from lstmcli.errors import CheckFailed, LstmcliError
 from lstmcli.exits import DEBUG, run, user_errors
@@ -260,11 +269,7 @@ def bench(
     from lstmcli.reports import format_bench
     from lstmcli.runtime.bench import BenchShape, run_bench
     refuse_non_regular(out, "bench writes its report to a regular file: choose another --out")
-    if encoder and cell:
-        raise LstmcliError("'encoder' and 'cell' are one setting; give --cell only")
-    if encoder:
-        logging.getLogger("lstmcli").warning("'encoder' is now 'cell' (--cell); the old name will be removed")
-    cells = cell or encoder or list(Cell)
+    cells = renamed_value("encoder", "cell", encoder or None, cell or None) or list(Cell)
     if min_length > max_length:
         raise LstmcliError(f"--min-length {min_length} is above --max-length {max_length}")
     if Impl.auto in impl:

@@ -320,18 +320,28 @@ def apply(cfg: Config, values: dict[str, Any], source: str, warn_renamed: bool =
     }), source)
 
 
+def renamed_value(old: str, new: str, old_value: Any, new_value: Any) -> Any:
+    """The value of a setting given by its old name, its new one, or neither (None): both at once is a
+    ConfigError; the old name alone works, with a one-line deprecation warning."""
+    if old_value is not None and new_value is not None:
+        raise ConfigError(f"'{old}' and '{new}' are one setting; give '{new}' only")
+    if old_value is not None:
+        log.warning(f"'{old}' is now '{new}' (--{new.replace('_', '-')}); the old name will be removed")
+        return old_value
+    return new_value
+
+
 def apply_flags(cfg: Config, flags: dict[str, Any]) -> Config:
     """Apply flat CLI values ({field_name: value}); None means the flag was not given."""
     index = field_index()
+    flags = dict(flags)
+    for old, new in RENAMED_TO.items():  # an old name given becomes the new one
+        if old in flags:
+            flags[new] = renamed_value(old, new, flags.pop(old), flags.get(new))
     nested: dict[str, dict[str, Any]] = {}
     for key, value in flags.items():
         if value is None:
             continue
-        if key in RENAMED_TO:
-            old, key = key, RENAMED_TO[key]
-            if flags.get(key) is not None:
-                raise ConfigError(f"'{old}' and '{key}' are one setting; give '{key}' only")
-            log.warning(f"'{old}' is now '{key}' (--{key.replace('_', '-')}); the old name will be removed")
         if key not in index:
             raise ConfigError(f"unknown option '{key}'")
         nested.setdefault(index[key].section, {})[key] = value.value if isinstance(value, Enum) else value

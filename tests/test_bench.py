@@ -50,5 +50,6 @@ def test_the_old_name_of_cell_warns_and_both_names_are_refused(workdir):
     result = ok(run("bench", "--encoder", "rnn", *small))
     assert "'encoder' is now 'cell' (--cell)" in result.stderr
     assert set(json.loads(Path("b.json").read_text())["results"]) == {"rnn"}
-    one_line_error(run("bench", "--encoder", "rnn", "--cell", "gru", *small), 2, "give --cell only")
+    both = run("bench", "--encoder", "rnn", "--cell", "gru", *small)
+    one_line_error(both, 2, "'encoder' and 'cell' are one setting; give 'cell' only")
     assert "--encoder" not in ok(run("bench", "--help")).stdout

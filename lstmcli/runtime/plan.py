@@ -50,7 +50,7 @@ def _impl(model: ModelConfig, precision: Precision, device: torch.device) -> tup
     if len(able) == 1:
         return Impl(able[0]), f"{able[0]} (auto: the only one that runs this model)"
     cell = CELLS[model.cell.value]
-    if device.type != "cpu" or precision is Precision.bf16 or not cell.auto_scratch:
+    if device.type != "cpu" or not cell.auto_scratch:  # (bf16: the one-impl case above)
         return Impl.builtin, (f"builtin (auto: scratch is picked on a CPU in fp32 for "
                               f"{', '.join(c for c in CELLS if CELLS[c].auto_scratch)}, not for a "
                               f"{cell.name} on {device.type} in {precision.value})")
