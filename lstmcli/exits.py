@@ -102,7 +102,7 @@ def _leave_on_signal(code: int) -> None:
 def run(app: typer.Typer) -> None:
     """Run `app`'s command, flush the output, and leave without the interpreter's teardown. Tearing torch
     down after inference (its allocators, thread pools, thousands of modules) costs a large share of a
-    one-text `predict` (benchmarks/RESULTS.md, "Design choices measured"). Every command has closed (and
+    one-text `predict` (benchmarks/RESULTS.md, "Design choices"). Every command has closed (and
     renamed into place) what it wrote by the time it returns, so once stdout and stderr are flushed there
     is nothing left for the teardown to do. An exception that escapes a command still ends the usual way.
 

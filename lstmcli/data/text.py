@@ -2,8 +2,8 @@
 
 The tokenizer reproduces ``torchtext.data.get_tokenizer("basic_english")`` token for token. Every
 rule of torchtext's table substitutes a literal string, so we apply the same rules in the same order
-with ``str.replace`` (a memchr-speed scan) instead of ``re.sub``, about three times faster
-(benchmarks/bench_encode.py; benchmarks/RESULTS.md, "Design choices measured").
+with ``str.replace`` (a memchr-speed scan) instead of ``re.sub``, which is faster
+(benchmarks/bench_encode.py; benchmarks/RESULTS.md, "Design choices").
 """
 
 from __future__ import annotations

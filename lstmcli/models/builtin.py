@@ -1,7 +1,7 @@
 """PyTorch's nn.LSTM / nn.GRU / nn.RNN with exact, fast variable-length handling.
 
 On the CPU a PackedSequence costs many times the padded throughput (benchmarks/RESULTS.md, "Design
-choices measured"), so by default we run padded tensors and stay exact instead of packing:
+choices"), so by default we run padded tensors and stay exact instead of packing:
   * forward direction: an RNN is causal, so outputs at t < length never see the padding after them;
     the final state is the output at position length - 1;
   * backward direction: each sequence is reversed *within its own length* (padding stays at the end),

@@ -70,7 +70,7 @@ class NbsvmBag(nn.Module):
     n-gram seen in one training text points at that text's label with a ratio it never has on unseen
     text, the bag fits the training set at once and w learns little. Adam moves w by about the learning
     rate per step whatever the gradient's scale, and the bag wants a rate about 5x the encoder's, hence
-    GAIN. Both choices were measured on IMDB (benchmarks/RESULTS.md, "Design choices measured").
+    GAIN. IMDB runs back both choices (benchmarks/RESULTS.md, "Design choices").
     """
 
     W_ADJ, R_SCALE, GAIN, SMOOTHING = 0.4, 0.1, 5.0, 1.0

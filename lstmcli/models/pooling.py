@@ -8,7 +8,7 @@ Max pooling in training is an autograd Function (_MaxOverTime) for its backward.
 amax and the two slices, makes zeros of the outputs' shape twice, copies each slice's gradient into one
 and adds them, and the scratch encoder then copies the sum back to its time-major layout: several
 passes over (B, T, F) for B x F non-zeros. _MaxOverTime writes the gradient once, in the outputs' own
-layout (benchmarks/RESULTS.md, "Design choices measured").
+layout (benchmarks/RESULTS.md, "Design choices").
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ no_grad. Batches have lengths drawn uniformly from [min_length, max_length] and 
 then cut), as in training. Each measurement is repeated, impls interleaved so that machine drift hits
 both alike, and the median is reported.
 
-Each figure is also given as a share of its FLOP limit: this machine's float32 GEMM rate, measured in
+Each figure is also given as a share of its FLOP limit: this machine's float32 GEMM rate, sampled in
 the same run, divided by the encoder's matrix-multiply FLOPs per token. The rate is sampled before the
 measurements and after each round of them, and the highest sample is the limit: a shared cloud CPU's
 GEMM rate moves within minutes, and the highest is the one that flatters no share. The
@@ -174,7 +174,7 @@ def run_bench(cells: list[str], impls: list[str], shape: BenchShape, device: str
     batches = make_batches(shape, dev, seed)
     tokens = sum(int(lengths.sum()) for _, lengths in batches)
     results = {cell: _measure(cell, impls, shape, batches, tokens, dev, seed, peaks) for cell in cells}
-    peak = max(peaks)  # one limit for every figure, known once all are measured
+    peak = max(peaks)  # one limit for every figure, known once every rate is in
     for cell, by_impl in results.items():
         flops = {"train": 3 * encoder_flops(cell, shape), "infer": encoder_flops(cell, shape)}
         for rates in by_impl.values():

@@ -4,7 +4,7 @@ the kernel's OOM killer minutes later.
 
 The estimate guards against configurations off by orders of magnitude (a hidden_size of 57,000, three
 billion n-gram buckets, texts of a million tokens); it is no exact figure, and benchmarks/RESULTS.md
-compares it with measured peaks. It counts, in float32:
+compares it with real peaks. It counts, in float32:
 - state: the parameters, their gradients and the optimizer's moments (Adam two, SGD with momentum one),
   and the buffers (an NBSVM bag's (F, C) counts);
 - activations of one batch of `batch_size` texts of the longest length the cut lets through, for the

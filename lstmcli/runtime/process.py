@@ -9,7 +9,7 @@ loading a model never changes them.
   kernel zeroes the same pages every step. Kept, the next step reuses them. The cost: the heap keeps
   its high-water mark until the process ends. Only glibc on Linux has mallopt; elsewhere it does
   nothing, and LSTMCLI_KEEP_FREED_MEMORY=0 turns it off.
-The figures behind both are in benchmarks/RESULTS.md, "Design choices measured".
+The figures behind both are in benchmarks/RESULTS.md, "Design choices".
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ and in a plain sum it outvotes a bag that is more accurate alone where the two d
 Calibration fits one positive weight per branch (model.branch_weights) to minimise the log-loss of the
 weighted sum on the validation split: stacking, with P weights and no bias.
 - With a bag, it decides how much each branch counts (what that gains on imdb_nbsvm:
-  benchmarks/RESULTS.md, "Design choices measured").
+  benchmarks/RESULTS.md, "Design choices").
 - With one branch, it is temperature scaling (Guo et al. 2017). Every prediction stays what it was, and
   the probabilities become honest ones.
 A weak prior keeps the weights finite where a small validation split is separable (fit_branch_weights). The
@@ -68,9 +68,10 @@ def fit_branch_weights(parts: torch.Tensor, labels: torch.Tensor,
 
     They are exp(u): a weight cannot turn negative, which would reverse a branch's vote; one that points
     the wrong way goes to 0. The prior (normal around 1, the plain sum, sigma 1, on each weight) moves
-    them by well under 1% on a thousand examples. Its use is where the split is separable, as a small
-    one often is: no likelihood-best weight exists there (the larger, the better), and the prior keeps
-    them finite. It costs nothing at the plain sum, so the fitted log-loss is never above the plain sum's.
+    them very little on a thousand examples (it is per example, 1/N of the sum). Its use is where the
+    split is separable, as a small one often is: no likelihood-best weight exists there (the larger,
+    the better), and the prior keeps them finite. It costs nothing at the plain sum, so the fitted
+    log-loss is never above the plain sum's.
     L-BFGS starts at u = 0, the plain sum, and is deterministic: the same logits give the same weights."""
     parts = parts.double()
     weight = None if class_weight is None else class_weight.double().cpu()
@@ -99,14 +100,14 @@ def calibrate(model, split: EncodedSplit, device: torch.device, batch_size: int,
     before = model.branch_weights.detach().double().cpu()
     after = fit_branch_weights(parts, labels, class_weight)
 
-    def measured(weights: torch.Tensor) -> dict:
+    def scored(weights: torch.Tensor) -> dict:
         logits = combine_branches(weights, parts)
         return {"loss": float(F.cross_entropy(logits, labels)),
                 "accuracy": float((logits.argmax(1) == labels).double().mean())}
 
     model.branch_weights.copy_(after.to(model.branch_weights))
     return {"split_size": len(labels), "branches": model.spec.branches, "weights_before": before.tolist(),
-            "weights": after.tolist(), "before": measured(before), "after": measured(after)}
+            "weights": after.tolist(), "before": scored(before), "after": scored(after)}
 
 
 def calibrate_checkpoint(ck: checkpoint.Checkpoint, device: torch.device, data_dir: str | None = None,

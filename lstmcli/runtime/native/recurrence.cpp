@@ -67,7 +67,7 @@ inline V<T> sigmoid(V<T> x) {
 }
 
 // tanh x = 2 σ(2x) - 1: one exp, as sigmoid. Sleef's tanh (Vectorized::tanh) costs several times as
-// much (benchmarks/RESULTS.md, "Design choices measured"), and the absolute error stays ~1e-7.
+// much (benchmarks/RESULTS.md, "Design choices"), and the absolute error stays ~1e-7.
 template <typename T>
 inline V<T> tanh_(V<T> x) {
   return V<T>(T(2)) * recip(V<T>(T(1)) + exp_(x * V<T>(T(-2)))) - V<T>(T(1));
@@ -93,9 +93,9 @@ inline void st(V<T> v, T* p, int64_t cnt) {
 }
 
 // The caller's floating-point mode, for the threads of a parallel region: the flush of denormals to zero
-// that torch.set_flush_denormal sets (lstmcli/runtime/process.py) is a per-thread register (x86 MXCSR), and OpenMP's
-// workers start without it. Gradients fading through many forget gates reach denormals, which cost x86
-// CPUs ~100x; a worker without the flush would run its direction that much slower.
+// that torch.set_flush_denormal sets (lstmcli/runtime/process.py) is a per-thread register (x86 MXCSR),
+// and OpenMP's workers start without it. Gradients fading through many forget gates reach denormals,
+// which x86 CPUs handle far slower; a worker without the flush would run its direction that much slower.
 struct FloatMode {
 #if defined(__x86_64__) || defined(_M_X64)
   unsigned csr = _mm_getcsr();
@@ -261,8 +261,8 @@ void lstm_infer(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const T
 // A step's pre-activations are ONE product, [x_t | h_{t-1}] · [W_ih | W_hh]^T, over the active rows
 // (K = In + H), written straight into the step's acts. Projecting x a few steps ahead with W_ih and
 // then adding W_hh h_{t-1} per step made two GEMMs of depth In and H and wrote the acts twice; the
-// single deeper one is faster per forward (benchmarks/RESULTS.md, "Design choices measured"), for a copy of x_t and h_{t-1}
-// (B x (In + H) floats) per step.
+// single deeper one is faster per forward (benchmarks/RESULTS.md, "Design choices"), for a copy of
+// x_t and h_{t-1} (B x (In + H) floats) per step.
 void lstm_forward(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const Tensor& w_hh,
                   const std::vector<int64_t>& active, Tensor hs, Tensor c_last, std::optional<Tensor> acts_,
                   std::optional<Tensor> K, std::optional<Tensor> A) {
@@ -333,7 +333,7 @@ void lstm_forward(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const
 // (tens of MB) and then big products over it read it back from memory for each product. The weights'
 // gradient is one product over the rows [x_t | h_{t-1}], copied side by side into `xh` (as the forward
 // multiplies them), into d_w (4H, In + H): less time than one product for W_ih (N = In) and one for
-// W_hh (N = H) (benchmarks/RESULTS.md, "Design choices measured").
+// W_hh (N = H) (benchmarks/RESULTS.md, "Design choices").
 struct GradBuffers {
   std::vector<Tensor> out;  // d_x, d_W_ih, d_b, d_W_hh
   Tensor ring, xh, d_w;
