@@ -21,7 +21,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/lstmcli train --config configs/imdb_small.toml --out runs/demo
+	$(BIN)/lstmcli train --config imdb_small --out runs/demo
 	$(BIN)/lstmcli eval --checkpoint runs/demo/best
 	$(BIN)/lstmcli predict --checkpoint runs/demo/best --top-k 2 \
 	  "A moving, beautifully acted film. I loved every minute of it." \

@@ -1,6 +1,6 @@
 """Benchmark: one IMDB training epoch in one process x 2 threads against 2 processes x 1 thread (torchrun).
 
-    LSTMCLI_MIRROR=../shared/datasets python benchmarks/bench_ddp.py [--config configs/imdb_lstm.toml]
+    LSTMCLI_MIRROR=../shared/datasets python benchmarks/bench_ddp.py [--config imdb_lstm]
         [--max-train-examples 0] [--out /tmp/bench_ddp]
 
 Each launch is a real `lstmcli train --epochs 1` (the second under `torchrun --standalone
@@ -35,7 +35,7 @@ def launch(prefix: list[str], args: argparse.Namespace, out: Path, extra: list[s
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--config", default="configs/imdb_lstm.toml")
+    parser.add_argument("--config", default="imdb_lstm")
     parser.add_argument("--max-train-examples", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="/tmp/bench_ddp")

@@ -1,6 +1,6 @@
 """Benchmark: IMDB training tokens/s of one BiLSTM fed three ways.
 
-    LSTMCLI_MIRROR=../shared/datasets python benchmarks/bench_epoch.py [--config configs/imdb_best.toml]
+    LSTMCLI_MIRROR=../shared/datasets python benchmarks/bench_epoch.py [--config imdb_best]
         [--examples 2000] [--threads 2] [--seed 0] [--precision fp32|bf16]
 
   lstmcli         train_one_epoch as `lstmcli train` runs it: length-bucketed batches of the config's
@@ -89,7 +89,7 @@ def lstmcli_epoch(model, cfg, split, indices, cut, seed):
 def main() -> None:
     tune_process()  # the process settings the CLI uses (denormal flush, heap reuse)
     parser = argparse.ArgumentParser()
-    parser.add_argument("--config", default="configs/imdb_best.toml")
+    parser.add_argument("--config", default="imdb_best")
     parser.add_argument("--examples", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)

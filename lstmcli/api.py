@@ -2,7 +2,7 @@
 and tune_process.
 
     import lstmcli
-    run_dir = lstmcli.train("configs/imdb_small.toml", epochs=1)   # a config file, dict or Config
+    run_dir = lstmcli.train("imdb_small", epochs=1)   # a config file, dict or Config
     report = lstmcli.evaluate(run_dir / "best", split="test")      # the dict `lstmcli eval --json` prints
     clf = lstmcli.load(run_dir / "best")                           # safetensors + JSON, never a pickle
     clf.predict(["What a wonderful film", "Utterly boring"], top_k=2)
@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lstmcli import __version__
 from lstmcli.config import Config, apply, apply_flags, resolve
 from lstmcli.inference.predict import Classifier
 
@@ -36,7 +37,7 @@ def _config(config: Config | Mapping[str, Any] | str | Path | None, overrides: d
 
 def train(config: Config | Mapping[str, Any] | str | Path | None = None, *, force: bool = False,
           skip_memory_check: bool = False, **overrides: Any) -> Path:
-    """Train as `config` and `overrides` say (e.g. `train("configs/tiny.toml", epochs=2, seed=1)`);
+    """Train as `config` and `overrides` say (e.g. `train("tiny", epochs=2, seed=1)`);
     returns the run folder: config.json, metrics.json (history, test), best/, last/ and the pictures.
 
     The run folder (`out`) must be new or empty unless `force`; a run estimated to need more memory
@@ -77,7 +78,7 @@ def calibrate(checkpoint: str | Path, data_dir: str | None = None, batch_size: i
     ck = checkpoints.load(Path(checkpoint), str(dev))
     report = calibrate_checkpoint(ck, dev, data_dir, batch_size)
     checkpoints.update(ck.path, ck.model, {**ck.metrics, "calibration": report})
-    return {"checkpoint": str(ck.path), "dataset": ck.config.data.dataset, **report}
+    return {"checkpoint": str(ck.path), "dataset": ck.config.data.dataset, **report, "lstmcli": __version__}
 
 
 def load(checkpoint: str | Path, device: str = "cpu", impl: str | None = None,
@@ -87,6 +88,14 @@ def load(checkpoint: str | Path, device: str = "cpu", impl: str | None = None,
     tune_process)."""
     from lstmcli.runtime.device import resolve_device
     return Classifier(Path(checkpoint), resolve_device(device), impl, max_length, precision)
+
+
+def log_to_stderr(quiet: bool = False, debug: bool = False) -> None:
+    """Show lstmcli's progress and log lines on stderr as the command line does (a bar where stderr is
+    a terminal); `quiet`: warnings only. Without this call lstmcli logs through `logging` only, silent
+    until the program configures it."""
+    from lstmcli.exits import setup_logging
+    setup_logging(quiet, debug)
 
 
 def tune_process() -> dict[str, bool]:

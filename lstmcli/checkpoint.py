@@ -140,6 +140,18 @@ def _check_sizes(path: Path, spec: ModelSpec) -> None:
                               f"numbers, {weights} holds {stored:,}")
 
 
+def resolve(path: Path) -> Path:
+    """The checkpoint `path` names: itself, or for a run folder (it holds best/ and no weights of its
+    own) its best/, which one info line says. Every command and API call that takes a checkpoint takes
+    a run folder this way."""
+    path = Path(path)
+    best = path / "best"
+    if not (path / "model.safetensors").exists() and (best.is_dir() or fsutil.old_dir(best).is_dir()):
+        log.info(f"{path} is a run folder: using its best checkpoint, {best}")
+        return best
+    return path
+
+
 def _read_files(path: Path) -> tuple[Config, Vocab, list[str], dict]:
     """The checkpoint folder's config, vocabulary, labels and metrics, each checked; a save cut short
     between its renames is restored first."""
@@ -175,7 +187,7 @@ def load(path: Path, device: str = "cpu", impl: str | None = None, precision: st
     so that it decides once. The returned config says how it runs: its impl as asked (`auto` stays
     auto), its precision the one chosen.
     """
-    path = Path(path)
+    path = resolve(path) if choice is None else Path(path)  # (a run loads its own best/ and last/)
     cfg, vocab, labels, metrics = _read_files(path)
     run_impl = Impl(impl) if impl is not None else cfg.model.impl
     if choice is None:

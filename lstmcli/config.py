@@ -20,6 +20,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from lstmcli import configs
 from lstmcli.errors import ConfigError
 from lstmcli.models.cells import CELLS
 from lstmcli.models.spec import BAGS, IMPLS, PACKS, POOLINGS, PRECISIONS, model_problem
@@ -349,12 +350,14 @@ def apply_flags(cfg: Config, flags: dict[str, Any]) -> Config:
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    """A TOML file's tables: `path` is a file, or the name of a shipped config (lstmcli/configs)."""
+    path = configs.find(path)
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"config file not found: {path} (shipped configs, by name: "
+                          f"{', '.join(configs.names())})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 

@@ -17,10 +17,12 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 
 import typer
 
 from lstmcli.errors import EXIT_INTERRUPTED, EXIT_PIPE, EXIT_USAGE, LstmcliError
+from lstmcli.progress import force_bars
 
 DEBUG = {"on": False}
 
@@ -63,6 +65,7 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         setup_logging(quiet=bool(kwargs.get("quiet")), debug=DEBUG["on"])
+        force_bars(kwargs.get("progress"))
         previous = None
         with contextlib.suppress(ValueError):  # not the main thread (an embedding program's worker)
             previous = signal.signal(signal.SIGTERM, _sigterm)
@@ -99,12 +102,13 @@ def _leave_on_signal(code: int) -> None:
         signal.signal(sig, lambda *_: os._exit(code))
 
 
-def run(app: typer.Typer) -> None:
-    """Run `app`'s command, flush the output, and leave without the interpreter's teardown. Tearing torch
-    down after inference (its allocators, thread pools, thousands of modules) costs a large share of a
-    one-text `predict` (benchmarks/RESULTS.md, "Design choices"). Every command has closed (and
-    renamed into place) what it wrote by the time it returns, so once stdout and stderr are flushed there
-    is nothing left for the teardown to do. An exception that escapes a command still ends the usual way.
+def run(command: Callable[[], int]) -> None:
+    """Run `command` (it returns the exit code), flush the output, and leave without the interpreter's
+    teardown. Tearing torch down after inference (its allocators, thread pools, thousands of modules)
+    costs a large share of a one-text `predict` (benchmarks/RESULTS.md, "Design choices"). Every
+    command has closed (and renamed into place) what it wrote by the time it returns, so once stdout
+    and stderr are flushed there is nothing left for the teardown to do. An exception that escapes a
+    command still ends the usual way.
 
     Once the command has returned, SIGINT and SIGTERM end the process with the command's own exit code: one
     that arrives now (torchrun ends the other ranks of a launch whose rank failed) must not turn a finished
@@ -112,8 +116,7 @@ def run(app: typer.Typer) -> None:
     would not do: it holds for this thread only, and torch's threads would take the signal.)"""
     try:
         try:
-            app()
-            code = 0
+            code = command()
         except SystemExit as exc:
             code = _exit_status(exc.code)
         _leave_on_signal(code)

@@ -54,6 +54,26 @@ def write_bytes(path: Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def atomic_text(path: Path):
+    """A text file to write that appears at `path` only once the block ends without an error: until
+    then the old file (if any) stays whole, and an error leaves nothing behind."""
+    path = Path(path)
+    try:
+        fd, tmp = temp_file(path)
+    except OSError as exc:
+        raise write_failed(path, exc) from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            yield fh
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise write_failed(path, exc) from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def write_json(path: Path, obj) -> None:
     write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 

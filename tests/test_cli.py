@@ -66,9 +66,12 @@ def test_logs_go_to_stderr_and_quiet_keeps_only_warnings(mirror, workdir, bf16_l
     assert loud.stdout == "loud\n"
     lines = loud.stderr.splitlines()
     assert lines[1].startswith("run folder loud; ") and "precision fp32 (as configured)" in lines[1]
+    assert lines[2] == ("lstmcli: the validation split has 4 rows (under 100): best/ and early stopping are "
+                        "chosen on noise (raise val_fraction or max_eval_examples)")
     assert lines[-3].startswith("epoch 1/1: train loss") and lines[-1].startswith("test accuracy of best/")
     assert lines[-2].startswith("best/ is not calibrated")  # (the tiny val split: 4 negative reviews)
-    assert ok(run("train", "--config", TINY, "--dataset", "imdb", "--quiet", "--out", "q")).stderr == ""
+    quiet = ok(run("train", "--config", TINY, "--dataset", "imdb", "--quiet", "--out", "q")).stderr
+    assert quiet == lines[2] + "\n"  # warnings only
     bf16_level(precision.UNAVAILABLE)
     as_if_trained_in_bf16(Path("q/best"))
     warned = ok(run("eval", "--checkpoint", "q/best", "--quiet", "--json"))
@@ -107,11 +110,12 @@ import os, signal, sys
 import typer
 from lstmcli import cli
 from lstmcli.errors import PeerFailed
+from lstmcli.exits import user_errors
 
 app = typer.Typer()
 
 @app.command()
-@cli.user_errors
+@user_errors
 def failing() -> None:
     raise PeerFailed("rank 0: another process of this torchrun launch failed")
 

@@ -88,7 +88,7 @@ def test_onnx_logits_equal_lstmcli_for_every_shape(cell, impl, bidirectional, po
 def test_export_cli_writes_a_model_that_needs_only_its_json(mirror, workdir):
     ok(run("train", "--config", TINY, "--bidirectional", "--pooling", "mean", "--ngram-buckets", 256,
            "--out", "r", "--quiet"))
-    result = ok(run("export", "r/best", "--format", "onnx", "--out", "exported/model.onnx"))
+    result = ok(run("export", "-c", "r/best", "--format", "onnx", "--out", "exported/model.onnx"))
     assert result.stdout.strip() == "exported/model.onnx"
     meta = json.loads(Path("exported/model.json").read_text())
     assert meta["labels"] == ["neg", "pos"] and meta["vocab"][:2] == ["<pad>", "<unk>"]
@@ -119,19 +119,20 @@ def test_export_cli_writes_a_model_that_needs_only_its_json(mirror, workdir):
 
 
 def test_export_errors_are_one_line(mirror, workdir):
-    one_line_error(run("export", "nowhere"), 2, "no checkpoint at nowhere")
+    one_line_error(run("export", "-c", "nowhere"), 2, "no checkpoint at nowhere")
     ok(run("train", "--config", TINY, "--max-length", 0, "--out", "r", "--quiet"))
-    one_line_error(run("export", "r/best", "--out", "m.json"), 2, "another suffix")
-    ok(run("export", "r/best", "--out", "m.onnx"))
+    one_line_error(run("export", "-c", "r/best", "--out", "m.json"), 2, "another suffix")
+    ok(run("export", "-c", "r/best", "--out", "m.onnx"))
     assert json.loads(Path("m.json").read_text())["cut"]["max_length"] == 2048  # what predict cuts at
-    result = run("export", "r/best", "--format", "tflite")
+    result = run("export", "-c", "r/best", "--format", "tflite")
     assert result.exit_code == 2 and "tflite" in result.output
 
 
 def test_without_the_extra_export_is_one_line(mirror, workdir, monkeypatch):
     ok(run("train", "--config", TINY, "--out", "r", "--quiet"))
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
-    one_line_error(run("export", "r/best"), 2, "needs the onnx package", "pip install 'lstmcli[export]'")
+    one_line_error(run("export", "-c", "r/best"), 2, "needs the onnx package",
+                   "pip install 'lstmcli[export]'")
     assert not Path("model.onnx").exists() and not Path("model.json").exists()
 
 

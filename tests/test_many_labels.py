@@ -155,7 +155,7 @@ def test_a_user_dataset_of_sixty_classes_trains_evaluates_and_plots(workdir):
     assert "eval-test.json" in result.stdout.splitlines()[-1] and "confusion_sparse" in result.stdout
     assert "confusion_sparse" in json.loads(Path("r/eval-test.json").read_text())
     Path("r/confusion_matrix.png").unlink()
-    assert ok(run("plot", "r")).stdout.split() == ["r/learning_curves.png", "r/confusion_matrix.png"]
+    assert ok(run("plot", "--run", "r")).stdout.split() == ["r/learning_curves.png", "r/confusion_matrix.png"]
     png_size("r/confusion_matrix.png")
 
 
@@ -221,7 +221,7 @@ def test_plot_on_a_malformed_metrics_json_says_so_in_one_line(workdir, kind):
     path = Path("r/metrics.json")
     path.write_text(json.dumps(value, indent=1))
     before = path.read_bytes()
-    one_line_error(run("plot", "r"), 2, "metrics.json")
+    one_line_error(run("plot", "--run", "r"), 2, "metrics.json")
     assert path.read_bytes() == before
     assert sorted(p.name for p in Path("r").iterdir()) == ["metrics.json"]  # nothing drawn
 
@@ -231,4 +231,4 @@ def test_plot_on_a_malformed_validation_report_names_best_s_metrics_json(workdir
     Path("r/best").mkdir(parents=True)
     Path("r/metrics.json").write_text(json.dumps({"history": good_metrics()["history"]}))
     Path("r/best/metrics.json").write_text(json.dumps({"epoch": 1, "val": sparse_test([[0, 9, 1]])}))
-    one_line_error(run("plot", "r"), 2, "best/metrics.json", "confusion_sparse")
+    one_line_error(run("plot", "--run", "r"), 2, "best/metrics.json", "confusion_sparse")

@@ -37,7 +37,7 @@ def test_a_run_draws_its_pictures_and_plot_redraws_them(mirror, workdir):
     before = Path("r/learning_curves.png").read_bytes()
     for name in ("learning_curves.png", "confusion_matrix.png"):
         os.remove(Path("r") / name)
-    result = ok(run("plot", "r"))
+    result = ok(run("plot", "--run", "r"))
     assert result.stdout.split() == ["r/learning_curves.png", "r/confusion_matrix.png"]
     assert Path("r/learning_curves.png").read_bytes() == before  # from metrics.json alone, the same picture
 
@@ -51,15 +51,15 @@ def test_plot_draws_runs_made_before_the_pictures_and_unfinished_ones(mirror, wo
     Path("r/metrics.json").write_text(json.dumps(metrics))
     for name in ("learning_curves.png", "confusion_matrix.png"):
         os.remove(Path("r") / name)
-    ok(run("plot", "r"))
+    ok(run("plot", "--run", "r"))
     png_size("r/learning_curves.png")
     png_size("r/confusion_matrix.png")  # from best/'s validation report
 
-    one_line_error(run("plot", "nowhere"), 2, "cannot plot nowhere")
+    one_line_error(run("plot", "--run", "nowhere"), 2, "cannot plot nowhere")
     shutil.rmtree("r/best")
     metrics["history"] = []
     Path("r/metrics.json").write_text(json.dumps(metrics))
-    one_line_error(run("plot", "r"), 2, "no finished epoch")
+    one_line_error(run("plot", "--run", "r"), 2, "no finished epoch")
 
 
 def test_one_epoch_and_twenty_long_labels_stay_readable(tmp_path):

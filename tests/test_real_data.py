@@ -61,7 +61,7 @@ def onnx_gives_the_same_logits(checkpoint: Path) -> None:
     import lstmcli
 
     model = f"{checkpoint.parent.name}.onnx"  # one file per run: export refuses to replace a file
-    out = CliRunner().invoke(app, ["export", str(checkpoint), "--out", model])
+    out = CliRunner().invoke(app, ["export", "-c", str(checkpoint), "--out", model])
     assert out.exit_code == 0, out.output
     root = Path("data/aclImdb/test")
     texts = [(root / label / name).read_text(encoding="utf-8") for label in ("neg", "pos")
@@ -152,7 +152,7 @@ def test_a_bf16_checkpoint_answers_the_same_in_fp32(real_mirror):
 
 @pytest.mark.slow
 def test_imdb_full_small_config(real_mirror):
-    """The README's main job: configs/imdb_small.toml (a few minutes)."""
+    """The README's main job: lstmcli/configs/imdb_small.toml (a few minutes)."""
     config = Path(__file__).parents[1] / "configs" / "imdb_small.toml"
     _, metrics = train("--config", config, "--quiet", "--out", "small")
     assert metrics["test"]["accuracy"] > 0.75

@@ -49,21 +49,21 @@ def trained(mirror, workdir):
 def test_export_refuses_what_exists_unless_forced(trained):
     Path("notes.json").write_text("my notes\n")
     before = snapshot(Path("."))
-    one_line(run("export", trained / "best", "--out", "notes.txt"), 2, "notes.json exists", "--force")
+    one_line(run("export", "-c", trained / "best", "--out", "notes.txt"), 2, "notes.json exists", "--force")
     assert snapshot(Path(".")) == before
-    ok(run("export", trained / "best", "--out", "m.onnx"))
+    ok(run("export", "-c", trained / "best", "--out", "m.onnx"))
     model = Path("m.onnx").read_bytes()
     Path("m.onnx").write_bytes(b"an older export")
-    one_line(run("export", trained / "best", "--out", "m.onnx"), 2, "m.onnx exists")
+    one_line(run("export", "-c", trained / "best", "--out", "m.onnx"), 2, "m.onnx exists")
     assert Path("m.onnx").read_bytes() == b"an older export"
-    ok(run("export", trained / "best", "--out", "m.onnx", "--force"))
+    ok(run("export", "-c", trained / "best", "--out", "m.onnx", "--force"))
     assert Path("m.onnx").read_bytes() == model
 
 
 def test_export_never_writes_into_its_checkpoint(trained):
     before = snapshot(trained)
     for flags in ([], ["--force"]):
-        one_line(run("export", trained / "best", "--out", trained / "best" / "config.onnx", *flags), 2,
+        one_line(run("export", "-c", trained / "best", "--out", trained / "best" / "config.onnx", *flags), 2,
                  "is a file of the checkpoint")
     assert snapshot(trained) == before
     ok(run("predict", "--checkpoint", trained / "best", "a great film"))
@@ -83,7 +83,8 @@ def test_export_refuses_targets_that_are_not_regular_files(trained, kind):
         target = Path(os.devnull)
     mode = os.lstat(target).st_mode
     for flags in ([], ["--force"]):
-        one_line(run("export", trained / "best", "--out", target, *flags), 2, "export writes regular files")
+        one_line(run("export", "-c", trained / "best", "--out", target, *flags), 2,
+                 "export writes regular files")
     assert os.lstat(target).st_mode == mode
     if kind == "symlink":
         assert Path("real.onnx").read_bytes() == b"keep me"
@@ -307,15 +308,20 @@ def test_a_resumed_calibration_reports_the_same_before(trained):
 def test_every_output_honours_the_umask(mirror, workdir, umask):
     previous = os.umask(umask)
     try:
-        ok(run(*TRAIN, "--out", "r"))
-        ok(run("export", "r/best", "--out", "m.onnx"))
+        ok(run(*TRAIN, "--out", "r", "--tensorboard"))
+        ok(run("export", "-c", "r/best", "--out", "m.onnx"))
+        ok(run("eval", "-c", "r", "-q"))
+        ok(run("predict", "-c", "r", "--output", "p.tsv", "a text"))
     finally:
         os.umask(previous)
-    files = [p for p in [*Path("r").rglob("*"), *Path("data").rglob("*"), Path("m.onnx"), Path("m.json")]
-             if p.is_file() and not p.is_symlink()]
-    assert any(p.suffix == ".safetensors" for p in files)
+    made = [*Path("r").rglob("*"), *Path("data").rglob("*"), *map(Path, ("m.onnx", "m.json", "p.tsv"))]
+    files = [p for p in made if p.is_file() and not p.is_symlink()]
+    assert {"model.safetensors", "eval-test.json", "p.tsv"} <= {p.name for p in files}
+    assert any(p.name.startswith("events.out.tfevents") for p in files)
     wrong = {str(p): oct(p.stat().st_mode & 0o777) for p in files
              if p.stat().st_mode & 0o777 != 0o666 & ~umask}
+    wrong |= {str(p): oct(p.stat().st_mode & 0o777) for p in [Path("r"), *made]
+              if p.is_dir() and not p.is_symlink() and p.stat().st_mode & 0o777 != 0o777 & ~umask}
     assert not wrong
 
 
@@ -350,7 +356,7 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_there(mirror, workdir, small
     fill(small_disk)
     one_line(run("calibrate", "--checkpoint", small_disk / "r" / "best"), 2,
              f"cannot write {small_disk / 'r' / 'best'}", "No space left on device")
-    one_line(run("export", small_disk / "r" / "best", "--out", small_disk / "m.onnx"), 2,
+    one_line(run("export", "-c", small_disk / "r" / "best", "--out", small_disk / "m.onnx"), 2,
              "No space left on device")
     one_line(run(*TRAIN, "--out", small_disk / "new"), 2, "No space left on device")
     assert snapshot(small_disk / "r") == before
@@ -411,7 +417,7 @@ def test_a_run_inside_a_checkpoint_is_refused_and_swaps_keep_what_they_did_not_w
 
 def test_export_protects_a_checkpoint_whose_swap_was_cut(trained):
     os.replace(trained / "best", old_dir(trained / "best"))
-    one_line(run("export", trained / "best", "--out", trained / "best" / "labels.onnx"), 2,
+    one_line(run("export", "-c", trained / "best", "--out", trained / "best" / "labels.onnx"), 2,
              "is a file of the checkpoint")
     ok(run("predict", "--checkpoint", trained / "best", "a film"))
 
@@ -481,4 +487,4 @@ def test_a_full_disk_names_the_json_it_could_not_write(trained, small_disk):
     one_line(run("bench", "--cell", "rnn", "--impl", "builtin", "--batches", "1", "--repeats", "1",
                  "--out", small_disk / "b.json"), 2, f"cannot write {small_disk / 'b.json'}: No space left")
     one_line(run("eval", "--checkpoint", trained / "best", "--batch-size", "0"), 2,
-             "--batch-size must be >= 1")
+             "Invalid value for '--batch-size'")

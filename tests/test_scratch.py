@@ -211,7 +211,7 @@ def test_failed_build_falls_back_to_the_python_loops_with_one_line(monkeypatch, 
     [record] = caplog.records
     assert record.levelname == "WARNING" and "\n" not in record.getMessage()
     assert record.getMessage().startswith("scratch encoders: C++ kernels unavailable "
-                                          "(c++: command not found); using the Python loops")
+                                          "(c++: command not found); impl auto runs PyTorch's kernels")
 
 
 def test_lstmcli_native_0_skips_the_build(monkeypatch, caplog, fresh_native):

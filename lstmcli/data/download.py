@@ -18,7 +18,6 @@ import io
 import logging
 import os
 import shutil
-import sys
 import tarfile
 import urllib.error
 import zlib
@@ -40,6 +39,7 @@ from lstmcli.data.transfer import (
 )
 from lstmcli.errors import DatasetError
 from lstmcli.fsutil import lock_holder, stamp_pid, temp_dir, temp_file
+from lstmcli.progress import Progress, track
 
 log = logging.getLogger(__name__)
 MIRROR_ENV = "LSTMCLI_MIRROR"
@@ -118,15 +118,12 @@ def _join(base: str, name: str) -> str:
 
 
 def _copy_hashing(location: str, dest: BinaryIO, algo: str, label: str, limits: Limits) -> str:
-    """Stream `location` into `dest` within `limits`, with a bar labelled `label` on a terminal (unless
-    quiet, or `label` is empty); returns the hex digest."""
+    """Stream `location` into `dest` within `limits`, with progress labelled `label` (none when `label` is
+    empty); returns the hex digest."""
     digest = hashlib.new(algo)
-    from tqdm import tqdm
-
-    with watching(location, limits) as watch, open_source(location, watch) as src, tqdm(
-        total=size_of(src, location), unit="B", unit_scale=True, desc=label, leave=False,
-        disable=not (label and log.isEnabledFor(logging.INFO) and sys.stderr.isatty()),
-    ) as bar:
+    with watching(location, limits) as watch, open_source(location, watch) as src, Progress(
+            f"fetching {label}" if label else "", size_of(src, location) if label else None, unit="B",
+            hidden=not label) as bar:
         # read1, not read: read(CHUNK) waits for a whole MiB, so a slow stream would look stalled
         while piece := src.read1(CHUNK):
             watch.progress(len(piece))
@@ -213,7 +210,10 @@ def extract_once(archive: Path, dest: Path, marker: str) -> Path:
         tmp = temp_dir(final)
         try:
             with tarfile.open(archive) as tar:
-                tar.extractall(tmp, filter=_safe_member)
+                # members one by one as the stream is read: a count, not a total (that would
+                # need a first pass over the compressed archive)
+                tar.extractall(tmp, members=track(tar, f"extracting {archive.name}", unit="files"),
+                               filter=_safe_member)
             if not (tmp / marker).is_dir():
                 raise DatasetError(f"archive {archive} does not contain {marker}/")
             os.replace(tmp / marker, final)

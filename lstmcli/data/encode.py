@@ -33,6 +33,7 @@ from lstmcli.data.readers import read_user_file
 from lstmcli.data.splits import RawSplit, load_splits, open_source, to_split
 from lstmcli.data.text import PAD, UNK, UNK_ID, Vocab, basic_english
 from lstmcli.fsutil import honour_umask, temp_dir, write_failed
+from lstmcli.progress import Progress
 
 log = logging.getLogger(__name__)
 TOKENIZER_VERSION = "basic_english-1"
@@ -62,17 +63,22 @@ class EncodedData:
     splits: dict[str, EncodedSplit]
 
 
-def _provisional_ids(texts: list[str], table: defaultdict) -> tuple[array, array]:
+def _provisional_ids(texts: list[str], table: defaultdict,
+                     progress: Progress | None = None, scale: int = 1) -> tuple[array, array]:
     """Token ids in `table` (new tokens get the next id) and per-text lengths, as int64 arrays; an
     empty text is one `<unk>`. An array("q") of the list becomes a tensor without a copy, several
-    times faster than torch.tensor(list) on a corpus's millions of ids."""
+    times faster than torch.tensor(list) on a corpus's millions of ids. `progress` advances by `scale`
+    per text, in steps of TICK texts (a call per text would cost more than it shows)."""
     lookup = table.__getitem__
     ids: list[int] = []
     lengths: list[int] = []
-    for text in texts:
-        tokens = basic_english(text) or [UNK]
-        ids.extend(map(lookup, tokens))
-        lengths.append(len(tokens))
+    for lo in range(0, len(texts), TICK):
+        for text in texts[lo:lo + TICK]:
+            tokens = basic_english(text) or [UNK]
+            ids.extend(map(lookup, tokens))
+            lengths.append(len(tokens))
+        if progress is not None:
+            progress.update(scale * len(texts[lo:lo + TICK]))
     return array("q", ids), array("q", lengths)
 
 
@@ -86,6 +92,7 @@ def _tensor(*buffers: array) -> tuple[torch.Tensor, ...]:
 # child process tokenizes the second half of the texts while this one does the first. Fork only (Linux):
 # a spawned child would first re-import torch, which costs more than it saves.
 PARALLEL_MIN_CHARS = 8_000_000
+TICK = 2_000  # texts between two progress updates
 _TEXTS: list[str] = []  # what a forked child reads: inherited, never pickled
 
 
@@ -98,19 +105,28 @@ def _child_ids(lo: int, hi: int) -> tuple[list[str], array, array]:
 
 def _tokenize(texts: list[str], table: defaultdict) -> tuple[torch.Tensor, torch.Tensor]:
     """`_provisional_ids` of all `texts` as tensors, in two processes when that pays."""
+    with Progress("tokenizing", len(texts)) as progress:
+        return _tokenize_into(texts, table, progress)
+
+
+def _tokenize_into(texts: list[str], table: defaultdict,
+                   progress: Progress) -> tuple[torch.Tensor, torch.Tensor]:
     global _TEXTS
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     if cpus < 2 or sys.platform != "linux" or sum(map(len, texts)) < PARALLEL_MIN_CHARS:
-        return _tensor(*_provisional_ids(texts, table))
+        return _tensor(*_provisional_ids(texts, table, progress))
     half = len(texts) // 2
     _TEXTS = texts
     try:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
             pending = pool.submit(_child_ids, half, len(texts))
-            ids, lengths = _provisional_ids(texts[:half], table)
+            # the child does the other half at the same pace: count this half twice
+            ids, lengths = _provisional_ids(texts[:half], table, progress, scale=2)
             child_tokens, child_ids, child_lengths = pending.result()
+            progress.update(len(texts) - progress.done)
     except (OSError, BrokenProcessPool):  # no fork or semaphores here, or the child died: do it all here
-        return _tensor(*_provisional_ids(texts, table))
+        progress.update(-progress.done)
+        return _tensor(*_provisional_ids(texts, table, progress))
     finally:
         _TEXTS = []
     # the child's ids are its own first-sight order: map them into `table`'s

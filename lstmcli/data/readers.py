@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from lstmcli.errors import DatasetError
+from lstmcli.progress import track
 
 USER_SUFFIXES = {".csv": ",", ".tsv": "\t", ".jsonl": None}
 
@@ -47,7 +48,8 @@ def read_imdb_dir(root: Path, split: str, label_names: list[str]) -> Rows:
         if not names:
             raise DatasetError(f"dataset 'imdb': no reviews in {folder}")
         prefix = f"{folder}{os.sep}"
-        texts.extend(_read_text(prefix + name) for name in names)
+        texts.extend(_read_text(prefix + name)
+                     for name in track(names, f"reading imdb {split}/{label}", unit="files"))
         labels.extend([label] * len(names))
     return texts, labels
 
@@ -162,6 +164,22 @@ def read_user_file(path: Path, text_column: str, label_column: str) -> Rows:
     if headerless:
         _refuse_header(path, first, text_cols, labels)
     return texts, labels
+
+
+def text_records(path: Path, text_column: str):
+    """(record, text) for each row of a CSV/TSV/JSONL file, read as it goes (for predicting: no label).
+    A record is a dict keyed by the header (a list for a headerless file: every column an index)."""
+    text_cols = _columns(text_column, "text-column")
+    headerless = path.suffix != ".jsonl" and all(c.isdigit() for c in text_cols)
+    if path.suffix == ".jsonl":
+        records = _jsonl_records(path)
+    else:
+        records = _delimited_records(path, USER_SUFFIXES[path.suffix], headerless)
+    for line, rec in records:
+        missing = [c for c in text_cols if _get(rec, c) is _MISSING]
+        if missing:
+            raise DatasetError(f"{path} line {line}: no column {missing[0]!r} (set --text-column)")
+        yield rec, " ".join(_text(path, line, rec, c) for c in text_cols)
 
 
 _MISSING = object()  # a column the record lacks (a JSON null is None, and is a different error)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lstmcli import checkpoint
+from lstmcli import __version__, checkpoint
 from lstmcli.data.batches import Truncation, collate, sorted_batches, truncated_lengths
 from lstmcli.data.encode import EncodedSplit, encode_dataset, encode_file
 from lstmcli.errors import LstmcliError
@@ -21,22 +21,27 @@ from lstmcli.evaluation.metrics import (
     report_from_pairs,
     roc_auc,
 )
+from lstmcli.progress import Progress
 from lstmcli.runtime.device import resolve_device
 from lstmcli.runtime.distributed import SINGLE, Dist, all_reduce_sum, gather
 
 
 def rank_batches(split: EncodedSplit, batch_size: int, cut: Truncation, device: torch.device,
-                 dist: Dist = SINGLE):
+                 dist: Dist = SINGLE, desc: str = "evaluating"):
     """This rank's share of `split` in length-sorted batches, collated onto `device`: every
-    world_size-th batch from its rank's, so that the ranks together see every example once."""
-    batches = sorted_batches(truncated_lengths(split, cut.length), batch_size)
-    for indices in batches[dist.rank::dist.world_size]:
-        yield collate(split, indices, cut).to(device)
+    world_size-th batch from its rank's, so that the ranks together see every example once. Progress
+    (lstmcli/progress.py) is labelled `desc`; what follows it reports the result, so it ends silently."""
+    mine = sorted_batches(truncated_lengths(split, cut.length), batch_size)[dist.rank::dist.world_size]
+    with Progress(desc, sum(len(indices) for indices in mine), quiet_end=True) as progress:
+        for indices in mine:
+            yield collate(split, indices, cut).to(device)
+            progress.update(len(indices))
 
 
 @torch.no_grad()
 def evaluate(model, split: EncodedSplit, device: torch.device, batch_size: int, cut: Truncation,
-             label_names: list[str], dist: Dist = SINGLE, threshold: float | None = None) -> dict:
+             label_names: list[str], dist: Dist = SINGLE, threshold: float | None = None,
+             desc: str = "evaluating") -> dict:
     """Loss and classification metrics of `model` on every example of `split`.
 
     With two labels the report adds the ROC-AUC of the second label's probability and the threshold
@@ -49,7 +54,7 @@ def evaluate(model, split: EncodedSplit, device: torch.device, batch_size: int, 
     model.eval()
     k = len(label_names)
     pairs, loss_sum, scores, targets = [], 0.0, [], []
-    for batch in rank_batches(split, batch_size, cut, device, dist):
+    for batch in rank_batches(split, batch_size, cut, device, dist, desc):
         logits = model(batch.ids, batch.lengths)
         loss_sum += float(F.cross_entropy(logits, batch.labels, reduction="sum"))
         positive = logits.softmax(1)[:, 1] if k == 2 else None  # (B,) the second label's probability
@@ -96,7 +101,8 @@ def evaluate_checkpoint(checkpoint_dir: Path, split: str = "test", dataset: str 
     if len(encoded) == 0:
         raise LstmcliError(f"split '{split}' of {data_cfg.dataset} has no examples")
     report = evaluate(ck.model, encoded, dev, batch_size or ck.config.train.batch_size,
-                      Truncation.for_inference(ck.config.data), ck.label_names, threshold=threshold)
+                      Truncation.for_inference(ck.config.data), ck.label_names, threshold=threshold,
+                      desc=f"evaluating {split}")
     return {"checkpoint": str(ck.path), "dataset": data_cfg.dataset, "split": split,
             "impl": ck.model.spec.impl, "precision": ck.config.model.precision.value, **report,
-            "device": str(dev), "torch": torch.__version__}
+            "device": str(dev), "torch": torch.__version__, "lstmcli": __version__}

@@ -187,6 +187,8 @@ def plot_run(run_dir: Path) -> list[Path]:
     the test split (of best/'s validation when the run has not reached its test yet). A file that is not
     what lstmcli writes ends in one LstmcliError naming it, before anything is drawn."""
     run_dir = Path(run_dir)
+    if (run_dir / "model.safetensors").is_file() and (run_dir.parent / "metrics.json").is_file():
+        run_dir = run_dir.parent  # a run's best/ or last/: its run, whose history the pictures draw
     where = run_dir / "metrics.json"
     try:
         metrics = json.loads(where.read_text(encoding="utf-8"))

@@ -24,6 +24,7 @@ from lstmcli.errors import LstmcliError
 from lstmcli.fsutil import recover_dir, refuse_non_regular, write_bytes, write_json
 from lstmcli.models.cells import CELLS, CellKind
 from lstmcli.models.ngrams import HASH_MULTIPLIER
+from lstmcli.progress import Progress
 
 OPSET = 18  # Reduce* take their axes as an input from 18 on
 
@@ -224,11 +225,16 @@ def export(checkpoint_dir: Path, out: Path, force: bool = False) -> tuple[Path, 
         raise LstmcliError(f"--out {out}: the model's JSON goes beside it under that name; give the model "
                            "file another suffix, e.g. .onnx")
     meta = out.with_suffix(".json")
-    recover_dir(Path(checkpoint_dir))  # a swap cut short: its files are the checkpoint's, to be protected
-    _refuse_to_replace([out, meta], Path(checkpoint_dir), force)
-    ck = checkpoint.load(checkpoint_dir, "cpu", precision="fp32")  # an exported model runs in float32
-    proto = build_onnx(ck.model, len(ck.vocab))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes(out, proto.SerializeToString())
-    write_json(meta, sidecar(ck))
+    checkpoint_dir = checkpoint.resolve(Path(checkpoint_dir))
+    recover_dir(checkpoint_dir)  # a swap cut short: its files are the checkpoint's, to be protected
+    _refuse_to_replace([out, meta], checkpoint_dir, force)
+    with Progress("exporting to ONNX", 3, unit="steps") as progress:
+        ck = checkpoint.load(checkpoint_dir, "cpu", precision="fp32")  # an exported model runs in float32
+        progress.update(1)
+        proto = build_onnx(ck.model, len(ck.vocab))
+        progress.update(1)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes(out, proto.SerializeToString())
+        write_json(meta, sidecar(ck))
+        progress.update(1)
     return out, meta

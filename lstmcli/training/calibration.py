@@ -42,7 +42,7 @@ def branch_logits(model, split: EncodedSplit, device: torch.device, batch_size: 
     the same order, so every rank fits the same weights."""
     model.eval()
     parts, labels = [], []
-    for batch in rank_batches(split, batch_size, cut, device, dist):
+    for batch in rank_batches(split, batch_size, cut, device, dist, desc="calibrating"):
         parts.append(model(batch.ids, batch.lengths, parts=True).double().cpu())  # (P, B, C)
         labels.append(batch.labels.cpu())
     p, c = len(model.branch_weights), model.spec.num_classes

@@ -124,7 +124,7 @@ def _finish_epoch(r: Run, batches: list[torch.Tensor], lengths: torch.Tensor) ->
     """Validate, record the epoch, save best/ and last/, step the plateau schedule, early stopping."""
     epoch, p, t = r.state.epoch, r.state.progress, r.cfg.train
     val = evaluate(r.model, r.data.splits["val"], r.device, t.batch_size, Truncation.of(r.cfg.data),
-                   r.data.label_names, r.dist)
+                   r.data.label_names, r.dist, desc="validating")
     stats = {"epoch": epoch, "train_loss": p.loss_sum / p.seen, "train_accuracy": p.correct / p.seen,
              "seconds": p.seconds, "tokens": p.tokens, "tokens_per_s": p.tokens / max(p.seconds, 1e-9),
              "padding": padding_share(batches, lengths), "lr": r.optimizer.param_groups[0]["lr"],
@@ -158,7 +158,7 @@ def fit(r: Run) -> dict:
     t, cut = r.cfg.train, Truncation.of(r.cfg.data)
     train = r.data.splits["train"]
     lengths = truncated_lengths(train, cut.length)
-    with GracefulStop() as stop, (contextlib.closing(r.tb) if r.tb else contextlib.nullcontext()):
+    with GracefulStop() as stop:
         while r.state.epoch <= t.epochs and not r.state.stopped_early:
             epoch, p = r.state.epoch, r.state.progress
             batches = bucket_batches(lengths, t.batch_size, t.seed, epoch)  # the same on every rank
@@ -180,13 +180,15 @@ def fit(r: Run) -> dict:
     if t.calibrate:
         _calibrate_best(r, best)
     r.metrics["test"] = evaluate(best.model, r.data.splits["test"], r.device, t.batch_size, cut,
-                                 r.data.label_names, r.dist)
+                                 r.data.label_names, r.dist, desc="testing")
     if r.dist.is_main:
         write_json(r.run_dir / "metrics.json", r.metrics)
         plots.confusion_matrix(r.metrics["test"], r.run_dir / plots.CONFUSION,
                                f"{r.run_dir.name}: test split, best/")
     log.info(f"test accuracy of best/ (epoch {r.metrics['best_epoch']}): {r.metrics['test']['accuracy']:.4f} "
              f"(n={r.metrics['test']['n']})")
+    if r.tb is not None:  # after metrics.json has "test": a finished run is never resumed to write it again
+        r.tb.on_finish(r.cfg, r.metrics)
     return r.metrics
 
 
@@ -218,7 +220,8 @@ def _fit_and_release(r: Run) -> Path:
     torchrun then ends the rest within seconds, or the process group's timeout passed) becomes one line
     instead of a traceback."""
     try:
-        fit(r)
+        with contextlib.closing(r.tb) if r.tb else contextlib.nullcontext():  # open until the test is written
+            fit(r)
     except RuntimeError as exc:
         if not r.dist.enabled:
             raise

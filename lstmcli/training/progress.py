@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 
-from tqdm import tqdm
-
+from lstmcli.progress import Progress, bars_shown
 from lstmcli.training.state import EpochProgress
 
 log = logging.getLogger(__name__)
@@ -30,20 +28,20 @@ def epoch_line(s: dict, epochs: int, improved: bool) -> str:
 
 
 class EpochReporter:
-    """A `train_one_epoch` step callback. The bar shows only when stderr is a terminal and info is
-    logged (not under --quiet); the lines are for CI logs, where no bar is drawn."""
+    """A `train_one_epoch` step callback: lstmcli/progress.py's bar (a terminal, not --quiet) with the
+    running loss, accuracy and tokens/s; and a log line every `log_every` steps, for CI logs."""
 
     def __init__(self, epoch: int, epochs: int, total: int, done: int, log_every: int):
         self.epoch, self.total, self.log_every = epoch, total, log_every
-        shown = log.isEnabledFor(logging.INFO) and sys.stderr.isatty()
-        self.bar = tqdm(total=total, initial=done, desc=f"epoch {epoch}/{epochs}", leave=False,
-                        disable=not shown)
+        # the epoch's own line (epoch_line) closes it; `log_every` decides the lines in between
+        self.bar = Progress(f"epoch {epoch}/{epochs}", total, unit="steps", quiet_end=True,
+                            hidden=not bars_shown())
+        self.bar.update(done)
 
     def __call__(self, step: int, p: EpochProgress) -> None:
         rate = p.tokens / max(p.seconds, 1e-9)
-        self.bar.update(1)
-        self.bar.set_postfix(loss=f"{p.loss_sum / p.seen:.4f}", acc=f"{p.correct / p.seen:.4f}",
-                             tok_s=f"{rate:,.0f}")
+        self.bar.update(1, loss=f"{p.loss_sum / p.seen:.4f}", acc=f"{p.correct / p.seen:.4f}",
+                        tok_s=f"{rate:,.0f}")
         if self.log_every and step % self.log_every == 0:
             log.info(f"epoch {self.epoch} step {step}/{self.total}: loss {p.loss_sum / p.seen:.4f} "
                      f"acc {p.correct / p.seen:.4f}, {rate:,.0f} tok/s")

@@ -22,7 +22,7 @@ from lstmcli.fsutil import recover_dir, write_json
 from lstmcli.runtime import distributed, memory
 from lstmcli.runtime.distributed import Dist
 from lstmcli.runtime.plan import Choice, RunPlan, build_model, model_spec, plan_run
-from lstmcli.training import tensorboard
+from lstmcli.training import sanity, tensorboard
 from lstmcli.training.class_weights import resolve as resolve_class_weights
 from lstmcli.training.ngram_counts import count_into_bag
 from lstmcli.training.rundir import RunLock, check_out, claim, default_out, environment
@@ -79,7 +79,8 @@ def _note_truncation(data: EncodedData, max_length: int) -> None:
     """One line on how many texts max_length cuts, so that a cut is never silent."""
     lengths = torch.cat([s.lengths for s in data.splits.values()])
     longer = int((lengths > max_length).sum())
-    if longer:
+    train = data.splits["train"]
+    if longer and int((train.lengths > max_length).sum()) <= sanity.CUT_SHARE * len(train):  # else: warned
         log.info(f"max_length {max_length}: {longer:,} of {len(lengths):,} texts are longer and are cut "
                  f"(the longest has {int(lengths.max()):,} tokens)")
 
@@ -150,12 +151,19 @@ def start(cfg: Config, force: bool = False, memory_check: bool = True) -> Run:
                  f"found among {e['vectors_read']:,} vectors in {e['path']}")
     model.embedding.weight.requires_grad_(not cfg.train.freeze_embeddings)
     optimizer = make_optimizer(model, cfg)
+    # said once everything else is settled (a run refused for another reason never warns first), on
+    # rank 0, and kept in metrics.json for whoever reads the run later
+    warnings = sanity.warnings_for(cfg, data) if dist.is_main else []
+    if warnings:
+        metrics["warnings"] = warnings
     lock = claim(run_dir, force) if dist.is_main else None
     if dist.is_main:
         write_json(run_dir / "config.json", {**to_dict(cfg), "launch": plan.launch_record()})
         write_json(run_dir / "metrics.json", metrics)  # from the start: a run stopped in epoch 1 resumes
     log.info(f"run folder {run_dir}; {sum(p.numel() for p in model.parameters()):,} parameters on {device}, "
              f"{plan.line}")
+    for warning in warnings:
+        log.warning(warning)
     if dist.rank:  # each rank its own dropout masks; rank 0 draws those of a single process
         torch.manual_seed(cfg.train.seed + dist.rank)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch(cfg, data))

@@ -39,20 +39,28 @@ ISA_FLAGS = {
     "AVX2": ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"],
 }
 
+# why the last ensure() returned False ("LSTMCLI_NATIVE=0", or the build's error), for `lstmcli env`
+unavailable_reason: str | None = None
+
 
 @functools.cache
 def ensure() -> bool:
     """Build (or load the cached build of) the kernels and install them; True when they are in use."""
+    global unavailable_reason
     if os.environ.get("LSTMCLI_NATIVE", "1") == "0":
+        unavailable_reason = "LSTMCLI_NATIVE=0"
         return False
     try:
         module = build()
     except Exception as e:  # no compiler, no ninja, a failed build: the Python loops still work
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        log.warning(f"scratch encoders: C++ kernels unavailable ({reason[:200]}); using the Python loops "
-                    f"(slower, same results; LSTMCLI_NATIVE=0 silences this)")
+        unavailable_reason = reason
+        log.warning(f"scratch encoders: C++ kernels unavailable ({reason[:200]}); impl auto runs PyTorch's "
+                    f"kernels instead, impl scratch its Python loops (slower, same results; "
+                    f"LSTMCLI_NATIVE=0 silences this)")
         return False
     recurrence.use_native(module)
+    unavailable_reason = None
     return True
 
 
@@ -81,6 +89,11 @@ def build():
     if bin_dir not in (path or "").split(os.pathsep):
         os.environ["PATH"] = bin_dir + os.pathsep + (path or "")
     name, flags = build_spec()
+    from lstmcli.runtime.envinfo import cached_build  # (envinfo reads this module: imported here)
+    folder, cached, _ = cached_build(name)
+    if not cached:  # a minute of silence would look like a hang
+        log.info(f"building the scratch encoders' C++ kernels for this CPU (once, about a minute; cached in "
+                 f"{folder})")
     sys_path = list(sys.path)  # torch's build helpers add setuptools' vendored packages to it
     try:
         return cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags,

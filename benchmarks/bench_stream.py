@@ -1,0 +1,92 @@
+"""Benchmark: streaming `predict --input FILE` against the batch path (read everything, classify it all
+at once, print), throughput and peak memory, in one run.
+
+    LSTMCLI_MIRROR=../shared/datasets python benchmarks/bench_stream.py --checkpoint runs/x/best
+        [--lines 10000 1000000] [--repeats 3]
+
+Texts: the checkpoint's dataset's test split, cycled to each --lines count. For up to 100,000 lines the
+whole reviews; above that the first sentence of each (a log line's length: a million whole reviews would
+take an hour to classify, and the point of that size is memory). Each measurement is a fresh process:
+  stream   `lstmcli predict -c X --input FILE -q > /dev/null`
+  batch    the same checkpoint through `lstmcli.load(X).predict(all lines)` in a process that read the
+           whole file first and prints each answer as `predict` does: what `predict -` did before it
+           streamed
+Wall time (median of --repeats, the two interleaved) and peak RSS (the child's own, from wait4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BATCH = """
+import sys, lstmcli
+lstmcli.tune_process()
+clf = lstmcli.load(sys.argv[1])
+data = open(sys.argv[2], "rb").read().decode("utf-8", errors="replace").split("\\n")
+if data[-1] == "":
+    data.pop()
+out = sys.stdout
+for ranked in clf.predict([line.removesuffix("\\r") for line in data], 1, 256):
+    out.write("\\t".join(f"{lab}\\t{p:.4f}" for lab, p in ranked) + "\\n")
+"""
+
+
+def measured(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MiB) of `cmd` run with stdout to /dev/null."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{cmd[:4]} failed with {proc.returncode}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def texts_for(checkpoint: str, lines: int) -> list[str]:
+    from lstmcli import checkpoint as checkpoints
+    from lstmcli.data.splits import load_splits
+    cfg = checkpoints.load(Path(checkpoint)).config.data
+    _, splits = load_splits(cfg)
+    test = [" ".join(t.split()) for t in splits["test"].texts]
+    if lines > 100_000:
+        test = [t.split(". ")[0] for t in test]
+    return [test[i % len(test)] for i in range(lines)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--lines", type=int, nargs="+", default=[10_000, 1_000_000])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    lstmcli = [sys.executable, "-m", "lstmcli"]
+    print("| lines | tokens/line | stream: texts/s | batch: texts/s | stream / batch | stream peak RSS | "
+          "batch peak RSS |\n|---|---|---|---|---|---|---|")
+    for n in args.lines:
+        texts = texts_for(args.checkpoint, n)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "texts.txt"
+            path.write_text("\n".join(texts) + "\n", encoding="utf-8")
+            runs = {"stream": [], "batch": []}
+            for _ in range(args.repeats):
+                runs["stream"].append(measured([*lstmcli, "predict", "-c", args.checkpoint, "--input",
+                                                str(path), "-q"]))
+                runs["batch"].append(measured([sys.executable, "-c", BATCH, args.checkpoint, str(path)]))
+        wall = {k: statistics.median(w for w, _ in v) for k, v in runs.items()}
+        rss = {k: max(r for _, r in v) for k, v in runs.items()}
+        words = sum(len(t.split()) for t in texts[:10_000]) / min(n, 10_000)
+        print(f"| {n:,} | {words:.0f} words | {n / wall['stream']:,.0f} | {n / wall['batch']:,.0f} | "
+              f"{wall['batch'] / wall['stream']:.2f} | {rss['stream']:,.0f} MiB | {rss['batch']:,.0f} MiB |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""`lstmcli eval` and `lstmcli calibrate`: a checkpoint measured on a split, or its branches weighted."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+from lstmcli.cli.options import (
+    DEFAULT_CHECKPOINT,
+    Checkpoint,
+    DeviceOpt,
+    ProgressOpt,
+    Quiet,
+    data_dir_help,
+    default_text,
+    json_option,
+)
+from lstmcli.config import Device, Impl, Precision, env_data_dir
+from lstmcli.errors import CheckFailed, LstmcliError
+from lstmcli.exits import user_errors
+
+THRESHOLD_HELP = ("two labels only: predict the second label (e.g. pos) when its probability is at least "
+                  "this, else the first " + default_text("the more probable one"))
+PRECISION_HELP = ("run the checkpoint at this precision (fp32 where the device has no native bf16, said on "
+                  "stderr) " + default_text("the one it was trained at"))
+
+BATCH_HELP = "examples per batch " + default_text("the checkpoint's")
+
+
+class Metric(str, Enum):
+    accuracy = "accuracy"
+    macro_f1 = "macro_f1"
+
+
+class SplitName(str, Enum):
+    test = "test"
+    val = "val"
+    train = "train"
+
+
+@user_errors
+def eval_(
+    checkpoint: Checkpoint = DEFAULT_CHECKPOINT,
+    split: Annotated[SplitName, typer.Option(help="split to evaluate")] = SplitName.test,
+    dataset: Annotated[str | None, typer.Option(help="other data: a dataset, or a file (all rows)")] = None,
+    data_dir: Annotated[str | None, typer.Option(help=data_dir_help(), show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help=BATCH_HELP, show_default=False)] = None,
+    device: DeviceOpt = Device.auto,
+    impl: Annotated[Impl | None, typer.Option(help="run the weights in this implementation")] = None,
+    precision: Annotated[Precision | None, typer.Option(help=PRECISION_HELP)] = None,
+    fail_under: Annotated[float | None, typer.Option(help="exit 1 when --metric is below this")] = None,
+    metric: Annotated[Metric, typer.Option(help="the metric --fail-under checks")] = Metric.accuracy,
+    threshold: Annotated[float | None, typer.Option(help=THRESHOLD_HELP)] = None,
+    json_out: json_option("the report instead of a table") = False,
+    quiet: Quiet = False,
+    progress: ProgressOpt = None,
+) -> None:
+    """Accuracy, loss, macro-F1, per-class P/R/F1 and the confusion matrix of a checkpoint; with two
+    labels also ROC-AUC and the threshold that maximises F1 on the split (choose it on val, apply it to
+    test with --threshold). Writes eval-SPLIT.json and confusion-SPLIT.png beside the checkpoint."""
+    from lstmcli import api
+    from lstmcli.reports import format_report
+    if fail_under is not None and not 0.0 <= fail_under <= 1.0:  # (NaN fails this too)
+        raise LstmcliError(f"--fail-under must be a number in [0, 1], got {fail_under}")
+    api.tune_process()
+    report = api.evaluate(checkpoint, split.value, dataset, data_dir or env_data_dir(), batch_size,
+                          device.value, impl and impl.value, precision and precision.value, threshold)
+    if json_out:
+        typer.echo(json.dumps(report))
+    else:
+        title = f"{report['dataset']} [{report['split']}] with {report['checkpoint']}"
+        typer.echo(format_report(report, title))
+        if not quiet:
+            typer.echo(f"\nwritten to {report['files']['json']} and {report['files']['confusion_png']}",
+                       err=True)
+    if fail_under is not None and report[metric.value] < fail_under:
+        raise CheckFailed(f"{metric.value} {report[metric.value]:.4f} is below --fail-under {fail_under}")
+
+
+@user_errors
+def calibrate(
+    checkpoint: Checkpoint = DEFAULT_CHECKPOINT,
+    data_dir: Annotated[str | None, typer.Option(help=data_dir_help(), show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help=BATCH_HELP, show_default=False)] = None,
+    device: DeviceOpt = Device.auto,
+    json_out: json_option("the weights and log-losses instead of a table") = False,
+    quiet: Quiet = False,
+    progress: ProgressOpt = None,
+) -> None:
+    """Fit one weight per branch of a checkpoint (the encoder's, an n-gram bag's) on its run's validation
+    split and write them into it. train does this itself (unless --no-calibrate); this is for
+    checkpoints trained without it. Afterwards its val metrics are fitted ones; test stays untouched."""
+    from lstmcli import api
+    from lstmcli.reports import format_calibration
+    api.tune_process()
+    report = api.calibrate(checkpoint, data_dir or env_data_dir(), batch_size, device.value)
+    typer.echo(json.dumps(report) if json_out else format_calibration(report))
