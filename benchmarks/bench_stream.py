@@ -11,13 +11,12 @@ take an hour to classify, and the point of that size is memory). Each measuremen
   batch    the same checkpoint through `lstmcli.load(X).predict(all lines)` in a process that read the
            whole file first and prints each answer as `predict` does: what `predict -` did before it
            streamed
-Wall time (median of --repeats, the two interleaved) and peak RSS (the child's own, from wait4).
+Wall time (median of --repeats, the two interleaved) and peak RSS (the process's own, from /usr/bin/time).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -39,15 +38,15 @@ for ranked in clf.predict([line.removesuffix("\\r") for line in data], 1, 256):
 
 
 def measured(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MiB) of `cmd` run with stdout to /dev/null."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise SystemExit(f"{cmd[:4]} failed with {proc.returncode}")
-    return wall, usage.ru_maxrss / 1024
+    """(wall seconds, peak RSS in MiB) of `cmd` run with stdout to /dev/null. The peak comes from
+    /usr/bin/time, a small process that forks: a child forked from this one (which holds torch and the
+    texts) would count this process's pages in its own peak until it execs."""
+    with tempfile.NamedTemporaryFile("r") as report:
+        start = time.perf_counter()
+        subprocess.run(["/usr/bin/time", "-f", "%M", "-o", report.name, *cmd], stdout=subprocess.DEVNULL,
+                       check=True)
+        wall = time.perf_counter() - start
+        return wall, int(report.read().split()[-1]) / 1024
 
 
 def texts_for(checkpoint: str, lines: int) -> list[str]:

@@ -19,7 +19,7 @@ from lstmcli.data.readers import USER_SUFFIXES
 from lstmcli.errors import LstmcliError
 from lstmcli.exits import user_errors
 
-WINDOW = 8  # batches read ahead and sorted by length together: nearly the padding of a global sort
+WINDOW = 32  # batches read ahead and sorted by length together: nearly the padding of a global sort
 
 
 @user_errors
@@ -86,23 +86,24 @@ def predict(
 
 
 def _chunks(texts: list[str], input: Path | None, size: int, keep: int | None) -> Iterator[list[str]]:
-    """The texts in micro-batches: arguments as they are, `-` and a text file streamed."""
+    """The texts in micro-batches: arguments as they are, `-` (stdin) and a text file as they come."""
     from lstmcli.inference.stream import micro_batches
     if input is not None:
-        texts = ["-"] if str(input) == "-" else [input]
+        if str(input) == "-":
+            yield from micro_batches(sys.stdin.buffer, size, keep=keep)
+        else:
+            with input.open("rb") as fh:
+                yield from micro_batches(fh, size, keep=keep)
+        return
     given: list[str] = []
     for text in texts:
-        if text == "-" or isinstance(text, Path):
-            if given:
-                yield given
-                given = []
-            if text == "-":
-                yield from micro_batches(sys.stdin.buffer, size, keep=keep)
-            else:
-                with text.open("rb") as fh:
-                    yield from micro_batches(fh, size, keep=keep)
-        else:
+        if text != "-":
             given.append(text)
+            continue
+        if given:  # the arguments before it, answered first: order is kept
+            yield given
+            given = []
+        yield from micro_batches(sys.stdin.buffer, size, keep=keep)
     if given:
         yield given
 

@@ -1,1 +1,3 @@
-"""Inference: a loaded checkpoint that classifies texts (predict.py's Classifier, `lstmcli.load`)."""
+"""Using a checkpoint: predict.py's Classifier (texts -> labels and probabilities); stream.py reads texts
+from a pipe or file in micro-batches as they come; tables.py writes a CSV/TSV/JSONL file's rows back with
+the prediction added."""
