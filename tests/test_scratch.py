@@ -367,3 +367,19 @@ def test_the_build_uses_the_instructions_of_its_isa_and_no_others():
         assert avx512 > 0
     else:
         assert avx512 == 0, f"{avx512} AVX-512 register uses in the {isa} build {module.__file__}"
+
+
+def test_without_a_compiler_the_build_is_not_tried_and_auto_runs_builtin(monkeypatch, caplog, fresh_native):
+    """No C++ compiler: one warning line says so (no failed build's output), and impl auto picks builtin."""
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    monkeypatch.setattr(native, "_build", lambda: pytest.fail("tried to build"))
+    assert native.missing_toolchain() == ("no C++ compiler: '/nonexistent/c++' not found (install g++ or "
+                                          "clang, or set CXX)")
+    assert native.ensure() is False
+    [record] = caplog.records
+    assert record.getMessage().startswith("scratch encoders: C++ kernels unavailable (no C++ compiler: ")
+    assert "impl auto runs PyTorch's kernels instead" in record.getMessage()
+    from lstmcli.config import resolve
+    from lstmcli.runtime.plan import choose
+    choice = choose(resolve(None, {"cell": "lstm"}).model, torch.device("cpu"))
+    assert choice.impl.value == "builtin" and "did not build here" in choice.why

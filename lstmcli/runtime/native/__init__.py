@@ -20,6 +20,7 @@ import functools
 import hashlib
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -78,8 +79,37 @@ def build_spec(isa: str | None = None) -> tuple[str, list[str]]:
     return f"lstmcli_recurrence_{isa.lower()}_{digest}", flags
 
 
+def missing_toolchain() -> str | None:
+    """Why a build cannot even start here (no C++ compiler, no ninja), in a few words; None when both are
+    found. Checked first, so that a machine without a compiler gets one line instead of a failed build."""
+    compiler = os.environ.get("CXX") or "c++"  # what torch.utils.cpp_extension runs
+    if shutil.which(compiler) is None:
+        return f"no C++ compiler: {compiler!r} not found (install g++ or clang, or set CXX)"
+    search = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    if shutil.which("ninja", path=search) is None:
+        return "ninja not found (pip install ninja)"
+    return None
+
+
 def build():
-    """The kernel module: built, or loaded from the cache of an earlier build."""
+    """The kernel module: built, or loaded from the cache of an earlier build. The process's PATH,
+    sys.path and torch's build logger are as they were afterwards (loading changes nothing
+    process-wide)."""
+    missing = missing_toolchain()
+    if missing:
+        raise RuntimeError(missing)
+    # torch's build helpers log notes meant for extension developers (no CUDA runtime on a CPU-only
+    # machine with a CUDA build of torch, compiler ABI checks): not for lstmcli's user
+    torch_log = logging.getLogger("torch.utils.cpp_extension")
+    level = torch_log.level
+    torch_log.setLevel(logging.ERROR)
+    try:
+        return _build()
+    finally:
+        torch_log.setLevel(level)
+
+
+def _build():
     from torch.utils import cpp_extension  # imported here: it is slow to import and only needed now
 
     # ninja may come from the virtual environment's bin folder, which is not on PATH unless activated;
@@ -92,8 +122,8 @@ def build():
     from lstmcli.runtime.envinfo import cached_build  # (envinfo reads this module: imported here)
     folder, cached, _ = cached_build(name)
     if not cached:  # a minute of silence would look like a hang
-        log.info(f"building the scratch encoders' C++ kernels for this CPU (once, about a minute; cached in "
-                 f"{folder})")
+        log.info(f"building the scratch encoders' C++ kernels for this CPU (once, under a minute; cached "
+                 f"in {folder})")
     sys_path = list(sys.path)  # torch's build helpers add setuptools' vendored packages to it
     try:
         return cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags,
