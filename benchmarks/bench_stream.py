@@ -12,6 +12,8 @@ take an hour to classify, and the point of that size is memory). Each measuremen
            whole file first and prints each answer as `predict` does: what `predict -` did before it
            streamed
 Wall time (median of --repeats, the two interleaved) and peak RSS (the process's own, from /usr/bin/time).
+Then the latency of a live pipe: `lstmcli predict -` kept open, one line written every 0.2 s, the time
+from writing it to reading its answer (after a first line that waits for start-up).
 """
 
 from __future__ import annotations
@@ -47,6 +49,30 @@ def measured(cmd: list[str]) -> tuple[float, float]:
                        check=True)
         wall = time.perf_counter() - start
         return wall, int(report.read().split()[-1]) / 1024
+
+
+def latency(checkpoint: str, lines: int = 30) -> str:
+    """Start-up, then the median and largest seconds from a line written into an open pipe to its answer."""
+    proc = subprocess.Popen([sys.executable, "-m", "lstmcli", "predict", "-c", checkpoint, "-q", "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def ask(text: str) -> float:
+        start = time.perf_counter()
+        proc.stdin.write(text.encode() + b"\n")
+        proc.stdin.flush()
+        proc.stdout.readline()
+        return time.perf_counter() - start
+
+    first = ask("the first line waits for the model to load")
+    times = []
+    for i in range(lines):
+        time.sleep(0.2)  # a log written now and then: the reader is idle between lines
+        times.append(ask(f"line {i}: a wonderful, moving film with a dull ending"))
+    proc.stdin.close()
+    proc.wait()
+    median, largest = statistics.median(times) * 1000, max(times) * 1000
+    return (f"live pipe: first answer {first:.2f} s (start-up included), then median {median:.0f} ms, "
+            f"largest {largest:.0f} ms over {lines} lines")
 
 
 def texts_for(checkpoint: str, lines: int) -> list[str]:
@@ -85,6 +111,7 @@ def main() -> None:
         print(f"| {n:,} | {words:.0f} words | {n / wall['stream']:,.0f} | {n / wall['batch']:,.0f} | "
               f"{wall['batch'] / wall['stream']:.2f} | {rss['stream']:,.0f} MiB | {rss['batch']:,.0f} MiB |",
               flush=True)
+    print(latency(args.checkpoint))
 
 
 if __name__ == "__main__":
