@@ -55,15 +55,18 @@ def resume(run_dir: str | Path) -> Path:
 def evaluate(checkpoint: str | Path, split: str = "test", dataset: str | None = None,
              data_dir: str | None = None, batch_size: int | None = None, device: str = "auto",
              impl: str | None = None, precision: str | None = None,
-             threshold: float | None = None) -> dict[str, Any]:
+             threshold: float | None = None, text_column: str | None = None,
+             label_column: str | None = None) -> dict[str, Any]:
     """Metrics of a checkpoint on a split of its dataset (or on every row of the file `dataset`):
     accuracy, loss, macro-F1, per-class P/R/F1, the confusion matrix, and for two labels ROC-AUC and the
-    F1-best threshold; `threshold` decides two labels by probability. Also written beside the checkpoint
+    F1-best threshold; `threshold` decides two labels by probability. `text_column` and `label_column`
+    name a user file's columns where they differ from the training data's. Also written beside the checkpoint
     as eval-SPLIT.json and confusion-SPLIT.png (their paths under the report's "files")."""
     from lstmcli.evaluation.evaluate import evaluate_checkpoint
     from lstmcli.reports import write_eval_files
+    columns = {k: v for k, v in (("text_column", text_column), ("label_column", label_column)) if v}
     return write_eval_files(evaluate_checkpoint(Path(checkpoint), split, dataset, data_dir, batch_size,
-                                                device, impl, precision, threshold))
+                                                device, impl, precision, threshold, columns))
 
 
 def calibrate(checkpoint: str | Path, data_dir: str | None = None, batch_size: int | None = None,

@@ -146,9 +146,14 @@ def resolve(path: Path) -> Path:
     a run folder this way."""
     path = Path(path)
     best = path / "best"
-    if not (path / "model.safetensors").exists() and (best.is_dir() or fsutil.old_dir(best).is_dir()):
+    if (path / "model.safetensors").exists():
+        return path
+    if best.is_dir() or fsutil.old_dir(best).is_dir():
         log.info(f"{path} is a run folder: using its best checkpoint, {best}")
         return best
+    if (path / "last" / "model.safetensors").is_file():
+        raise CheckpointError(f"{path} is a run folder without best/ (it stopped before its first epoch "
+                              f"ended); its last/ is --checkpoint {path / 'last'}")
     return path
 
 

@@ -358,6 +358,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path} (shipped configs, by name: "
                           f"{', '.join(configs.names())})") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config {path} is a folder; give a TOML file or a shipped config's name") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 

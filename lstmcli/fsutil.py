@@ -25,9 +25,14 @@ def _umask() -> int:
 
 
 def temp_file(dest: Path) -> tuple[int, str]:
-    """(fd, path) of a new temporary file beside `dest`, readable as a normal file would be."""
+    """(fd, path) of a new temporary file beside `dest`, readable as a normal file would be; when it
+    replaces a file (`--force`), with that file's permissions, which replacing it must not change."""
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    os.chmod(tmp, 0o666 & ~_umask())
+    try:
+        mode = stat.S_IMODE(os.stat(dest).st_mode) if os.path.isfile(dest) else 0o666 & ~_umask()
+    except OSError:
+        mode = 0o666 & ~_umask()
+    os.chmod(tmp, mode)
     return fd, tmp
 
 
@@ -80,6 +85,11 @@ def write_json(path: Path, obj) -> None:
 
 def old_dir(dest: Path) -> Path:
     """Where replace_dir keeps the previous `dest` while it swaps the new one in."""
+    dest = Path(dest)
+    if not dest.name:  # ".", "" or "/": named by where it leads
+        dest = dest.resolve()
+        if not dest.name:
+            return dest / ".lstmcli.old"  # the root folder: nothing is ever swapped there
     return dest.with_name(f".{dest.name}.old")
 
 

@@ -57,7 +57,8 @@ class Progress:
         if bars_shown() and not hidden:
             from tqdm import tqdm  # imported only where a bar is drawn
 
-            self.bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B",
+            self.bar = tqdm(total=total, desc=desc, unit=unit if unit == "B" else f" {unit}",
+                            unit_scale=unit == "B",
                             leave=False, file=sys.stderr, dynamic_ncols=True)
 
     def update(self, n: int = 1, **postfix: str) -> None:

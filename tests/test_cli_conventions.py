@@ -70,7 +70,7 @@ def test_bracketed_help_survives_the_markup():
 
 def test_every_config_field_shows_its_default():
     text = help_of("train")
-    assert "[default: imdb]" in text and "[default: 2048]" in text and "[default: False]" in text
+    assert "[default: imdb]" in text and "[default: 2048]" in text and "[default: no-bidirectional]" in text
 
 
 def test_data_dir_help_names_the_environments_folder(tmp_path):
@@ -95,6 +95,11 @@ def test_a_usage_error_is_one_line_and_exit_2():
     proc = subprocess.run([sys.executable, "-m", "lstmcli", "train", "--no-such-flag"], capture_output=True,
                           text=True)
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
+def test_short_help_and_conflicting_flags(mirror, workdir):
+    assert ok(run("eval", "-h")).stdout == ok(run("eval", "--help")).stdout
+    one_line_error(run("train", "--tensorboard", "--report-to", "none"), 2, "give one of them")
 
 
 def test_completion_is_offered():

@@ -55,3 +55,10 @@ def test_every_measured_figure_is_one_of_results_md():
 
 def test_an_unknown_config_name_is_one_line(workdir):
     one_line_error(run("train", "--config", "imdb_bset"), 2, "imdb_bset", "imdb_best")
+
+
+def test_a_folder_named_like_a_shipped_config_does_not_hide_it(workdir):
+    Path("tiny").mkdir()
+    assert resolve("tiny").train.epochs == 1
+    with pytest.raises(ConfigError, match="is a folder"):
+        resolve("..")

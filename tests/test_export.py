@@ -92,7 +92,7 @@ def test_export_cli_writes_a_model_that_needs_only_its_json(mirror, workdir):
     assert result.stdout.strip() == "exported/model.onnx"
     meta = json.loads(Path("exported/model.json").read_text())
     assert meta["labels"] == ["neg", "pos"] and meta["vocab"][:2] == ["<pad>", "<unk>"]
-    assert meta["cut"] == {"max_length": 64, "truncate": "head"}
+    assert meta["cut"] == {"max_length": 400, "truncate": "head"}
 
     def encode(text: str) -> list[int]:  # what a program without lstmcli does with the JSON alone
         text = text.lower()

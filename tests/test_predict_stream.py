@@ -163,3 +163,51 @@ def test_jsonl_records_keep_their_keys(trained):
     one_line_error(predict(trained, "--input", "in.jsonl"), 2, "in.jsonl line 1", "'text'")
     one_line_error(predict(trained, "--input", "in.jsonl", "--text-column", "review", "--json"),
                    2, "--json")
+
+
+def test_a_steady_trickle_is_answered_without_waiting_for_a_full_batch():
+    """Lines every 5 ms never leave 20 ms of silence: the oldest line still goes out after MAX_WAIT."""
+    read_fd, write_fd = os.pipe()
+    written = []
+
+    def trickle():
+        for i in range(400):
+            os.write(write_fd, f"{i}\n".encode())
+            written.append(i)
+            threading.Event().wait(0.005)
+        os.close(write_fd)
+
+    threading.Thread(target=trickle, daemon=True).start()
+    with os.fdopen(read_fd, "rb") as fh:
+        batches = stream.micro_batches(fh, 8192)
+        first = next(batches)
+        assert len(written) < 400, "the first batch waited for the writer to finish"
+        rest = [line for batch in batches for line in batch]
+    assert [int(x) for x in first + rest] == list(range(400))
+
+
+def test_a_byte_order_mark_is_not_text():
+    lines = [x for b in stream.micro_batches(io.BytesIO(b"\xef\xbb\xbfgreat movie\n\xef\xbb\xbfx\n"), 8)
+             for x in b]
+    assert lines == ["great movie", "\ufeffx"]  # the file's first bytes only
+
+
+def test_blank_named_columns_and_upper_case_suffixes_come_back_whole(trained):
+    Path("IN.CSV").write_text("text,label,,\nawful,neg,a,b\ngreat,pos,c,d\n", encoding="utf-8")
+    out = ok(predict(trained, "--input", "IN.CSV")).stdout
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0] == ["text", "label", "", "", "predicted_label", "predicted_probability"]
+    assert [r[:4] for r in rows[1:]] == [["awful", "neg", "a", "b"], ["great", "pos", "c", "d"]]
+    assert ok(predict(trained, "-o", "-", "x")).stdout.count("\n") == 1  # -o -: stdout
+
+
+def test_odd_checkpoint_names(trained, monkeypatch):
+    root = Path.cwd()
+    monkeypatch.chdir(trained / "best")
+    ok(run("predict", "-c", ".", "a text"))
+    monkeypatch.chdir(root)
+    one_line_error(run("predict", "-c", "/", "x"), 2, "not an lstmcli checkpoint")
+    Path("lastonly/last").mkdir(parents=True)
+    for name in ("model.safetensors", "config.json"):
+        (Path("lastonly/last") / name).write_bytes((trained / "last" / name).read_bytes())
+    one_line_error(run("predict", "-c", "lastonly", "x"), 2, "run folder without best/", "lastonly/last")

@@ -325,6 +325,14 @@ def test_every_output_honours_the_umask(mirror, workdir, umask):
     assert not wrong
 
 
+def test_a_replaced_file_keeps_its_permissions(trained):
+    Path("private.tsv").write_text("old\n")
+    os.chmod("private.tsv", 0o600)
+    ok(run("predict", "-c", trained / "best", "--output", "private.tsv", "--force", "a text"))
+    assert Path("private.tsv").read_text() != "old\n"
+    assert os.stat("private.tsv").st_mode & 0o777 == 0o600
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 64 MB tmpfs mounted for the test (root only; skipped where mounting is not allowed)."""

@@ -245,3 +245,15 @@ def test_header_names_are_stripped(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("text, label\ngood film,pos\nbad film,neg\n")
     assert read_user_file(path, "text", "label") == (["good film", "bad film"], ["pos", "neg"])
+
+
+def test_eval_reads_a_file_with_its_own_column_names(trained):
+    rng = random.Random(7)
+    rows = [(sentence(rng, POS_WORDS, 12), "pos") for _ in range(6)] + \
+           [(sentence(rng, NEG_WORDS, 12), "neg") for _ in range(6)]
+    with open("other.csv", "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([("review", "sentiment"), *rows])
+    one_line_error(run("eval", "-c", trained / "best", "--dataset", "other.csv"), 2, "no column 'text'")
+    report = json.loads(ok(run("eval", "-c", trained / "best", "--dataset", "other.csv", "--text-column",
+                               "review", "--label-column", "sentiment", "--json")).stdout)
+    assert report["n"] == 12 and report["split"] == "other"

@@ -9,6 +9,7 @@ the same way (options.Group).
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from typing import Annotated
@@ -24,6 +25,7 @@ EXIT_CODES = ("Exit codes: 0 success, 1 a check failed, 2 bad usage or input, 13
               "141 stdout closed by its reader.")
 app = typer.Typer(
     cls=Group, no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help=f"Train, evaluate and use recurrent text classifiers (LSTM, GRU, RNN).\n\n{EXIT_CODES}")
 
 
@@ -63,5 +65,10 @@ def invoke(args: list[str] | None = None) -> int:
 
 
 def main() -> None:
-    """The console entry point (exits.run: exit codes, no interpreter teardown)."""
+    """The console entry point (exits.run: exit codes, no interpreter teardown). A standard stream the
+    shell closed (`>&-`, `<&-`) is None in Python: it becomes /dev/null (writes go nowhere, stdin is
+    empty) instead of a traceback; `predict -o FILE x >&-` has no use for stdout."""
+    for name, mode in (("stdin", "r"), ("stdout", "w"), ("stderr", "w")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, mode, encoding="utf-8"))  # noqa: SIM115 (for the process)
     run(invoke)

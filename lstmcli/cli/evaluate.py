@@ -46,10 +46,15 @@ def eval_(
     checkpoint: Checkpoint = DEFAULT_CHECKPOINT,
     split: Annotated[SplitName, typer.Option(help="split to evaluate")] = SplitName.test,
     dataset: Annotated[str | None, typer.Option(help="other data: a dataset, or a file (all rows)")] = None,
+    text_column: Annotated[str | None, typer.Option(help="--dataset FILE: its text column(s) " + default_text(
+        "the training data's"), show_default=False)] = None,
+    label_column: Annotated[str | None, typer.Option(help="--dataset FILE: its label column " + default_text(
+        "the training data's"), show_default=False)] = None,
     data_dir: Annotated[str | None, typer.Option(help=data_dir_help(), show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help=BATCH_HELP, show_default=False)] = None,
     device: DeviceOpt = Device.auto,
-    impl: Annotated[Impl | None, typer.Option(help="run the weights in this implementation")] = None,
+    impl: Annotated[Impl | None, typer.Option(
+        help="run the weights in this implementation " + default_text("the checkpoint's"))] = None,
     precision: Annotated[Precision | None, typer.Option(help=PRECISION_HELP)] = None,
     fail_under: Annotated[float | None, typer.Option(help="exit 1 when --metric is below this")] = None,
     metric: Annotated[Metric, typer.Option(help="the metric --fail-under checks")] = Metric.accuracy,
@@ -67,7 +72,8 @@ def eval_(
         raise LstmcliError(f"--fail-under must be a number in [0, 1], got {fail_under}")
     api.tune_process()
     report = api.evaluate(checkpoint, split.value, dataset, data_dir or env_data_dir(), batch_size,
-                          device.value, impl and impl.value, precision and precision.value, threshold)
+                          device.value, impl and impl.value, precision and precision.value, threshold,
+                          text_column, label_column)
     if json_out:
         typer.echo(json.dumps(report))
     else:

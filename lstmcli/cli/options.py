@@ -20,7 +20,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from lstmcli.config import RENAMED, Device, env_data_dir, field_index
 from lstmcli.data.registry import REGISTRY
-from lstmcli.errors import EXIT_INTERRUPTED, EXIT_USAGE
+from lstmcli.errors import EXIT_INTERRUPTED, EXIT_PIPE, EXIT_USAGE
 
 
 def _plain_flags(params: list) -> list:
@@ -59,6 +59,8 @@ class Group(TyperGroup):
                 sys.exit(getattr(exc, "exit_code", EXIT_USAGE))
             print(f"lstmcli: error: {message} (see '{where} --help')", file=sys.stderr)
             sys.exit(getattr(exc, "exit_code", EXIT_USAGE))
+        except BrokenPipeError:  # `lstmcli --help | head -1`: the reader has what it wanted
+            sys.exit(EXIT_PIPE)
         sys.exit(code if isinstance(code, int) else 0)
 
     def get_params(self, ctx):
@@ -68,17 +70,20 @@ class Group(TyperGroup):
         return list(self.commands)
 
 
-def default_text(value) -> str:
-    """A default as Typer shows its own, `[default: x]` (escaped: help text is rich markup)."""
+def default_text(value, flag: str = "") -> str:
+    """A default as Typer shows its own, `[default: x]` (escaped: help text is rich markup); a flag's as
+    Typer shows a flag's (`no-bidirectional`); nothing for an empty one (the help says what it means)."""
     shown = value.value if isinstance(value, Enum) else value
-    return escape(f"[default: {shown}]")
+    if isinstance(shown, bool) and flag:
+        shown = flag if shown else f"no-{flag}"
+    return escape(f"[default: {shown}]") if shown not in ("", None) else ""
 
 
 DEFAULT_CHECKPOINT = Path("runs/latest/best")
 Checkpoint = Annotated[Path, typer.Option(
     "--checkpoint", "-c", help="checkpoint folder, or a run folder (meaning its best/)")]
 DeviceOpt = Annotated[Device, typer.Option(
-    help="cpu, cuda, cuda:N, or auto: the GPU when there is one, else the CPU")]
+    help="cpu, cuda, mps, or auto: a GPU when there is one, else the CPU")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="warnings only: no progress or log lines")]
 ProgressOpt = Annotated[bool | None, typer.Option(
     "--progress/--no-progress", show_default=False,
@@ -107,7 +112,8 @@ def with_config_options(fn):
     for name, info in field_index().items():
         default = env if name == "data_dir" and env else info.default
         note = " (from $LSTMCLI_DATA_DIR)" if name == "data_dir" and env else ""
-        option = typer.Option(help=f"{escape(info.help)}{extra.get(name, '')} {default_text(default)}{note}",
+        shown = default_text(default, name.replace("_", "-"))
+        option = typer.Option(help=f"{escape(info.help)}{extra.get(name, '')} {shown}{note}".rstrip(),
                               rich_help_panel=f"{info.section} options", show_default=False)
         annotation = Annotated[info.type | None, option]
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,

@@ -39,7 +39,8 @@ def predict(
     top_k: Annotated[int, typer.Option(min=1, help="how many labels to show per text")] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="texts per batch")] = 256,
     device: DeviceOpt = Device.auto,
-    impl: Annotated[Impl | None, typer.Option(help="run the weights in this implementation")] = None,
+    impl: Annotated[Impl | None, typer.Option(
+        help="run the weights in this implementation " + default_text("the checkpoint's"))] = None,
     precision: Annotated[Precision | None, typer.Option(help=PRECISION_HELP)] = None,
     max_length: Annotated[int | None, typer.Option(min=1, help="tokens kept per text " + default_text(
                           "the checkpoint's max_length, else 2048"), show_default=False)] = None,
@@ -59,11 +60,15 @@ def predict(
         raise LstmcliError("give texts as arguments or --input FILE, not both")
     if input is None and not texts:
         raise LstmcliError("no texts to classify: give them as arguments, '-' for stdin, or --input FILE")
-    table = input is not None and input.suffix in USER_SUFFIXES
+    table = input is not None and input.suffix.lower() in USER_SUFFIXES
     if table and json_out:
         raise LstmcliError(f"--json: {input} comes back as {input.suffix[1:].upper()} rows; drop --json")
-    if input is not None and str(input) != "-" and (not input.exists() or input.is_dir()):
+    if input is not None and str(input) != "-" and not input.exists():
         raise LstmcliError(f"--input {input}: no such file")
+    if input is not None and input.is_dir():
+        raise LstmcliError(f"--input {input} is a folder; give a file")
+    if output is not None and str(output) == "-":
+        output = None  # `-o -`: stdout, as `-i -` is stdin
     api.tune_process()
     clf = api.load(checkpoint, device.value, impl and impl.value, precision and precision.value, max_length)
     size = batch_size * WINDOW

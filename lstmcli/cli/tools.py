@@ -96,6 +96,9 @@ def export(
     dynamic batch and sequence axes, plus a JSON of labels, vocabulary, tokenizer rules and cut."""
     from lstmcli import api
     if legacy is not None:  # `lstmcli export CHECKPOINT`, the form before --checkpoint
+        if checkpoint != DEFAULT_CHECKPOINT:
+            raise LstmcliError(f"two checkpoints: --checkpoint {checkpoint} and {legacy}; give --checkpoint "
+                               "only")
         typer.echo(log_deprecated.format(what="the checkpoint", flag="--checkpoint", path=legacy), err=True)
         checkpoint = legacy
     model, meta = api.export(checkpoint, out, format.value, force)
@@ -118,6 +121,8 @@ def plot(
     one made before lstmcli drew them, or one still in progress); prints the files."""
     from lstmcli.evaluation.plots import plot_run
     if legacy is not None:  # `lstmcli plot RUN_DIR`, the form before --run
+        if run != Path("runs/latest"):
+            raise LstmcliError(f"two runs: --run {run} and {legacy}; give --run only")
         typer.echo(log_deprecated.format(what="the run folder", flag="--run", path=legacy), err=True)
         run = legacy
     written = plot_run(run)

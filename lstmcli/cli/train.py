@@ -42,7 +42,9 @@ def train(
     from lstmcli import api
     api.tune_process()
     if tensorboard:
-        fields["report_to"] = fields.get("report_to") or "tensorboard"
+        if fields.get("report_to") not in (None, "tensorboard"):
+            raise LstmcliError(f"--tensorboard and --report-to {fields['report_to'].value}: give one of them")
+        fields["report_to"] = "tensorboard"
     if resume is not None:
         given = sorted(k for k, v in fields.items() if v is not None) + (["config"] if config else [])
         given += ["force"] if force else []

@@ -23,7 +23,7 @@ def find(config: str | Path) -> Path:
     """The file `config` names: a path that exists, else a shipped config's name (`imdb_best`, or
     `imdb_best.toml`). A name that is neither is returned as given, for the caller's "not found"."""
     path = Path(config)
-    if path.exists() or path.parent != Path("."):
+    if path.is_file() or path.parent != Path("."):  # (a folder named like a shipped config is not one)
         return path
     shipped = FOLDER / f"{path.stem}.toml"
     return shipped if path.suffix in ("", ".toml") and shipped.is_file() else path

@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from lstmcli.errors import DatasetError
@@ -166,20 +167,38 @@ def read_user_file(path: Path, text_column: str, label_column: str) -> Rows:
     return texts, labels
 
 
-def text_records(path: Path, text_column: str):
-    """(record, text) for each row of a CSV/TSV/JSONL file, read as it goes (for predicting: no label).
-    A record is a dict keyed by the header (a list for a headerless file: every column an index)."""
+def text_records(path: Path, text_column: str) -> tuple[list[str] | None, Iterator[tuple[dict | list, str]]]:
+    """(header, (record, text) for each row) of a CSV/TSV/JSONL file, read as it goes (for predicting: no
+    label). A CSV/TSV record is its row as a list, in the header's order (None: a headerless file, every
+    column an index), so that writing it back keeps every column, blank-named ones too; a JSONL record
+    is its object."""
     text_cols = _columns(text_column, "text-column")
-    headerless = path.suffix != ".jsonl" and all(c.isdigit() for c in text_cols)
-    if path.suffix == ".jsonl":
-        records = _jsonl_records(path)
-    else:
-        records = _delimited_records(path, USER_SUFFIXES[path.suffix], headerless)
-    for line, rec in records:
-        missing = [c for c in text_cols if _get(rec, c) is _MISSING]
-        if missing:
-            raise DatasetError(f"{path} line {line}: no column {missing[0]!r} (set --text-column)")
-        yield rec, " ".join(_text(path, line, rec, c) for c in text_cols)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return None, ((rec, _joined(path, line, rec, text_cols)) for line, rec in _jsonl_records(path))
+    rows = ((line, row) for line, row in _csv_rows(path, USER_SUFFIXES[suffix]) if row)
+    if all(c.isdigit() for c in text_cols):
+        return None, ((row, _joined(path, line, row, text_cols)) for line, row in rows)
+    first = next(rows, None)
+    if first is None:
+        raise DatasetError(f"{path}: no rows to classify")
+    header = [name.strip() for name in first[1]]
+    _refuse_duplicates(path, first[0], header, USER_SUFFIXES[suffix])
+    return header, _header_rows(path, header, rows, text_cols)
+
+
+def _header_rows(path: Path, header: list[str], rows, text_cols: list[str]):
+    for line, row in rows:
+        if len(row) != len(header):
+            raise DatasetError(f"{path} line {line}: {len(row)} fields, header has {len(header)}")
+        yield row, _joined(path, line, dict(zip(header, row, strict=True)), text_cols)
+
+
+def _joined(path: Path, line: int, rec: dict | list, text_cols: list[str]) -> str:
+    missing = [c for c in text_cols if _get(rec, c) is _MISSING]
+    if missing:
+        raise DatasetError(f"{path} line {line}: no column {missing[0]!r} (set --text-column)")
+    return " ".join(_text(path, line, rec, c) for c in text_cols)
 
 
 _MISSING = object()  # a column the record lacks (a JSON null is None, and is a different error)

@@ -79,7 +79,7 @@ def evaluate(model, split: EncodedSplit, device: torch.device, batch_size: int, 
 def evaluate_checkpoint(checkpoint_dir: Path, split: str = "test", dataset: str | None = None,
                         data_dir: str | None = None, batch_size: int | None = None, device: str = "auto",
                         impl: str | None = None, precision: str | None = None,
-                        threshold: float | None = None) -> dict:
+                        threshold: float | None = None, columns: dict[str, str] | None = None) -> dict:
     """The report of `checkpoint_dir` on a split: evaluate()'s metrics, plus what was evaluated and how
     (checkpoint, dataset, split, impl, precision, device, torch). Writes no report (the data's token
     cache aside: encode_dataset keeps one).
@@ -93,7 +93,7 @@ def evaluate_checkpoint(checkpoint_dir: Path, split: str = "test", dataset: str 
     if threshold is not None:
         check_threshold(threshold, ck.label_names)
     data_cfg = dataclasses.replace(ck.config.data, data_dir=data_dir or ck.config.data.data_dir,
-                                   dataset=dataset or ck.config.data.dataset)
+                                   dataset=dataset or ck.config.data.dataset, **(columns or {}))
     if dataset and Path(dataset).is_file():
         encoded, split = encode_file(Path(dataset), data_cfg, ck.vocab, ck.label_names), Path(dataset).stem
     else:

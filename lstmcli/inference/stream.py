@@ -1,11 +1,12 @@
 """Reading texts to classify as they come: one per line from a pipe, a file or stdin, in micro-batches.
 
-`micro_batches` hands out lists of lines as soon as either `size` lines are in, or no new line has
-come for `idle` seconds while some wait: a file or a fast pipe fills whole batches (sorted by length
-and run like `Classifier.predict`'s, so throughput stays the batch path's), while a line typed into an
-open pipe (`tail -f log | lstmcli predict -`) is answered after `idle` of silence instead of waiting
-for a batch that never fills. A reader thread moves the bytes; it stops `AHEAD` chunks ahead of the
-model, so memory stays flat however long the input is.
+`micro_batches` hands out lists of lines as soon as `size` lines are in, or no new line has come for
+`idle` seconds while some wait, or the oldest has waited `MAX_WAIT` (a log written every few
+milliseconds never falls silent, and must not wait for a whole batch). A file or a fast pipe fills
+whole batches (sorted by length and run like `Classifier.predict`'s, so throughput stays the batch
+path's), while a line typed into an open pipe (`tail -f log | lstmcli predict -`) is answered after
+`idle` of silence. A reader thread moves the bytes; it stops `AHEAD` chunks ahead of the model, so
+memory stays flat however long the input is.
 
 Lines end at "\\n" (and a "\\r" before it) only, as for `wc -l`: str.splitlines would also cut at \\x85,
 \\u2028 and other separators that occur inside real texts (IMDB's reviews hold \\x85), and the outputs
@@ -17,12 +18,15 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from typing import BinaryIO
 
 CHUNK = 1 << 16  # bytes per read: what a pipe holds at once
 AHEAD = 16  # chunks read ahead of the model at most (the reader blocks beyond it): flat memory
 IDLE = 0.02  # seconds of silence after which the lines in hand are classified
+MAX_WAIT = 0.1  # seconds a line waits at most for its batch to fill, even while more lines trickle in
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark, which some editors start a file with: not text
 
 
 def clip(line: bytes, keep: int | None) -> bytes:
@@ -50,8 +54,11 @@ class _Reader(threading.Thread):
         read = getattr(self.stream, "read1", self.stream.read)  # read1: what is there, without waiting
         parts: list[bytes] = []  # the line being read, in pieces: joining at each read would be quadratic
         held = 0
+        first = True
         try:
             while chunk := read(CHUNK):
+                if first:
+                    chunk, first = chunk.removeprefix(BOM), False
                 if b"\n" not in chunk:
                     parts.append(chunk)
                     held += len(chunk)
@@ -81,20 +88,27 @@ def micro_batches(stream: BinaryIO, size: int, idle: float = IDLE,
     reader = _Reader(stream, keep)
     reader.start()
     pending: list[str] = []
+    due = 0.0  # when the oldest line in hand must be answered
     while True:
         try:
-            # with lines in hand wait `idle` at most; with none, wait for the input as long as it takes
-            item = reader.out.get(timeout=idle) if pending else reader.out.get()
+            # with lines in hand wait `idle` at most (less when they are due); with none, as long as it takes
+            wait = min(idle, due - time.monotonic()) if pending else None
+            if wait is not None and wait <= 0:
+                raise queue.Empty
+            item = reader.out.get(timeout=wait)
         except queue.Empty:
             yield pending
             pending = []
             continue
         if item is _Reader.END:
             break
+        if not pending:
+            due = time.monotonic() + MAX_WAIT
         pending.extend(item)
         while len(pending) >= size:
             yield pending[:size]
             del pending[:size]
+            due = time.monotonic() + MAX_WAIT  # (the rest came while that batch ran)
     if reader.error is not None:
         raise reader.error
     if pending:

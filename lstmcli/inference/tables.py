@@ -22,35 +22,47 @@ LABEL, PROBABILITY, TOP_K = "predicted_label", "predicted_probability", "predict
 
 
 class _Writer:
-    """Writes records back in the input's format with the prediction columns set."""
+    """Writes records back in the input's format with the prediction columns set: a CSV/TSV row keeps
+    every column where it was (the prediction's columns replaced in place, or added at the end), a JSONL
+    object every key."""
 
-    def __init__(self, out: TextIO, suffix: str, top_k: int):
-        self.out, self.suffix, self.top_k = out, suffix, top_k
+    def __init__(self, out: TextIO, suffix: str, top_k: int, header: list[str] | None):
+        self.out, self.top_k = out, top_k
         self.csv = None if suffix == ".jsonl" else csv.writer(out, delimiter=USER_SUFFIXES[suffix],
                                                              lineterminator="\n")
-        self.header: list[str] | None = None
+        names = [LABEL, PROBABILITY] + ([TOP_K] if top_k > 1 else [])
+        self.slots: list[int] = []  # where each prediction column goes in a CSV/TSV row
+        if self.csv is not None and header is not None:
+            header = list(header)
+            for name in names:
+                if name not in header:
+                    header.append(name)
+                self.slots.append(header.index(name))
+            self.csv.writerow(header)
+        self.width = len(header) if header is not None else None
 
-    def _added(self, ranked: list[tuple[str, float]]) -> dict:
-        added = {LABEL: ranked[0][0], PROBABILITY: ranked[0][1]}
+    def _added(self, ranked: list[tuple[str, float]]) -> list:
+        added = [ranked[0][0], ranked[0][1]]
         if self.top_k > 1:
-            added[TOP_K] = [{"label": lab, "probability": p} for lab, p in ranked]
+            added.append([{"label": lab, "probability": p} for lab, p in ranked])
         return added
 
     def write(self, rec: dict | list, ranked: list[tuple[str, float]]) -> None:
         added = self._added(ranked)
         if self.csv is None:
-            self.out.write(json.dumps({**rec, **added}, ensure_ascii=False) + "\n")
+            keys = [LABEL, PROBABILITY, TOP_K][:len(added)]
+            self.out.write(json.dumps({**rec, **dict(zip(keys, added, strict=True))}, ensure_ascii=False)
+                           + "\n")
             return
-        if TOP_K in added:
-            added[TOP_K] = json.dumps(added[TOP_K], ensure_ascii=False)
-        if isinstance(rec, list):  # a headerless file: the new columns at the end of each row
-            self.csv.writerow([*rec, *added.values()])
+        if len(added) > 2:
+            added[2] = json.dumps(added[2], ensure_ascii=False)
+        if self.width is None:  # a headerless file: the new columns at the end of each row
+            self.csv.writerow([*rec, *added])
             return
-        if self.header is None:
-            self.header = [*rec, *(c for c in added if c not in rec)]
-            self.csv.writerow(self.header)
-        row = {**rec, **added}
-        self.csv.writerow([row.get(c, "") for c in self.header])
+        row = list(rec) + [""] * (self.width - len(rec))
+        for slot, value in zip(self.slots, added, strict=True):
+            row[slot] = value
+        self.csv.writerow(row)
 
 
 def _chunks(records: Iterator, size: int) -> Iterator[list]:
@@ -62,8 +74,9 @@ def score_table(clf: Classifier, path: Path, text_column: str, out: TextIO, top_
                 threshold: float | None, window: int, progress=None) -> int:
     """Write every row of `path` to `out` with its prediction, `window` rows at a time (sorted by length
     within it, as `Classifier.predict` does); returns the number of rows."""
-    writer, done = _Writer(out, path.suffix, top_k), 0
-    for chunk in _chunks(text_records(path, text_column), window):
+    header, records = text_records(path, text_column)
+    writer, done = _Writer(out, path.suffix.lower(), top_k, header), 0
+    for chunk in _chunks(records, window):
         recs, texts = zip(*chunk, strict=True)
         for rec, ranked in zip(recs, clf.predict(list(texts), top_k, batch_size, threshold), strict=True):
             writer.write(rec, ranked)

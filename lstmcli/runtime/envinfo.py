@@ -59,7 +59,8 @@ def _versions() -> dict:
         build = f"rocm {torch.version.hip}"
     else:
         build = "cpu"
-    return {"version": _version_of("lstmcli") or "unknown", "torch": torch.__version__, "torch_build": build}
+    from lstmcli import __version__  # the running code's own (installed metadata can be an older install's)
+    return {"version": __version__, "torch": torch.__version__, "torch_build": build}
 
 
 def _python() -> dict:
