@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import lstmcli
 from lstmcli.models import recurrence
 from lstmcli.runtime import envinfo, native, precision
 from lstmcli.runtime.device import resolve_device
@@ -78,7 +79,7 @@ def test_sections_keys_and_types():
 
 def test_versions_are_torch_and_pythons_own():
     info = envinfo.collect()
-    assert info["lstmcli"]["version"] == importlib.metadata.version("lstmcli")
+    assert info["lstmcli"]["version"] == lstmcli.__version__  # the running code's, not an install's
     assert info["lstmcli"]["torch"] == torch.__version__
     assert info["lstmcli"]["torch_build"] == (f"cuda {torch.version.cuda}" if torch.version.cuda else "cpu")
     assert info["python"]["version"] == platform.python_version()
@@ -87,13 +88,13 @@ def test_versions_are_torch_and_pythons_own():
     assert info["packages"]["numpy"] == importlib.metadata.version("numpy")
 
 
-def test_lstmcli_version_unknown_when_not_installed(monkeypatch):
+def test_versions_without_installed_metadata(monkeypatch):
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "version", missing)
     info = envinfo.collect()
-    assert info["lstmcli"]["version"] == "unknown"
+    assert info["lstmcli"]["version"] == lstmcli.__version__  # a source checkout on PYTHONPATH too
     assert set(info["packages"].values()) == {None}
 
 
