@@ -190,6 +190,11 @@ def test_a_byte_order_mark_is_not_text():
     lines = [x for b in stream.micro_batches(io.BytesIO(b"\xef\xbb\xbfgreat movie\n\xef\xbb\xbfx\n"), 8)
              for x in b]
     assert lines == ["great movie", "\ufeffx"]  # the file's first bytes only
+    # nor at the start of a later read: a line that begins one keeps its bytes
+    bom = b"\xef\xbb\xbf"
+    data = b"a" * (stream.CHUNK - 1) + b"\n" + bom + b"kept\n" + b"b" * stream.CHUNK + b"\n" + bom + b"z\n"
+    lines = [x for b in stream.micro_batches(io.BytesIO(data), 8) for x in b]
+    assert lines[1:] == ["\ufeffkept", "b" * stream.CHUNK, "\ufeffz"]
 
 
 def test_blank_named_columns_and_upper_case_suffixes_come_back_whole(trained):

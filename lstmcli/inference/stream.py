@@ -54,11 +54,11 @@ class _Reader(threading.Thread):
         read = getattr(self.stream, "read1", self.stream.read)  # read1: what is there, without waiting
         parts: list[bytes] = []  # the line being read, in pieces: joining at each read would be quadratic
         held = 0
-        first = True
+        at_start = True  # a byte order mark is dropped at the start of the stream only
         try:
             while chunk := read(CHUNK):
-                if first:
-                    chunk, first = chunk.removeprefix(BOM), False
+                if at_start:
+                    chunk, at_start = chunk.removeprefix(BOM), False
                 if b"\n" not in chunk:
                     parts.append(chunk)
                     held += len(chunk)
@@ -83,8 +83,9 @@ class _Reader(threading.Thread):
 
 def micro_batches(stream: BinaryIO, size: int, idle: float = IDLE,
                   keep: int | None = None) -> Iterator[list[str]]:
-    """Lists of at most `size` lines of `stream`, in order, each handed out when full or after `idle`
-    seconds without a new line. `keep` bounds the bytes kept of one line (see `clip`)."""
+    """Lists of at most `size` lines of `stream`, in order, each handed out when full, after `idle`
+    seconds without a new line, or once its oldest line has waited MAX_WAIT. `keep` bounds the bytes
+    kept of one line (see `clip`)."""
     reader = _Reader(stream, keep)
     reader.start()
     pending: list[str] = []
