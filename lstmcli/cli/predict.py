@@ -71,6 +71,9 @@ def predict(
         output = None  # `-o -`: stdout, as `-i -` is stdin
     api.tune_process()
     clf = api.load(checkpoint, device.value, impl and impl.value, precision and precision.value, max_length)
+    if threshold is not None:  # before the input: a stream may take its time to say anything
+        from lstmcli.evaluation.metrics import check_threshold
+        check_threshold(threshold, clf.labels)
     size = batch_size * WINDOW
     # a bar on the terminal that also shows the answers would be torn by every line they print
     hidden = output is None and sys.stdout.isatty()
