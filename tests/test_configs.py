@@ -39,9 +39,9 @@ def test_configs_lists_names_descriptions_and_measured_results():
     assert [c["name"] for c in listed] == configs.names()
     for c in listed:
         assert c["about"] in text and Path(c["path"]).is_file()
-    measured = {c["name"]: c["measured"] for c in listed}
-    assert "84.90%" in measured["imdb_small"] and measured["tiny"] == ""
-    assert f"measured: {measured['imdb_best']}" in text
+    results = {c["name"]: c["result"] for c in listed}
+    assert "84.90%" in results["imdb_small"] and results["tiny"] == ""
+    assert f"result: {results['imdb_best']}" in text
 
 
 def test_every_measured_figure_is_one_of_results_md():

@@ -1,4 +1,4 @@
-"""`lstmcli eval` and `lstmcli calibrate`: a checkpoint measured on a split, or its branches weighted."""
+"""`lstmcli eval` and `lstmcli calibrate`: a checkpoint's metrics on a split, or its branches weighted."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ def datasets(json_out: json_option("one object per dataset") = False) -> None:
 @user_errors
 def configs(json_out: json_option("one object per config") = False) -> None:
     """The configs shipped with lstmcli (`train --config NAME` takes one by name from any folder): what
-    each is for, and what it measured (benchmarks/RESULTS.md has the whole tables)."""
+    each is for, and its result (benchmarks/RESULTS.md has the whole tables)."""
     from lstmcli.configs import listing
     rows = listing()
     width = max(len(c["name"]) for c in rows)
@@ -39,8 +39,8 @@ def configs(json_out: json_option("one object per config") = False) -> None:
             typer.echo(json.dumps(c))
             continue
         typer.echo(f"{c['name']:<{width}}  {c['about']}")
-        if c["measured"]:
-            typer.echo(f"{'':<{width}}  measured: {c['measured']}")
+        if c["result"]:
+            typer.echo(f"{'':<{width}}  result: {c['result']}")
 
 
 @user_errors

@@ -1,4 +1,4 @@
-"""`lstmcli bench`, `export` and `plot`: speed measured, a checkpoint carried out, a run drawn."""
+"""`lstmcli bench`, `export` and `plot`: kernel speed, a checkpoint carried out, a run drawn."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The configs shipped with lstmcli, as package data: `--config imdb_best` finds `imdb_best.toml` here
 from any folder, and `lstmcli configs` lists them.
 
-Each file's first line is `# NAME: what it is for`. What each measured lives in results.json here (a
+Each file's first line is `# NAME: what it is for`. Each one's result lives in results.json here (a
 line per config, the one `lstmcli configs` prints); benchmarks/RESULTS.md has the whole tables, and
 tests/test_configs.py checks that every figure in results.json is one of RESULTS.md's.
 """
@@ -36,7 +36,7 @@ def about(path: Path) -> str:
 
 
 def listing() -> list[dict]:
-    """Each shipped config: name, path, description and what it measured ("" where nothing was)."""
-    measured = json.loads((FOLDER / "results.json").read_text(encoding="utf-8"))
+    """Each shipped config: name, path, description and its result ("" where there is none)."""
+    results = json.loads((FOLDER / "results.json").read_text(encoding="utf-8"))
     return [{"name": name, "path": str(FOLDER / f"{name}.toml"), "about": about(FOLDER / f"{name}.toml"),
-             "measured": measured.get(name, "")} for name in names()]
+             "result": results.get(name, "")} for name in names()]

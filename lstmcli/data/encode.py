@@ -66,9 +66,9 @@ class EncodedData:
 def _provisional_ids(texts: list[str], table: defaultdict,
                      progress: Progress | None = None, scale: int = 1) -> tuple[array, array]:
     """Token ids in `table` (new tokens get the next id) and per-text lengths, as int64 arrays; an
-    empty text is one `<unk>`. An array("q") of the list becomes a tensor without a copy, several
-    times faster than torch.tensor(list) on a corpus's millions of ids. `progress` advances by `scale`
-    per text, in steps of TICK texts (a call per text would cost more than it shows)."""
+    empty text is one `<unk>`. An array("q") of the list becomes a tensor without a copy, where
+    torch.tensor(list) would convert a corpus's millions of ids one Python int at a time. `progress`
+    advances by `scale` per text, in steps of TICK texts (a call per text would cost more than it shows)."""
     lookup = table.__getitem__
     ids: list[int] = []
     lengths: list[int] = []

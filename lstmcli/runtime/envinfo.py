@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-import shutil
 import sys
 from pathlib import Path
 
@@ -139,16 +138,6 @@ def _cache_dir() -> Path:
     return Path(cpp_extension.get_default_build_root()) / f"{python}_{accelerator}"
 
 
-def _toolchain() -> dict:
-    """What a build of the kernels would run: the C++ compiler torch invokes (CXX, else c++) and ninja,
-    looked up as native.build does (the virtual environment's bin folder first)."""
-    command = os.environ.get("CXX", "c++")
-    bin_dir = str(Path(sys.executable).parent)
-    ninja_path = bin_dir + os.pathsep + os.environ.get("PATH", "")
-    return {"compiler_command": command, "compiler": shutil.which(command) if command else None,
-            "ninja": shutil.which("ninja", path=ninja_path)}
-
-
 def cached_build(name: str) -> tuple[Path, bool, bool]:
     """(folder, cached, stale) of the kernel build `name`: a library there that ninja would reuse, or one
     older than recurrence.cpp, which the next load rebuilds (the name changes with flags and torch, not
@@ -174,7 +163,7 @@ def _kernels(build_kernels: bool) -> dict:
     info = {"enabled": enabled, "status": "", "reason": "", "in_use": loaded,
             "packed_gemm": native.uses_packed_gemm() if loaded else None,
             "isa": torch.backends.cpu.get_cpu_capability(), "module": name, "cache": str(folder),
-            "cached": cached, "stale": stale, **_toolchain()}
+            "cached": cached, "stale": stale, **native.toolchain()}
     info["status"], info["reason"] = _kernel_status(info, failure)
     return info
 

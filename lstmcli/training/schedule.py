@@ -15,9 +15,8 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer
     params = [p for p in model.parameters() if p.requires_grad]
     if t.optimizer is Optimizer.sgd:
         return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    # The fused kernel: one pass per tensor instead of ~10, several times faster per step on a CPU
-    # (benchmarks/RESULTS.md, "Design choices"); the same update rule, though not bit-identical
-    # to the foreach one.
+    # The fused kernel: one pass per tensor instead of ~10 (benchmarks/RESULTS.md, "Design choices");
+    # the same update rule, though not bit-identical to the foreach one.
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, fused=fused)
 

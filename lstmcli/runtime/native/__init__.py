@@ -79,14 +79,23 @@ def build_spec(isa: str | None = None) -> tuple[str, list[str]]:
     return f"lstmcli_recurrence_{isa.lower()}_{digest}", flags
 
 
+def toolchain() -> dict[str, str | None]:
+    """What a build would run: the C++ compiler torch.utils.cpp_extension invokes (CXX, else c++) and
+    where it and ninja are found (None: not found), ninja looked up as build() does (the virtual
+    environment's bin folder first)."""
+    command = os.environ.get("CXX") or "c++"
+    search = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    return {"compiler_command": command, "compiler": shutil.which(command),
+            "ninja": shutil.which("ninja", path=search)}
+
+
 def missing_toolchain() -> str | None:
     """Why a build cannot even start here (no C++ compiler, no ninja), in a few words; None when both are
     found. Checked first, so that a machine without a compiler gets one line instead of a failed build."""
-    compiler = os.environ.get("CXX") or "c++"  # what torch.utils.cpp_extension runs
-    if shutil.which(compiler) is None:
-        return f"no C++ compiler: {compiler!r} not found (install g++ or clang, or set CXX)"
-    search = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
-    if shutil.which("ninja", path=search) is None:
+    tools = toolchain()
+    if tools["compiler"] is None:
+        return f"no C++ compiler: {tools['compiler_command']!r} not found (install g++ or clang, or set CXX)"
+    if tools["ninja"] is None:
         return "ninja not found (pip install ninja)"
     return None
 
