@@ -33,7 +33,7 @@ def main() -> None:
     args = parse_args(__doc__)
 
     models = {"lstmcli fp32": Classifier(args.checkpoint, "cpu", precision="fp32")}
-    own = Classifier(args.checkpoint, "cpu")
+    own = Classifier(args.checkpoint, "cpu", backend="torch")
     if own.ck.model.spec.precision == "bf16":
         models["lstmcli bf16"] = own
     clf = models["lstmcli fp32"]

@@ -79,12 +79,12 @@ def main() -> None:
     tune_process()  # the process settings the CLI uses (denormal flush, heap reuse)
     args = parse_args(__doc__)
 
-    clf = Classifier(Path(args.checkpoint), torch.device("cpu"))
+    clf = Classifier(Path(args.checkpoint), torch.device("cpu"), backend="torch")
     _, splits = load_splits(clf.ck.config.data)
     texts = [t.replace("\r", " ").replace("\n", " ") for t in splits["test"].texts[: args.reviews]]
     stdin = "".join(t + "\n" for t in texts).encode()
     lstmcli = [sys.executable, "-m", "lstmcli", "predict", "--checkpoint", args.checkpoint,
-               "--batch-size", str(args.batch_size)]
+               "--backend", "torch", "--batch-size", str(args.batch_size)]
     runs: dict[str, list[float]] = {"predict": [], "whole": [], "encoder": [], "start": [], "torch": []}
     for _ in range(args.repeats):
         runs["predict"].append(timed([*lstmcli, "-"], stdin))

@@ -29,7 +29,7 @@ from pathlib import Path
 BATCH = """
 import sys, lstmcli
 lstmcli.tune_process()
-clf = lstmcli.load(sys.argv[1])
+clf = lstmcli.load(sys.argv[1], backend="torch")
 data = open(sys.argv[2], "rb").read().decode("utf-8", errors="replace").split("\\n")
 if data[-1] == "":
     data.pop()

@@ -72,7 +72,7 @@ def fasttext_bigrams(train_tokens, train_labels, test_texts, test_labels, thread
 
 def lstmcli_run(run: Path, test_texts, test_labels) -> dict:
     metrics = json.loads((run / "metrics.json").read_text())
-    clf = Classifier(run / "best", torch.device("cpu"))
+    clf = Classifier(run / "best", torch.device("cpu"), backend="torch")
     start = time.perf_counter()
     top = clf.predict(test_texts)
     predict_s = time.perf_counter() - start

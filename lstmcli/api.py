@@ -20,6 +20,7 @@ from typing import Any
 
 from lstmcli import __version__
 from lstmcli.config import Config, apply, apply_flags, resolve
+from lstmcli.errors import LstmcliError
 from lstmcli.inference.predict import Classifier
 
 
@@ -56,17 +57,27 @@ def evaluate(checkpoint: str | Path, split: str = "test", dataset: str | None = 
              data_dir: str | None = None, batch_size: int | None = None, device: str = "auto",
              impl: str | None = None, precision: str | None = None,
              threshold: float | None = None, text_column: str | None = None,
-             label_column: str | None = None) -> dict[str, Any]:
+             label_column: str | None = None, backend: str = "torch") -> dict[str, Any]:
     """Metrics of a checkpoint on a split of its dataset (or on every row of the file `dataset`):
     accuracy, loss, macro-F1, per-class P/R/F1, the confusion matrix, and for two labels ROC-AUC and the
     F1-best threshold; `threshold` decides two labels by probability. `text_column` and `label_column`
-    name a user file's columns where they differ from the training data's. Also written beside the checkpoint
-    as eval-SPLIT.json and confusion-SPLIT.png (their paths under the report's "files")."""
+    name a user file's columns where they differ from the training data's. `backend` onnx (or auto)
+    evaluates the folder's export instead of its weights in PyTorch. Also written beside the checkpoint
+    as eval-SPLIT.json (an export's: eval-SPLIT.int8.json / .onnx.json) and confusion-SPLIT.png (their
+    paths under the report's "files")."""
     from lstmcli.evaluation.evaluate import evaluate_checkpoint
+    from lstmcli.inference.backends import choose_backend
     from lstmcli.reports import write_eval_files
+    from lstmcli.runtime.device import resolve_device
     columns = {k: v for k, v in (("text_column", text_column), ("label_column", label_column)) if v}
-    return write_eval_files(evaluate_checkpoint(Path(checkpoint), split, dataset, data_dir, batch_size,
-                                                device, impl, precision, threshold, columns))
+    if backend == "onnx" and device == "auto":  # onnxruntime runs here on the CPU, GPU or not
+        device = "cpu"
+    chosen = choose_backend(Path(checkpoint), backend, resolve_device(device), impl, precision)
+    if chosen.path.suffix.lower() == ".onnx":
+        raise LstmcliError(f"eval reads its data settings from the checkpoint: give its folder (-c FOLDER "
+                           f"--backend onnx), not {chosen.path}")
+    return write_eval_files(evaluate_checkpoint(chosen.path, split, dataset, data_dir, batch_size, device,
+                                                impl, precision, threshold, columns, chosen.export))
 
 
 def calibrate(checkpoint: str | Path, data_dir: str | None = None, batch_size: int | None = None,
@@ -85,12 +96,15 @@ def calibrate(checkpoint: str | Path, data_dir: str | None = None, batch_size: i
 
 
 def load(checkpoint: str | Path, device: str = "cpu", impl: str | None = None,
-         precision: str | None = None, max_length: int | None = None) -> Classifier:
-    """A Classifier for the checkpoint folder: `.predict(texts, top_k=1, threshold=None)`,
-    `.probabilities(texts)`, `.encode(text)`, `.labels`. Changes no process-wide setting (see
-    tune_process)."""
+         precision: str | None = None, max_length: int | None = None, backend: str = "auto") -> Classifier:
+    """A Classifier for a checkpoint (or run) folder or an exported .onnx file: `.predict(texts, top_k=1,
+    threshold=None)`, `.probabilities(texts)`, `.encode(text)`, `.labels`, `.backend`. `backend`: torch,
+    onnx or auto (inference/backends.py: onnx when the folder holds a current export and onnxruntime is
+    installed). Changes no process-wide setting (see tune_process)."""
     from lstmcli.runtime.device import resolve_device
-    return Classifier(Path(checkpoint), resolve_device(device), impl, max_length, precision)
+    if backend == "onnx" and device == "auto":  # onnxruntime runs here on the CPU, GPU or not
+        device = "cpu"
+    return Classifier(Path(checkpoint), resolve_device(device), impl, max_length, precision, backend)
 
 
 def log_to_stderr(quiet: bool = False, debug: bool = False) -> None:
@@ -109,11 +123,12 @@ def tune_process() -> dict[str, bool]:
     return tune()
 
 
-def export(checkpoint: str | Path, out: str | Path, format: str = "onnx",
-           force: bool = False) -> tuple[Path, Path]:
+def export(checkpoint: str | Path, out: str | Path | None = None, format: str = "onnx",
+           force: bool = False, quantize: str | None = None) -> tuple[Path, Path]:
     """Write the checkpoint as a model that runs without lstmcli (`format`: a key of
     lstmcli.exporters.FORMATS; onnx: (ids, lengths) -> logits) and beside it a JSON of its labels,
-    vocabulary, tokenizer rules and cut; returns both paths. Existing files are replaced only with
-    `force`, and never anything but a regular file outside the checkpoint."""
+    vocabulary, tokenizer rules and cut; returns both paths. `out` None: model.onnx (model.int8.onnx
+    with quantize="int8") in the checkpoint folder, where `load` and `lstmcli predict` find it. Existing
+    files are replaced only with `force`, and never anything but a regular file outside the checkpoint."""
     from lstmcli.exporters import export as export_as
-    return export_as(Path(checkpoint), Path(out), format, force)
+    return export_as(Path(checkpoint), None if out is None else Path(out), format, force, quantize)

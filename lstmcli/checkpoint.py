@@ -12,6 +12,7 @@ those written before the cell's rename say `encoder` in config.json (config.py m
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -112,6 +113,15 @@ def update(path: Path, model: TextClassifier, metrics: dict) -> None:
         raise write_failed(path, exc) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def weights_digest(path: Path) -> str:
+    """SHA-256 of a checkpoint folder's model.safetensors: what ties an export to the weights it holds."""
+    digest = hashlib.sha256()
+    with open(Path(path) / "model.safetensors", "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _read_json(path: Path):

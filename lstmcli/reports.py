@@ -17,8 +17,10 @@ def write_eval_files(report: dict) -> dict:
     drawn in confusion-SPLIT.png; returns the report with their paths under "files"."""
     checkpoint = Path(report["checkpoint"])
     folder, split = checkpoint.resolve().parent, report["split"]
-    files = {"json": str(folder / f"eval-{split}.json"),
-             "confusion_png": str(folder / f"confusion-{split}.png")}
+    # an export's figures beside the checkpoint's own: eval-test.json, eval-test.onnx.json, ...int8.json
+    tag = "" if report.get("backend", "torch") == "torch" else f".{report.get('quantize') or 'onnx'}"
+    files = {"json": str(folder / f"eval-{split}{tag}.json"),
+             "confusion_png": str(folder / f"confusion-{split}{tag}.png")}
     report = {**report, "files": files}
     write_json(Path(files["json"]), report)
     title = f"{report['dataset']} [{split}] with {folder.name}/{checkpoint.name}"

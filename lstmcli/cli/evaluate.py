@@ -10,6 +10,7 @@ import typer
 
 from lstmcli.cli.options import (
     DEFAULT_CHECKPOINT,
+    Backend,
     Checkpoint,
     DeviceOpt,
     ProgressOpt,
@@ -52,6 +53,9 @@ def eval_(
         "the training data's"), show_default=False)] = None,
     data_dir: Annotated[str | None, typer.Option(help=data_dir_help(), show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help=BATCH_HELP, show_default=False)] = None,
+    backend: Annotated[Backend, typer.Option(
+        help="torch: the checkpoint's weights; onnx: its folder's export (int8 first), as predict "
+             "--backend onnx runs it; auto: as predict chooses")] = Backend.torch,
     device: DeviceOpt = Device.auto,
     impl: Annotated[Impl | None, typer.Option(
         help="run the weights in this implementation " + default_text("the checkpoint's"))] = None,
@@ -65,7 +69,8 @@ def eval_(
 ) -> None:
     """Accuracy, loss, macro-F1, per-class P/R/F1 and the confusion matrix of a checkpoint; with two
     labels also ROC-AUC and the threshold that maximises F1 on the split (choose it on val, apply it to
-    test with --threshold). Writes eval-SPLIT.json and confusion-SPLIT.png beside the checkpoint."""
+    test with --threshold). Writes eval-SPLIT.json and confusion-SPLIT.png beside the checkpoint (an
+    export's: eval-SPLIT.int8.json, ...)."""
     from lstmcli import api
     from lstmcli.reports import format_report
     if fail_under is not None and not 0.0 <= fail_under <= 1.0:  # (NaN fails this too)
@@ -73,7 +78,7 @@ def eval_(
     api.tune_process()
     report = api.evaluate(checkpoint, split.value, dataset, data_dir or env_data_dir(), batch_size,
                           device.value, impl and impl.value, precision and precision.value, threshold,
-                          text_column, label_column)
+                          text_column, label_column, backend.value)
     if json_out:
         typer.echo(json.dumps(report))
     else:

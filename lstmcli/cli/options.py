@@ -21,6 +21,7 @@ from typer.core import TyperCommand, TyperGroup
 from lstmcli.config import RENAMED, Device, env_data_dir, field_index
 from lstmcli.data.registry import REGISTRY
 from lstmcli.errors import EXIT_INTERRUPTED, EXIT_PIPE, EXIT_USAGE
+from lstmcli.inference.backends import BACKENDS
 
 
 def _plain_flags(params: list) -> list:
@@ -82,6 +83,9 @@ def default_text(value, flag: str = "") -> str:
 DEFAULT_CHECKPOINT = Path("runs/latest/best")
 Checkpoint = Annotated[Path, typer.Option(
     "--checkpoint", "-c", help="checkpoint folder, or a run folder (meaning its best/)")]
+Backend = Enum("Backend", [(name, name) for name in BACKENDS], type=str)  # inference/backends.py
+BackendOpt = Annotated[Backend, typer.Option(help="what runs the model: " + "; ".join(
+    f"{name}: {about}" for name, about in BACKENDS.items()))]
 DeviceOpt = Annotated[Device, typer.Option(
     help="cpu, cuda, mps, or auto: a GPU when there is one, else the CPU")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="warnings only: no progress or log lines")]

@@ -13,7 +13,16 @@ from typing import Annotated
 import typer
 
 from lstmcli.cli.evaluate import PRECISION_HELP, THRESHOLD_HELP
-from lstmcli.cli.options import DEFAULT_CHECKPOINT, Checkpoint, DeviceOpt, ProgressOpt, Quiet, default_text
+from lstmcli.cli.options import (
+    DEFAULT_CHECKPOINT,
+    Backend,
+    BackendOpt,
+    Checkpoint,
+    DeviceOpt,
+    ProgressOpt,
+    Quiet,
+    default_text,
+)
 from lstmcli.config import Device, Impl, Precision
 from lstmcli.data.readers import USER_SUFFIXES
 from lstmcli.errors import LstmcliError
@@ -38,6 +47,7 @@ def predict(
     checkpoint: Checkpoint = DEFAULT_CHECKPOINT,
     top_k: Annotated[int, typer.Option(min=1, help="how many labels to show per text")] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="texts per batch")] = 256,
+    backend: BackendOpt = Backend.auto,
     device: DeviceOpt = Device.auto,
     impl: Annotated[Impl | None, typer.Option(
         help="run the weights in this implementation " + default_text("the checkpoint's"))] = None,
@@ -70,7 +80,8 @@ def predict(
     if output is not None and str(output) == "-":
         output = None  # `-o -`: stdout, as `-i -` is stdin
     api.tune_process()
-    clf = api.load(checkpoint, device.value, impl and impl.value, precision and precision.value, max_length)
+    clf = api.load(checkpoint, device.value, impl and impl.value, precision and precision.value, max_length,
+                   backend.value)
     if threshold is not None:  # before the input: a stream may take its time to say anything
         from lstmcli.evaluation.metrics import check_threshold
         check_threshold(threshold, clf.labels)
@@ -119,8 +130,8 @@ def _chunks(texts: list[str], input: Path | None, size: int, keep: int | None) -
 def _line(i: int, ranked: list[tuple[str, float]], json_out: bool) -> str:
     """One text's answer: `label<TAB>probability` (pairs for top k), or a JSON object."""
     if json_out:
-        return json.dumps({"index": i, "label": ranked[0][0], "probability": ranked[0][1],
-                           "top_k": [{"label": lab, "probability": p} for lab, p in ranked]}) + "\n"
+        from lstmcli.inference.predict import as_json
+        return json.dumps(as_json(i, ranked)) + "\n"
     return "\t".join(f"{lab}\t{p:.4f}" for lab, p in ranked) + "\n"
 
 

@@ -23,6 +23,7 @@ from lstmcli.config import MAX_THREADS, Cell, Device, Impl, renamed_value
 from lstmcli.errors import LstmcliError
 from lstmcli.exits import user_errors
 from lstmcli.exporters import FORMATS
+from lstmcli.exporters.quantize import QUANTIZATIONS
 
 log_deprecated = "lstmcli: {what} as an argument is deprecated; use {flag} {path}"
 
@@ -76,6 +77,7 @@ def bench(
 
 
 ExportFormat = Enum("ExportFormat", [(name, name) for name in FORMATS], type=str)  # exporters/__init__.py
+Quantization = Enum("Quantization", [(n, n) for n in QUANTIZATIONS], type=str)  # exporters/quantize.py
 
 
 @user_errors
@@ -84,8 +86,13 @@ def export(
     legacy: Annotated[Path | None, typer.Argument(hidden=True, show_default=False)] = None,
     format: Annotated[ExportFormat, typer.Option("--format", help="model format: " + "; ".join(
         f"{name}: {about}" for name, about in FORMATS.items()))] = ExportFormat.onnx,
-    out: Annotated[Path, typer.Option(help="model file; its labels, vocabulary and tokenizer go to the same "
-                                      "name with .json")] = Path("model.onnx"),
+    quantize: Annotated[Quantization | None, typer.Option(help="store the model quantized: " + "; ".join(
+        f"{name}: {about}" for name, about in QUANTIZATIONS.items()), show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="model file; its labels, vocabulary and tokenizer go to the same name with .json "
+             + default_text("model.onnx, or model.int8.onnx, in the checkpoint folder, where predict "
+                            "--backend auto finds it"),
+        show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="replace --out and its .json if they exist "
                                         "(regular files only)")] = False,
     json_out: json_option("the two files' paths") = False,
@@ -101,9 +108,10 @@ def export(
                                "only")
         typer.echo(log_deprecated.format(what="the checkpoint", flag="--checkpoint", path=legacy), err=True)
         checkpoint = legacy
-    model, meta = api.export(checkpoint, out, format.value, force)
+    model, meta = api.export(checkpoint, out, format.value, force, quantize and quantize.value)
     if json_out:
         typer.echo(json.dumps({"model": str(model), "metadata": str(meta), "format": format.value,
+                               "quantize": quantize and quantize.value, "bytes": model.stat().st_size,
                                "lstmcli": __version__}))
         return
     typer.echo(str(model))

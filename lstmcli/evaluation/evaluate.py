@@ -24,6 +24,7 @@ from lstmcli.evaluation.metrics import (
 from lstmcli.progress import Progress
 from lstmcli.runtime.device import resolve_device
 from lstmcli.runtime.distributed import SINGLE, Dist, all_reduce_sum, gather
+from lstmcli.runtime.onnx_model import OnnxExport, OnnxModel
 
 
 def rank_batches(split: EncodedSplit, batch_size: int, cut: Truncation, device: torch.device,
@@ -79,17 +80,24 @@ def evaluate(model, split: EncodedSplit, device: torch.device, batch_size: int, 
 def evaluate_checkpoint(checkpoint_dir: Path, split: str = "test", dataset: str | None = None,
                         data_dir: str | None = None, batch_size: int | None = None, device: str = "auto",
                         impl: str | None = None, precision: str | None = None,
-                        threshold: float | None = None, columns: dict[str, str] | None = None) -> dict:
+                        threshold: float | None = None, columns: dict[str, str] | None = None,
+                        export: OnnxExport | None = None) -> dict:
     """The report of `checkpoint_dir` on a split: evaluate()'s metrics, plus what was evaluated and how
     (checkpoint, dataset, split, impl, precision, device, torch). Writes no report (the data's token
     cache aside: encode_dataset keeps one).
 
     With `dataset` a single file, every row of it is evaluated (`split` is then the file's stem);
     otherwise the split is carved exactly as in training, from the checkpoint's data settings, reading
-    the data from `data_dir` (default: the folder the checkpoint was trained from).
+    the data from `data_dir` (default: the folder the checkpoint was trained from). `export`: evaluate
+    this export of the checkpoint's weights in onnxruntime instead of the weights in PyTorch.
     """
     dev = resolve_device(device)
     ck = checkpoint.load(checkpoint_dir, str(dev), impl, precision)
+    model = ck.model
+    how = {"backend": "torch", "impl": ck.model.spec.impl, "precision": ck.config.model.precision.value}
+    if export is not None:
+        model = OnnxModel(export)
+        how = {"backend": "onnx", "model": str(export.model), "quantize": model.quantize}
     if threshold is not None:
         check_threshold(threshold, ck.label_names)
     data_cfg = dataclasses.replace(ck.config.data, data_dir=data_dir or ck.config.data.data_dir,
@@ -100,9 +108,9 @@ def evaluate_checkpoint(checkpoint_dir: Path, split: str = "test", dataset: str 
         encoded = encode_dataset(data_cfg, vocab=ck.vocab, label_names=ck.label_names).splits[split]
     if len(encoded) == 0:
         raise LstmcliError(f"split '{split}' of {data_cfg.dataset} has no examples")
-    report = evaluate(ck.model, encoded, dev, batch_size or ck.config.train.batch_size,
+    report = evaluate(model, encoded, dev, batch_size or ck.config.train.batch_size,
                       Truncation.for_inference(ck.config.data), ck.label_names, threshold=threshold,
                       desc=f"evaluating {split}")
     return {"checkpoint": str(ck.path), "dataset": data_cfg.dataset, "split": split,
-            "impl": ck.model.spec.impl, "precision": ck.config.model.precision.value, **report,
+            **how, **report,
             "device": str(dev), "torch": torch.__version__, "lstmcli": __version__}

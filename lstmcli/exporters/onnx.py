@@ -12,21 +12,28 @@ Shapes below: B batch, T padded width, E embedding size, H state size, D directi
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lstmcli import __version__, checkpoint
+from lstmcli.config import to_dict
 from lstmcli.data.batches import Truncation
 from lstmcli.data.text import PAD_ID, UNK_ID, literal_rules
 from lstmcli.errors import LstmcliError
+from lstmcli.exporters.quantize import float_recurrent_ops
+from lstmcli.exporters.quantize import quantize as quantize_model
 from lstmcli.fsutil import recover_dir, refuse_non_regular, write_bytes, write_json
 from lstmcli.models.cells import CELLS, CellKind
 from lstmcli.models.ngrams import HASH_MULTIPLIER
 from lstmcli.progress import Progress
+from lstmcli.runtime.onnx_model import FORMAT, export_name
 
+log = logging.getLogger(__name__)
 OPSET = 18  # Reduce* take their axes as an input from 18 on
+
 
 
 def _onnx():
@@ -42,6 +49,7 @@ class _Graph:
 
     def __init__(self, onnx):
         self.onnx, self.nodes, self.inits, self.count = onnx, [], [], 0
+        self.bag_tables: list[str] = []  # names of the Gather nodes that read an n-gram bag's table
 
     def const(self, value, dtype=np.float32) -> str:
         name = f"c{len(self.inits)}"
@@ -51,7 +59,8 @@ class _Graph:
     def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs) -> str | list[str]:
         self.count += 1
         names = [f"{op_type.lower()}{self.count}_{i}" for i in range(outputs)]
-        self.nodes.append(self.onnx.helper.make_node(op_type, list(inputs), names, **attrs))
+        # named after its first output: quantization (quantize.py) picks nodes by name
+        self.nodes.append(self.onnx.helper.make_node(op_type, list(inputs), names, name=names[0], **attrs))
         return names[0] if outputs == 1 else names
 
 
@@ -115,6 +124,7 @@ def _fasttext_bag(g: _Graph, model, rows: str) -> str:
     ax1 = g.const([1], np.int64)
     real = g.op("Cast", g.op("Not", g.op("Equal", rows, g.const(PAD_ID, np.int64))), to=1)  # (B, 2T-1)
     vectors = g.op("Gather", g.const(w["table.weight"]), rows)  # (B, 2T-1, dim)
+    g.bag_tables.append(vectors)
     total = g.op("ReduceSum", g.op("Mul", vectors, g.op("Unsqueeze", real, g.const([2], np.int64))), ax1,
                  keepdims=0)
     count = g.op("Max", g.op("ReduceSum", real, ax1, keepdims=1), g.const(1.0))
@@ -137,7 +147,9 @@ def _nbsvm_bag(g: _Graph, model, rows: str) -> str:
                     axis=1)
     with torch.no_grad():
         table = bag.table().float().cpu().numpy()  # (F, C), row 0 = 0
-    total = g.op("ReduceSum", g.op("Gather", g.const(table), distinct), ax1, keepdims=0)  # (B, C)
+    weights = g.op("Gather", g.const(table), distinct)  # (B, N, C)
+    g.bag_tables.append(weights)
+    total = g.op("ReduceSum", weights, ax1, keepdims=0)  # (B, C)
     return g.op("Add", total, g.const(bag.bias.detach().float().cpu().numpy()))
 
 
@@ -147,6 +159,11 @@ BAG_GRAPHS = {"fasttext": _fasttext_bag, "nbsvm": _nbsvm_bag}
 
 def build_onnx(model, vocab_size: int):
     """The ONNX ModelProto of a TextClassifier (eval mode: dropout is the identity)."""
+    return _build(model, vocab_size)[0]
+
+
+def _build(model, vocab_size: int):
+    """build_onnx's ModelProto, and the names of the nodes that read an n-gram bag's table."""
     onnx = _onnx()
     spec, state = model.spec, model.state_dict()
     g = _Graph(onnx)
@@ -184,14 +201,16 @@ def build_onnx(model, vocab_size: int):
                                    producer_name="lstmcli", producer_version=__version__)
     proto.ir_version = 8  # understood by onnxruntime 1.14 and newer
     onnx.checker.check_model(proto, full_check=True)
-    return proto
+    return proto, g.bag_tables
 
 
-def sidecar(ck) -> dict:
+def sidecar(ck, quantize: str | None = None) -> dict:
     """What a program needs besides the .onnx file: text -> inputs (tokenizer, vocabulary, cut), logits ->
-    labels."""
+    labels; and which checkpoint weights it was made from (`lstmcli predict` runs an export found in a
+    checkpoint folder only while they are still the folder's)."""
     data = ck.config.data
-    return {"format": "lstmcli-onnx/1", "lstmcli": __version__,
+    return {"format": FORMAT, "lstmcli": __version__, "quantize": quantize,
+            "checkpoint": {"sha256": checkpoint.weights_digest(ck.path), "config": to_dict(ck.config)},
             "inputs": {"ids": "int64 (batch, time): token ids, 0 (<pad>) past each length",
                        "lengths": "int64 (batch,): tokens per text, >= 1"},
             "outputs": {"logits": "float32 (batch, classes): softmax gives probabilities"},
@@ -217,24 +236,34 @@ def _refuse_to_replace(targets: list[Path], checkpoint_dir: Path, force: bool) -
             raise LstmcliError(f"{target} exists; add --force to replace it, or choose another --out")
 
 
-def export(checkpoint_dir: Path, out: Path, force: bool = False) -> tuple[Path, Path]:
-    """Write `out` (the ONNX model) and `out` with suffix .json (labels, vocabulary, tokenizer, cut), each
-    atomically; neither may exist unless `force` (and neither may be anything but a regular file)."""
-    out = Path(out)
+def export(checkpoint_dir: Path, out: Path | None = None, force: bool = False,
+           quantize: str | None = None) -> tuple[Path, Path]:
+    """Write `out` (the ONNX model; default: model.onnx, or model.int8.onnx, in the checkpoint folder) and
+    `out` with suffix .json (labels, vocabulary, tokenizer, cut), each atomically; neither may exist
+    unless `force` (and neither may be anything but a regular file). `quantize`: a key of
+    quantize.QUANTIZATIONS, e.g. int8."""
+    checkpoint_dir = checkpoint.resolve(Path(checkpoint_dir))
+    out = Path(out) if out is not None else checkpoint_dir / export_name(quantize)
     if out.suffix == ".json":
         raise LstmcliError(f"--out {out}: the model's JSON goes beside it under that name; give the model "
                            "file another suffix, e.g. .onnx")
     meta = out.with_suffix(".json")
-    checkpoint_dir = checkpoint.resolve(Path(checkpoint_dir))
     recover_dir(checkpoint_dir)  # a swap cut short: its files are the checkpoint's, to be protected
     _refuse_to_replace([out, meta], checkpoint_dir, force)
     with Progress("exporting to ONNX", 3, unit="steps") as progress:
         ck = checkpoint.load(checkpoint_dir, "cpu", precision="fp32")  # an exported model runs in float32
         progress.update(1)
-        proto = build_onnx(ck.model, len(ck.vocab))
+        proto, bag_tables = _build(ck.model, len(ck.vocab))
+        if quantize:
+            if left := float_recurrent_ops(proto):
+                log.warning("onnxruntime has no int8 %s operator: only the embedding is int8, and the model "
+                            "will run no faster than in float32", "/".join(left))
+            data = quantize_model(proto, quantize, bag_tables)
+        else:
+            data = proto.SerializeToString()
         progress.update(1)
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes(out, proto.SerializeToString())
-        write_json(meta, sidecar(ck))
+        write_bytes(out, data)
+        write_json(meta, sidecar(ck, quantize))
         progress.update(1)
     return out, meta
