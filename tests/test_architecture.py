@@ -31,7 +31,7 @@ LAYERS = [
     {"evaluation"},
     {"training"},
     {"inference", "exporters"},
-    {"reports", "exits"},
+    {"reports", "exits", "serving"},
     {"api"},
     {"cli"},
     {"__main__", "__init__"},  # the package's entry points

@@ -21,8 +21,10 @@ COMMAND = get_command(app)
 NAMES = list(COMMAND.commands)
 # where each shared option means something (and so must exist); the others must not carry it
 JSON = {"train", "eval", "predict", "calibrate", "export", "plot", "bench", "datasets", "configs", "env"}
-QUIET = {"train", "eval", "predict", "calibrate", "export", "bench"}  # the ones that log or show progress
-CHECKPOINT = {"eval", "predict", "calibrate", "export"}
+QUIET = {"train", "eval", "predict", "calibrate", "export", "bench", "serve"}  # the ones that log
+PROGRESS = QUIET - {"serve"}  # the ones with long steps to show
+CHECKPOINT = {"eval", "predict", "calibrate", "export", "serve"}
+POSITIONAL = {"predict": ["texts"], "serve": ["model"]}  # serve MODEL: as `fastapi run APP`, `ollama serve`
 
 
 def help_of(name: str) -> str:
@@ -42,7 +44,7 @@ def options(name: str) -> dict:
 
 
 def test_the_commands_in_the_tours_order():
-    assert NAMES == ["train", "eval", "predict", "calibrate", "export", "plot", "bench", "datasets",
+    assert NAMES == ["train", "eval", "predict", "calibrate", "export", "serve", "plot", "bench", "datasets",
                      "configs", "env"]
 
 
@@ -53,7 +55,7 @@ def test_help_follows_the_conventions(name):
     assert "(default:" not in text and "[default: (" not in text  # defaults read one way: [default: x]
     assert ("--json" in opts) == (name in JSON)
     assert ("--quiet" in opts) == (name in QUIET)
-    assert ("--progress" in opts) == (name in QUIET)
+    assert ("--progress" in opts) == (name in PROGRESS)
     if "--device" in opts:  # (train's is a config field: None, meaning the config's default, auto)
         assert opts["--device"].default in (Device.auto, "auto") or "[default: auto]" in text
     if name in CHECKPOINT:
@@ -61,7 +63,7 @@ def test_help_follows_the_conventions(name):
         assert "run folder" in text
     positional = [p for p in COMMAND.commands[name].params
                   if p.param_type_name == "argument" and not getattr(p, "hidden", False)]
-    assert [p.name for p in positional] == (["texts"] if name == "predict" else [])
+    assert [p.name for p in positional] == POSITIONAL.get(name, [])
 
 
 def test_bracketed_help_survives_the_markup():
@@ -114,8 +116,8 @@ def test_a_run_folder_means_its_best_checkpoint(trained):
     by_run = ok(run("predict", "-c", trained, "a wonderful film")).stdout
     assert by_run == ok(run("predict", "-c", trained / "best", "a wonderful film")).stdout
     exported = json.loads(ok(run("export", "-c", trained, "--out", "m.onnx", "--json")).stdout)
-    assert exported == {"model": "m.onnx", "metadata": "m.json", "format": "onnx",
-                        "lstmcli": lstmcli.__version__}
+    assert exported == {"model": "m.onnx", "metadata": "m.json", "format": "onnx", "quantize": None,
+                        "bytes": Path("m.onnx").stat().st_size, "lstmcli": lstmcli.__version__}
     drawn = json.loads(ok(run("plot", "--run", trained / "best", "--json")).stdout)["files"]
     assert [Path(p).name for p in drawn] == ["learning_curves.png", "confusion_matrix.png"]
     assert all(Path(p).parent == trained for p in drawn)

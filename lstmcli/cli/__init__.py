@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from lstmcli import __version__
-from lstmcli.cli import evaluate, info, predict, tools, train
+from lstmcli.cli import evaluate, info, predict, serve, tools, train
 from lstmcli.cli.options import Command, Group
 from lstmcli.exits import DEBUG, run
 
@@ -45,7 +45,8 @@ def main_options(
 
 
 for name, fn in [("train", train.train), ("eval", evaluate.eval_), ("predict", predict.predict),
-                 ("calibrate", evaluate.calibrate), ("export", tools.export), ("plot", tools.plot),
+                 ("calibrate", evaluate.calibrate), ("export", tools.export), ("serve", serve.serve),
+                 ("plot", tools.plot),
                  ("bench", tools.bench), ("datasets", info.datasets), ("configs", info.configs),
                  ("env", info.env)]:
     # the list of commands shows each one's first sentence, on one line

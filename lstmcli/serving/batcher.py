@@ -1,0 +1,100 @@
+"""Micro-batching: the texts of many concurrent requests classified together, off the event loop.
+
+A request's texts wait in a queue; one task takes what is there and, until `max_batch` texts are
+gathered, waits at most `max_wait` seconds more for others, then hands them all to a single inference
+thread and gives each request its own rows back. Under load the queue fills while the thread works,
+so batches form at once and approach the throughput of `predict`'s batches; alone, a request waits
+`max_wait` at most. One thread runs the model, so one model sits in memory and its own intra-op threads
+(torch's or onnxruntime's) are never oversubscribed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class _Job:
+    texts: list[str]
+    future: asyncio.Future = field(repr=False)
+
+
+class MicroBatcher:
+    """classify(texts) -> (len(texts), C) rows, called in one worker thread on gathered requests."""
+
+    def __init__(self, classify: Callable[[list[str]], torch.Tensor], max_batch: int, max_wait: float):
+        self.classify, self.max_batch, self.max_wait = classify, max_batch, max_wait
+        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="lstmcli-inference")
+        self.task: asyncio.Task | None = None
+        self.batches = self.texts = 0  # served so far (GET /metadata shows them)
+
+    def start(self) -> None:
+        """Start gathering (on the running event loop)."""
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop gathering; the requests still queued get an error (the server drains before this)."""
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        while not self.queue.empty():
+            job = self.queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(RuntimeError("the server is stopping"))
+        self.executor.shutdown(wait=True)
+
+    async def submit(self, texts: list[str]) -> torch.Tensor:
+        """The rows of `texts`, classified in whatever batch they join."""
+        job = _Job(texts, asyncio.get_running_loop().create_future())
+        self.queue.put_nowait(job)
+        return await job.future
+
+    async def _gather(self) -> list[_Job]:
+        """One batch: the first job waited for, then others until max_batch texts or max_wait."""
+        jobs = [await self.queue.get()]
+        count = len(jobs[0].texts)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait
+        while count < self.max_batch:
+            if self.queue.empty():
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(self.queue.get(), left)
+                except TimeoutError:
+                    break
+            else:
+                job = self.queue.get_nowait()
+            jobs.append(job)
+            count += len(job.texts)
+        return jobs
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [job for job in await self._gather() if not job.future.done()]  # (a client gone)
+            texts = [text for job in jobs for text in job.texts]
+            if not texts:
+                continue
+            try:
+                rows = await loop.run_in_executor(self.executor, self.classify, texts)
+            except Exception as exc:  # a failure of this batch is each of its requests' answer
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            self.batches, self.texts = self.batches + 1, self.texts + len(texts)
+            start = 0
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_result(rows[start:start + len(job.texts)])
+                start += len(job.texts)
