@@ -28,7 +28,8 @@ import torch
 
 from lstmcli.data.batches import collate, sorted_batches
 from lstmcli.data.splits import load_splits
-from lstmcli.inference.predict import Classifier, _as_split
+from lstmcli.inference.predict import Classifier
+from lstmcli.inference.torch_model import as_split as _as_split
 from lstmcli.runtime.process import tune_process
 
 

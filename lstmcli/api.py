@@ -16,12 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lstmcli import __version__
 from lstmcli.config import Config, apply, apply_flags, resolve
 from lstmcli.errors import LstmcliError
-from lstmcli.inference.predict import Classifier
+
+if TYPE_CHECKING:  # imported where it is used: the onnx backend's `predict` never loads torch
+    from lstmcli.inference.predict import Classifier
 
 
 def _config(config: Config | Mapping[str, Any] | str | Path | None, overrides: dict[str, Any]) -> Config:
@@ -72,7 +74,7 @@ def evaluate(checkpoint: str | Path, split: str = "test", dataset: str | None = 
     columns = {k: v for k, v in (("text_column", text_column), ("label_column", label_column)) if v}
     if backend == "onnx" and device == "auto":  # onnxruntime runs here on the CPU, GPU or not
         device = "cpu"
-    chosen = choose_backend(Path(checkpoint), backend, resolve_device(device), impl, precision)
+    chosen = choose_backend(Path(checkpoint), backend, resolve_device(device).type, impl, precision)
     if chosen.path.suffix.lower() == ".onnx":
         raise LstmcliError(f"eval reads its data settings from the checkpoint: give its folder (-c FOLDER "
                            f"--backend onnx), not {chosen.path}")
@@ -100,11 +102,10 @@ def load(checkpoint: str | Path, device: str = "cpu", impl: str | None = None,
     """A Classifier for a checkpoint (or run) folder or an exported .onnx file: `.predict(texts, top_k=1,
     threshold=None)`, `.probabilities(texts)`, `.encode(text)`, `.labels`, `.backend`. `backend`: torch,
     onnx or auto (inference/backends.py: onnx when the folder holds a current export and onnxruntime is
-    installed). Changes no process-wide setting (see tune_process)."""
-    from lstmcli.runtime.device import resolve_device
-    if backend == "onnx" and device == "auto":  # onnxruntime runs here on the CPU, GPU or not
-        device = "cpu"
-    return Classifier(Path(checkpoint), resolve_device(device), impl, max_length, precision, backend)
+    installed). `.scores(texts)` gives the probabilities as numpy, `.probabilities(texts)` as torch.
+    Changes no process-wide setting (see tune_process)."""
+    from lstmcli.inference.predict import Classifier
+    return Classifier(Path(checkpoint), device, impl, max_length, precision, backend)
 
 
 def log_to_stderr(quiet: bool = False, debug: bool = False) -> None:

@@ -20,19 +20,20 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 
 from lstmcli import fsutil
 from lstmcli.config import Config, Impl, Precision, apply, from_dict, to_dict
 from lstmcli.data.text import Vocab
 from lstmcli.errors import CheckpointError, ConfigError
 from lstmcli.fsutil import honour_umask, recover_dir, replace_dir, temp_dir, write_failed, write_json
-from lstmcli.models.classifier import TextClassifier
 from lstmcli.models.spec import ModelSpec
-from lstmcli.runtime.plan import Choice, build_model, choose, model_spec
+
+if TYPE_CHECKING:  # torch is imported where weights are read or written: resolve() and the files' checks
+    from lstmcli.models.classifier import TextClassifier  # serve the onnx backend without it
+    from lstmcli.runtime.plan import Choice
 
 log = logging.getLogger(__name__)
 FILES = ("model.safetensors", "config.json", "vocab.json", "labels.json")
@@ -53,6 +54,7 @@ class Checkpoint:
 
 def _write_weights(folder: Path, model: TextClassifier, metrics: dict) -> None:
     """model.safetensors and metrics.json in `folder` (a checkpoint's temporary folder)."""
+    from safetensors.torch import save_file
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"))
     honour_umask(folder / "model.safetensors")
@@ -89,6 +91,7 @@ def save(path: Path, cfg: Config, vocab: Vocab, label_names: list[str], model: T
         (tmp / "vocab.json").write_text(vocab.to_json(), encoding="utf-8")
         write_json(tmp / "labels.json", label_names)
         if trainer_state is not None:
+            import torch
             torch.save(trainer_state, tmp / STATE_FILE)
         _carry_over(path, tmp, {*FILES, "metrics.json", STATE_FILE})
         replace_dir(tmp, path)
@@ -202,6 +205,10 @@ def load(path: Path, device: str = "cpu", impl: str | None = None, precision: st
     so that it decides once. The returned config says how it runs: its impl as asked (`auto` stays
     auto), its precision the one chosen.
     """
+    import torch
+    from safetensors.torch import load_file
+
+    from lstmcli.runtime.plan import build_model, choose, model_spec
     path = resolve(path) if choice is None else Path(path)  # (a run loads its own best/ and last/)
     cfg, vocab, labels, metrics = _read_files(path)
     run_impl = Impl(impl) if impl is not None else cfg.model.impl

@@ -49,7 +49,18 @@ def test_import_lstmcli_stays_light():
     code = ("import sys, lstmcli; "
             "print('torch' in sys.modules, callable(lstmcli.load), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["False", "True", "True"]  # torch comes with the first use
+    assert out.split() == ["False", "True", "False"]  # torch comes with the first model it runs
+
+
+def test_the_onnx_backend_never_imports_torch(trained, tmp_path):
+    pytest.importorskip("onnxruntime")
+    ok(run("export", "-c", trained, "--quantize", "int8"))
+    for args in (["-c", str(trained)], ["-c", str(trained / "best" / "model.int8.onnx")]):
+        result = subprocess.run([sys.executable, "-X", "importtime", "-m", "lstmcli", "predict", *args,
+                                 "--top-k", "2", "--threshold", "0.5", "a wonderful film"],
+                                capture_output=True, text=True, check=True)
+        assert result.stdout.startswith(("pos\t", "neg\t"))
+        assert not [line for line in result.stderr.splitlines() if line.endswith("| torch")]
 
 
 def test_the_api_functions_stay_functions_after_the_subpackages_load():

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import lstmcli
 from lstmcli.data.batches import Truncation
 from lstmcli.errors import LstmcliError
-from lstmcli.inference.predict import _as_split
+from lstmcli.inference.torch_model import as_split as _as_split
 from lstmcli.runtime.distributed import SINGLE, Dist
 from lstmcli.training.class_weights import resolve as resolve_weights
 from lstmcli.training.fit import _step_loss

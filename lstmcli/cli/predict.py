@@ -29,6 +29,7 @@ from lstmcli.errors import LstmcliError
 from lstmcli.exits import user_errors
 
 WINDOW = 32  # batches read ahead and sorted by length together: nearly the padding of a global sort
+WINDOW_BATCH = 256  # ... batches of at least this many texts: narrow batches sort as well as wide ones
 
 
 @user_errors
@@ -46,7 +47,8 @@ def predict(
         "--output", "-o", help="write the results to this file (whole, or not at all), not stdout")] = None,
     checkpoint: Checkpoint = DEFAULT_CHECKPOINT,
     top_k: Annotated[int, typer.Option(min=1, help="how many labels to show per text")] = 1,
-    batch_size: Annotated[int, typer.Option(min=1, help="texts per batch")] = 256,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="texts per batch " + default_text(
+        "256 on the torch backend, 16 on onnx"), show_default=False)] = None,
     backend: BackendOpt = Backend.auto,
     device: DeviceOpt = Device.auto,
     impl: Annotated[Impl | None, typer.Option(
@@ -79,13 +81,14 @@ def predict(
         raise LstmcliError(f"--input {input} is a folder; give a file")
     if output is not None and str(output) == "-":
         output = None  # `-o -`: stdout, as `-i -` is stdin
-    api.tune_process()
     clf = api.load(checkpoint, device.value, impl and impl.value, precision and precision.value, max_length,
                    backend.value)
+    if clf.backend == "torch":  # (the onnx backend sets its own, without importing torch)
+        api.tune_process()
     if threshold is not None:  # before the input: a stream may take its time to say anything
-        from lstmcli.evaluation.metrics import check_threshold
+        from lstmcli.evaluation.thresholds import check_threshold
         check_threshold(threshold, clf.labels)
-    size = batch_size * WINDOW
+    size = max(batch_size or 0, WINDOW_BATCH) * WINDOW
     # a bar on the terminal that also shows the answers would be torn by every line they print
     hidden = output is None and sys.stdout.isatty()
     with _output(output, force) as out, Progress("predicting", unit="texts", hidden=hidden) as shown:

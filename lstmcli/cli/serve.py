@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lstmcli.cli.options import DEFAULT_CHECKPOINT, Backend, BackendOpt, DeviceOpt, Quiet
+from lstmcli.cli.options import DEFAULT_CHECKPOINT, Backend, BackendOpt, DeviceOpt, Quiet, default_text
 from lstmcli.config import Device
 from lstmcli.errors import LstmcliError
 from lstmcli.exits import user_errors
@@ -32,7 +32,8 @@ def serve(
                                                        "batch, at most")] = 256,
     max_wait_ms: Annotated[float, typer.Option(min=0.0, help="how long a batch waits for more requests "
                                                              "once its first has come")] = 5.0,
-    batch_size: Annotated[int, typer.Option(min=1, help="texts per model batch")] = 256,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="texts per model batch " + default_text(
+        "256 on the torch backend, 16 on onnx"), show_default=False)] = None,
     max_texts: Annotated[int, typer.Option(min=1, help="texts per request, at most")] = 256,
     max_text_chars: Annotated[int, typer.Option(min=1, help="characters per text, at most")] = 100_000,
     max_body: Annotated[int, typer.Option(min=1, help="request body in bytes, at most")] = 1 << 20,
@@ -68,8 +69,9 @@ def serve(
     from lstmcli.serving import server
     from lstmcli.serving.app import Limits, create_app
     sock = server.bind(host, port)  # before the model loads: a port in use fails at once
-    api.tune_process()
     clf = api.load(path, device.value, backend=backend.value)
+    if clf.backend == "torch":  # (the onnx backend sets its own, without importing torch)
+        api.tune_process()
     limits = Limits(max_texts, max_text_chars, max_body, max_batch, max_wait_ms, batch_size, max_concurrent)
     about = {"model": str(clf.export.model if clf.export else clf.ck.path),
              "quantize": clf.export.meta.get("quantize") if clf.export else None}

@@ -15,12 +15,12 @@ from lstmcli.data.encode import EncodedSplit, encode_dataset, encode_file
 from lstmcli.errors import LstmcliError
 from lstmcli.evaluation.metrics import (
     best_f1_threshold,
-    check_threshold,
     merge_pairs,
     pair_counts,
     report_from_pairs,
     roc_auc,
 )
+from lstmcli.evaluation.thresholds import check_threshold
 from lstmcli.progress import Progress
 from lstmcli.runtime.device import resolve_device
 from lstmcli.runtime.distributed import SINGLE, Dist, all_reduce_sum, gather

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import torch
 
-from lstmcli.errors import LstmcliError
-
 # The most labels a report holds as a dense "confusion" matrix: beyond, its k x k cells (mostly zeros)
 # would make the report grow with the labels squared, so it holds the non-zero cells only.
 DENSE_LABELS = 50
@@ -111,11 +109,3 @@ def best_f1_threshold(scores: torch.Tensor, targets: torch.Tensor) -> dict | Non
     i = int(f1.argmax())
     return {"threshold": float(ordered[i]), "f1": float(f1[i]), "precision": float(tp[i] / (tp[i] + fp[i])),
             "recall": float(tp[i] / n_pos)}
-
-
-def check_threshold(threshold: float, labels: list[str]) -> None:
-    """A decision threshold needs a model of two labels and a probability in [0, 1]."""
-    if len(labels) != 2:
-        raise LstmcliError(f"--threshold decides between two labels; this model has {len(labels)}")
-    if not 0.0 <= threshold <= 1.0:
-        raise LstmcliError(f"--threshold must be a probability in [0, 1], got {threshold}")

@@ -89,15 +89,21 @@ def _recurrent_layer(g: _Graph, w: dict, x: str, lens32: str, cell: CellKind, la
     return y, y_h
 
 
-def _pool(g: _Graph, out: str, y_h: str, mask: str, lengths: str, how: str) -> str:
-    """out (T, B, F) with mask (T, B, 1) -> (B, F) as models/pooling.py's pool; y_h (D, B, H) for 'last'."""
-    if how == "last":  # (D, B, H) -> (B, D, H) -> (B, D*H): forward state, then backward, as lstmcli
-        return g.op("Reshape", g.op("Transpose", y_h, perm=[1, 0, 2]), g.const([0, -1], np.int64))
-    axis0 = g.const([0], np.int64)
-    if how == "mean":
-        total = g.op("ReduceSum", g.op("Where", mask, out, g.const(0.0)), axis0, keepdims=0)
-        return g.op("Div", total, g.op("Unsqueeze", g.op("Cast", lengths, to=1), g.const([1], np.int64)))
-    return g.op("ReduceMax", g.op("Where", mask, out, g.const(-np.inf)), axis0, keepdims=0)
+def _pool(g: _Graph, y: str, y_h: str, mask: str, lengths: str, how: str) -> str:
+    """The last layer's y (T, D, B, H) with mask (T, 1, B, 1) -> (B, D*H) as models/pooling.py's pool;
+    y_h (D, B, H) for 'last'. Pooled per direction first, so that only (D, B, H) is transposed, never
+    the whole sequence."""
+    if how == "last":
+        per_direction = y_h
+    elif how == "mean":
+        total = g.op("ReduceSum", g.op("Where", mask, y, g.const(0.0)), g.const([0], np.int64), keepdims=0)
+        per_direction = g.op("Div", total, g.op("Unsqueeze", g.op("Cast", lengths, to=1),
+                                                  g.const([0, 2], np.int64)))  # lengths as (1, B, 1)
+    else:
+        per_direction = g.op("ReduceMax", g.op("Where", mask, y, g.const(-np.inf)), g.const([0], np.int64),
+                             keepdims=0)
+    # (D, B, H) -> (B, D, H) -> (B, D*H): forward, then backward, as lstmcli's encoders concatenate
+    return g.op("Reshape", g.op("Transpose", per_direction, perm=[1, 0, 2]), g.const([0, -1], np.int64))
 
 
 def _ngram_rows(g: _Graph, ids: str, lengths: str, width: str, vocab: int, buckets: int) -> str:
@@ -173,16 +179,17 @@ def _build(model, vocab_size: int):
     x = g.op("Transpose", g.op("Gather", g.const(state["embedding.weight"].float().numpy()), ids),
              perm=[1, 0, 2])  # (T, B, E): ONNX's recurrent operators are time-major
     w = _weights(state, "encoder.rnn.")
+    y = ""  # the previous layer's output (T, D, B, H)
     for layer in range(spec.num_layers):
+        if layer:  # (T, D, B, H) -> (T, B, D, H) -> (T, B, D*H): the next layer's input
+            x = g.op("Reshape", g.op("Transpose", y, perm=[0, 2, 1, 3]), g.const([0, 0, -1], np.int64))
         y, y_h = _recurrent_layer(g, w, x, lens32, CELLS[spec.cell], layer, spec.num_directions,
                                   spec.hidden_size, spec.peephole)
-        # (T, D, B, H) -> (T, B, D, H) -> (T, B, D*H), the next layer's input and what pooling reads
-        x = g.op("Reshape", g.op("Transpose", y, perm=[0, 2, 1, 3]), g.const([0, 0, -1], np.int64))
     steps = g.op("Range", g.const(0, np.int64), width, g.const(1, np.int64))
     mask = g.op("Unsqueeze", g.op("Less", g.op("Unsqueeze", steps, g.const([1], np.int64)),
                                   g.op("Unsqueeze", lengths, g.const([0], np.int64))),
-                g.const([2], np.int64))  # (T, B, 1): real positions
-    pooled = _pool(g, x, y_h, mask, lengths, spec.pooling)
+                g.const([1, 3], np.int64))  # (T, 1, B, 1): real positions
+    pooled = _pool(g, y, y_h, mask, lengths, spec.pooling)
     head = _weights(state, "head.")
     logits = g.op("Gemm", pooled, g.const(head["weight"]), g.const(head["bias"]), transB=1)
     weights = state["branch_weights"].float().numpy()  # (P,) the branches' weights (calibration.py)

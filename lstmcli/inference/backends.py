@@ -18,9 +18,7 @@ from typing import TYPE_CHECKING
 
 from lstmcli.errors import LstmcliError
 
-if TYPE_CHECKING:  # the command line reads BACKENDS without importing torch
-    import torch
-
+if TYPE_CHECKING:
     from lstmcli.runtime.onnx_model import OnnxExport
 
 log = logging.getLogger(__name__)
@@ -34,6 +32,11 @@ BACKENDS = {
 }
 
 
+# texts per model batch when none is asked for: PyTorch's GEMMs gain from wide batches; onnxruntime's
+# recurrent operators run faster in narrow ones, whose step activations stay in cache (RESULTS.md)
+BATCH_SIZES = {"torch": 256, "onnx": 16}
+
+
 @dataclass
 class Chosen:
     name: str  # "torch" or "onnx"
@@ -41,20 +44,21 @@ class Chosen:
     export: OnnxExport | None = None  # what onnx runs
 
 
-def _torch_only(impl: str | None, precision: str | None, device: torch.device) -> str | None:
+def _torch_only(impl: str | None, precision: str | None, device: str) -> str | None:
     """What, among the arguments, only PyTorch runs (None: nothing)."""
     if impl is not None:
         return f"--impl {impl}"
     if precision is not None:
         return f"--precision {precision}"
-    if device.type != "cpu":
-        return f"--device {device.type}"
+    if device != "cpu":
+        return f"--device {device}"
     return None
 
 
-def choose_backend(path: Path, backend: str, device: torch.device, impl: str | None = None,
+def choose_backend(path: Path, backend: str, device: str, impl: str | None = None,
                    precision: str | None = None) -> Chosen:
-    """The backend that runs `path` (a checkpoint or run folder, or an exported .onnx file)."""
+    """The backend that runs `path` (a checkpoint or run folder, or an exported .onnx file) on a
+    device of kind `device` (cpu, cuda, mps)."""
     from lstmcli import checkpoint
     from lstmcli.runtime.onnx_model import (
         NAMES,

@@ -70,8 +70,8 @@ def _chunks(records: Iterator, size: int) -> Iterator[list]:
         yield chunk
 
 
-def score_table(clf: Classifier, path: Path, text_column: str, out: TextIO, top_k: int, batch_size: int,
-                threshold: float | None, window: int, progress=None) -> int:
+def score_table(clf: Classifier, path: Path, text_column: str, out: TextIO, top_k: int,
+                batch_size: int | None, threshold: float | None, window: int, progress=None) -> int:
     """Write every row of `path` to `out` with its prediction, `window` rows at a time (sorted by length
     within it, as `Classifier.predict` does); returns the number of rows."""
     header, records = text_records(path, text_column)

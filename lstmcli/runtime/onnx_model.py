@@ -1,21 +1,23 @@
 """An exported model (`lstmcli export`: model.onnx + its .json) run in onnxruntime, as `predict --backend
 onnx` and `lstmcli.load(..., backend="onnx")` use it: the .json gives the tokenizer's vocabulary, the cut
-and the labels; onnxruntime turns (ids, lengths) batches into logits. lstmcli's own tokenizer and
-length-sorted batching (inference/predict.py) feed it exactly as they feed the PyTorch model.
+and the labels; onnxruntime turns (ids, lengths) batches into logits. lstmcli's own tokenizer feeds it
+length-sorted batches, padded in numpy: this path never imports torch, which would take most of a
+short `predict`'s time to load.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from lstmcli.config import Truncate
-from lstmcli.data.batches import Truncation
-from lstmcli.data.text import Vocab
+from lstmcli.data.cut import Truncation
+from lstmcli.data.text import PAD_ID, Vocab
 from lstmcli.errors import CheckpointError, LstmcliError
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,21 @@ def export_name(quantize: str | None) -> str:
 
 
 NAMES = (export_name("int8"), export_name(None))  # what find_export looks for, fastest first
+
+
+def _physical_cores() -> int:
+    """Cores this process may run on, hyper-threads counted once where Linux says how they pair."""
+    if not hasattr(os, "sched_getaffinity"):  # (not Linux)
+        return os.cpu_count() or 1
+    cpus = sorted(os.sched_getaffinity(0))
+    siblings = set()
+    for cpu in cpus:
+        try:
+            text = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text()
+        except OSError:
+            return len(cpus)
+        siblings.add(text.strip())
+    return max(1, len(siblings))
 
 
 def onnxruntime_available() -> bool:
@@ -105,9 +122,12 @@ class OnnxModel:
             raise CheckpointError(f"broken export: {export.model.with_suffix('.json')} ({exc!r})") from None
         self.export, self.quantize = export, meta.get("quantize")
         options = ort.SessionOptions()
-        # as many threads as torch would use: the caller's torch.set_num_threads holds for both backends
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        # one thread per core (onnxruntime's default counts hyper-threads), as torch's default
+        options.intra_op_num_threads = threads or _physical_cores()
         options.inter_op_num_threads = 1
+        # denormal floats as zero, as `tune_process` has torch do: a state decaying through many steps
+        # reaches them, and x86 CPUs handle them a hundred times slower
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
         try:
             self.session = ort.InferenceSession(str(export.model), options,
                                                 providers=["CPUExecutionProvider"])
@@ -115,12 +135,32 @@ class OnnxModel:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"onnxruntime cannot load {export.model}: {first[:300]}") from None
 
+    def logits(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """ids (B, T) int64 0-padded, lengths (B,) int64 >= 1 -> logits (B, C) float32."""
+        return self.session.run(["logits"], {"ids": ids, "lengths": lengths})[0]
+
+    def scores(self, encoded: list[list[int]], batch_size: int) -> np.ndarray:
+        """(N, C) float32 probabilities of texts already encoded and cut, in length-sorted batches of
+        `batch_size` (longest first, as the PyTorch backend batches them)."""
+        lengths = np.fromiter((max(len(ids), 1) for ids in encoded), dtype=np.int64, count=len(encoded))
+        order = np.argsort(-lengths, kind="stable")
+        out = np.zeros((len(encoded), len(self.labels)), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            ids = np.full((len(rows), int(lengths[rows].max())), PAD_ID, dtype=np.int64)
+            for i, row in enumerate(rows):
+                ids[i, :len(encoded[row])] = encoded[row]
+            logits = self.logits(ids, lengths[rows])
+            exp = np.exp(logits - logits.max(axis=1, keepdims=True))  # softmax, shifted not to overflow
+            out[rows] = exp / exp.sum(axis=1, keepdims=True)
+        return out
+
     def eval(self) -> OnnxModel:
         """Nothing to switch (an exported graph has no dropout); here so that evaluation treats it as a
         torch model."""
         return self
 
-    def __call__(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """ids (B, T) int64 0-padded, lengths (B,) >= 1 -> logits (B, C) float32."""
-        logits = self.session.run(["logits"], {"ids": ids.cpu().numpy(), "lengths": lengths.cpu().numpy()})[0]
-        return torch.from_numpy(logits)
+    def __call__(self, ids, lengths):
+        """As a torch model for evaluation: torch tensors ids (B, T), lengths (B,) -> logits (B, C)."""
+        import torch
+        return torch.from_numpy(self.logits(ids.cpu().numpy(), lengths.cpu().numpy()))
