@@ -2,7 +2,7 @@
 distance from the machine's limit for its arithmetic.
 
     LSTMCLI_MIRROR=../shared/datasets python benchmarks/bench_backends.py --checkpoint runs/x/best
-        [--reviews 5000] [--batch-size 256] [--repeats 3]
+        [--reviews 5000] [--batch-size N] [--repeats 3]
 
 The first --reviews test reviews of the checkpoint's dataset, one per line, piped into a fresh
 `lstmcli predict -c X -q -` per measurement (start-up, tokenizing and writing included), the variants
@@ -74,7 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--reviews", type=int, default=5000)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, help="texts per batch (default: each backend's own)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     clf = Classifier(Path(args.checkpoint), "cpu", backend="torch")
@@ -85,7 +85,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         fp32, _ = export(args.checkpoint, Path(tmp) / "model.onnx")
         int8, _ = export(args.checkpoint, Path(tmp) / "model.int8.onnx", quantize="int8")
-        base = [sys.executable, "-m", "lstmcli", "predict", "-q", "--batch-size", str(args.batch_size)]
+        base = [sys.executable, "-m", "lstmcli", "predict", "-q"]
+        if args.batch_size:
+            base += ["--batch-size", str(args.batch_size)]
         variants = {  # name: (arguments, arithmetic)
             "torch fp32": (["-c", args.checkpoint, "--backend", "torch", "--precision", "fp32"], "fp32"),
             "torch auto": (["-c", args.checkpoint, "--backend", "torch"], clf.ck.model.spec.precision),
@@ -100,7 +102,8 @@ def main() -> None:
                 starts[name].append(timed([*base, *flags, "A short review."], b""))
         sizes = {"onnx fp32": fp32.stat().st_size, "onnx int8": int8.stat().st_size}
     limits = {kind: gemm_limit(kind) for kind in ("fp32", "bf16", "int8")}
-    print(f"{len(texts):,} reviews, {macs / 1e9:,.1f} G recurrent multiply-adds, batch {args.batch_size}, "
+    print(f"{len(texts):,} reviews, {macs / 1e9:,.1f} G recurrent multiply-adds, batch "
+          f"{args.batch_size or 'the backend default'}, "
           f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}; medians of "
           f"{args.repeats}; GEMM limits: " + ", ".join(f"{k} {v / 1e9:,.0f} G/s" for k, v in limits.items()))
     print("| backend | reviews/s | x torch fp32 | start-up | G multiply-adds/s after start-up | share of "

@@ -49,7 +49,6 @@ class _Graph:
 
     def __init__(self, onnx):
         self.onnx, self.nodes, self.inits, self.count = onnx, [], [], 0
-        self.bag_tables: list[str] = []  # names of the Gather nodes that read an n-gram bag's table
 
     def const(self, value, dtype=np.float32) -> str:
         name = f"c{len(self.inits)}"
@@ -59,7 +58,7 @@ class _Graph:
     def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs) -> str | list[str]:
         self.count += 1
         names = [f"{op_type.lower()}{self.count}_{i}" for i in range(outputs)]
-        # named after its first output: quantization (quantize.py) picks nodes by name
+        # named after its first output (a profile or quantize_dynamic's nodes_to_exclude names nodes)
         self.nodes.append(self.onnx.helper.make_node(op_type, list(inputs), names, name=names[0], **attrs))
         return names[0] if outputs == 1 else names
 
@@ -130,7 +129,6 @@ def _fasttext_bag(g: _Graph, model, rows: str) -> str:
     ax1 = g.const([1], np.int64)
     real = g.op("Cast", g.op("Not", g.op("Equal", rows, g.const(PAD_ID, np.int64))), to=1)  # (B, 2T-1)
     vectors = g.op("Gather", g.const(w["table.weight"]), rows)  # (B, 2T-1, dim)
-    g.bag_tables.append(vectors)
     total = g.op("ReduceSum", g.op("Mul", vectors, g.op("Unsqueeze", real, g.const([2], np.int64))), ax1,
                  keepdims=0)
     count = g.op("Max", g.op("ReduceSum", real, ax1, keepdims=1), g.const(1.0))
@@ -153,9 +151,7 @@ def _nbsvm_bag(g: _Graph, model, rows: str) -> str:
                     axis=1)
     with torch.no_grad():
         table = bag.table().float().cpu().numpy()  # (F, C), row 0 = 0
-    weights = g.op("Gather", g.const(table), distinct)  # (B, N, C)
-    g.bag_tables.append(weights)
-    total = g.op("ReduceSum", weights, ax1, keepdims=0)  # (B, C)
+    total = g.op("ReduceSum", g.op("Gather", g.const(table), distinct), ax1, keepdims=0)  # (B, C)
     return g.op("Add", total, g.const(bag.bias.detach().float().cpu().numpy()))
 
 
@@ -165,11 +161,6 @@ BAG_GRAPHS = {"fasttext": _fasttext_bag, "nbsvm": _nbsvm_bag}
 
 def build_onnx(model, vocab_size: int):
     """The ONNX ModelProto of a TextClassifier (eval mode: dropout is the identity)."""
-    return _build(model, vocab_size)[0]
-
-
-def _build(model, vocab_size: int):
-    """build_onnx's ModelProto, and the names of the nodes that read an n-gram bag's table."""
     onnx = _onnx()
     spec, state = model.spec, model.state_dict()
     g = _Graph(onnx)
@@ -208,7 +199,7 @@ def _build(model, vocab_size: int):
                                    producer_name="lstmcli", producer_version=__version__)
     proto.ir_version = 8  # understood by onnxruntime 1.14 and newer
     onnx.checker.check_model(proto, full_check=True)
-    return proto, g.bag_tables
+    return proto
 
 
 def sidecar(ck, quantize: str | None = None) -> dict:
@@ -260,12 +251,12 @@ def export(checkpoint_dir: Path, out: Path | None = None, force: bool = False,
     with Progress("exporting to ONNX", 3, unit="steps") as progress:
         ck = checkpoint.load(checkpoint_dir, "cpu", precision="fp32")  # an exported model runs in float32
         progress.update(1)
-        proto, bag_tables = _build(ck.model, len(ck.vocab))
+        proto = build_onnx(ck.model, len(ck.vocab))
         if quantize:
             if left := float_recurrent_ops(proto):
                 log.warning("onnxruntime has no int8 %s operator: only the embedding is int8, and the model "
                             "will run no faster than in float32", "/".join(left))
-            data = quantize_model(proto, quantize, bag_tables)
+            data = quantize_model(proto, quantize)
         else:
             data = proto.SerializeToString()
         progress.update(1)

@@ -5,11 +5,12 @@ needs no calibration data. What becomes int8 here:
   * each LSTM operator -> onnxruntime's DynamicQuantizeLSTM (com.microsoft): W and R int8 with one
     scale per gate row (per_channel), the input and the recurrent state quantized at each step, the
     gate products in integer dot products (VNNI where the CPU has it);
-  * the word-embedding table -> 8 bits (onnxruntime picks uint8 with a zero point for a Gather), then
-    DequantizeLinear of the rows read.
-What stays float32: the n-gram bag's table (a text sums hundreds of its rows, and int8 rounding error
-in each would add up; the bag is a lookup, so int8 would save disk, not time), the output head (a few
-hundred weights), and the GRU / RNN operators, for which onnxruntime has no int8 kernel.
+  * the word-embedding table and an n-gram bag's table -> 8 bits (onnxruntime picks uint8 with a zero
+    point for a Gather), then DequantizeLinear of the rows read. A lookup gains no speed from it, but
+    the bag's table is most of an imdb_nbsvm file, and its 8 bits cost next to no accuracy
+    (benchmarks/RESULTS.md, "Faster prediction").
+What stays float32: the output head (a few hundred weights), and the GRU / RNN operators, for which
+onnxruntime has no int8 kernel.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from lstmcli.errors import LstmcliError
 QUANTIZATIONS = {
     "int8": "int8 weights, dynamically quantized activations (onnxruntime's quantize_dynamic)",
 }
-QUANTIZED_OPS = ("LSTM", "Gather")  # what onnxruntime may rewrite; the bag's Gathers are excluded by name
+QUANTIZED_OPS = ("LSTM", "Gather")  # what onnxruntime may rewrite (Gathers of float tables only)
 
 
 @contextlib.contextmanager
@@ -43,7 +44,7 @@ def _root_logger_kept():
         root.handlers[:], root.level = handlers, level
 
 
-def quantize(proto, how: str, keep_float: list[str]) -> bytes:
+def quantize(proto, how: str, keep_float: list[str] = ()) -> bytes:
     """The serialized int8 model of ONNX ModelProto `proto`; nodes named in `keep_float` stay float32."""
     if how not in QUANTIZATIONS:
         raise LstmcliError(f"unknown --quantize {how!r}; valid: {', '.join(QUANTIZATIONS)}")
@@ -54,7 +55,7 @@ def quantize(proto, how: str, keep_float: list[str]) -> bytes:
     with tempfile.TemporaryDirectory(prefix="lstmcli-quantize-") as tmp, _root_logger_kept():
         out = Path(tmp) / "model.onnx"
         quantize_dynamic(proto, out, per_channel=True, weight_type=QuantType.QInt8,
-                         op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_exclude=keep_float)
+                         op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_exclude=list(keep_float))
         return out.read_bytes()
 
 

@@ -143,7 +143,7 @@ class _ConcurrencyLimit:
 def create_app(clf: Classifier, limits: Limits, api_key: str | None = None,
                about: dict | None = None) -> FastAPI:
     """The application serving `clf`; `api_key`: /predict and /metadata want `Authorization: Bearer KEY`."""
-    batcher = MicroBatcher(lambda texts: clf.probabilities(texts, limits.batch_size), limits.max_batch,
+    batcher = MicroBatcher(lambda texts: clf.scores(texts, limits.batch_size), limits.max_batch,
                            limits.max_wait_ms / 1000)
 
     @asynccontextmanager

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
 
 
 @dataclass
@@ -28,7 +28,7 @@ class _Job:
 class MicroBatcher:
     """classify(texts) -> (len(texts), C) rows, called in one worker thread on gathered requests."""
 
-    def __init__(self, classify: Callable[[list[str]], torch.Tensor], max_batch: int, max_wait: float):
+    def __init__(self, classify: Callable[[list[str]], np.ndarray], max_batch: int, max_wait: float):
         self.classify, self.max_batch, self.max_wait = classify, max_batch, max_wait
         self.queue: asyncio.Queue[_Job] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="lstmcli-inference")
@@ -51,7 +51,7 @@ class MicroBatcher:
                 job.future.set_exception(RuntimeError("the server is stopping"))
         self.executor.shutdown(wait=True)
 
-    async def submit(self, texts: list[str]) -> torch.Tensor:
+    async def submit(self, texts: list[str]) -> np.ndarray:
         """The rows of `texts`, classified in whatever batch they join."""
         job = _Job(texts, asyncio.get_running_loop().create_future())
         self.queue.put_nowait(job)
