@@ -98,14 +98,16 @@ def calibrate(checkpoint: str | Path, data_dir: str | None = None, batch_size: i
 
 
 def load(checkpoint: str | Path, device: str = "cpu", impl: str | None = None,
-         precision: str | None = None, max_length: int | None = None, backend: str = "auto") -> Classifier:
+         precision: str | None = None, max_length: int | None = None, backend: str = "auto",
+         threads: int | None = None) -> Classifier:
     """A Classifier for a checkpoint (or run) folder or an exported .onnx file: `.predict(texts, top_k=1,
     threshold=None)`, `.probabilities(texts)`, `.encode(text)`, `.labels`, `.backend`. `backend`: torch,
     onnx or auto (inference/backends.py: onnx when the folder holds a current export and onnxruntime is
-    installed). `.scores(texts)` gives the probabilities as numpy, `.probabilities(texts)` as torch.
+    installed); `threads`: onnxruntime's (torch's stay torch.set_num_threads'). `.scores(texts)` gives
+    the probabilities as numpy, `.probabilities(texts)` as torch.
     Changes no process-wide setting (see tune_process)."""
     from lstmcli.inference.predict import Classifier
-    return Classifier(Path(checkpoint), device, impl, max_length, precision, backend)
+    return Classifier(Path(checkpoint), device, impl, max_length, precision, backend, threads)
 
 
 def log_to_stderr(quiet: bool = False, debug: bool = False) -> None:

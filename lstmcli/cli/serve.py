@@ -8,11 +8,14 @@ from typing import Annotated
 import typer
 
 from lstmcli.cli.options import DEFAULT_CHECKPOINT, Backend, BackendOpt, DeviceOpt, Quiet, default_text
-from lstmcli.config import Device
+from lstmcli.config import MAX_THREADS, Device
 from lstmcli.errors import LstmcliError
 from lstmcli.exits import user_errors
 
 API_KEY_ENV = "LSTMCLI_API_KEY"
+# a micro-batch gathers a few hundred texts of any lengths: sorted and cut into batches this narrow, each
+# pads little, which gains more on either backend than wide batches do (benchmarks/RESULTS.md, "Serving")
+SERVE_BATCH_SIZE = 16
 
 
 @user_errors
@@ -32,8 +35,12 @@ def serve(
                                                        "batch, at most")] = 256,
     max_wait_ms: Annotated[float, typer.Option(min=0.0, help="how long a batch waits for more requests "
                                                              "once its first has come")] = 5.0,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="texts per model batch " + default_text(
-        "256 on the torch backend, 16 on onnx"), show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="texts per model batch: what a micro-batch is cut "
+                                                        "into, longest first")] = SERVE_BATCH_SIZE,
+    threads: Annotated[int | None, typer.Option(
+        min=1, max=MAX_THREADS, help="inference threads " + default_text(
+            "one per core on onnx; on torch one per core but one, which the HTTP side keeps"),
+        show_default=False)] = None,
     max_texts: Annotated[int, typer.Option(min=1, help="texts per request, at most")] = 256,
     max_text_chars: Annotated[int, typer.Option(min=1, help="characters per text, at most")] = 100_000,
     max_body: Annotated[int, typer.Option(min=1, help="request body in bytes, at most")] = 1 << 20,
@@ -66,14 +73,22 @@ def serve(
     if api_key is not None and not api_key.strip():
         raise LstmcliError(f"--api-key (or {API_KEY_ENV}) is empty; give a key or leave it unset")
     from lstmcli import api
+    from lstmcli.runtime.onnx_model import physical_cores
     from lstmcli.serving import server
     from lstmcli.serving.app import Limits, create_app
     sock = server.bind(host, port)  # before the model loads: a port in use fails at once
-    clf = api.load(path, device.value, backend=backend.value)
+    clf = api.load(path, device.value, backend=backend.value, threads=threads)
     if clf.backend == "torch":  # (the onnx backend sets its own, without importing torch)
+        import torch
         api.tune_process()
+        # torch's OpenMP threads wait for each other at every step of a recurrent layer: one of them
+        # descheduled by the HTTP side stalls them all, so the event loop keeps a core of its own
+        # (onnxruntime's thread pool copes, and takes every core: benchmarks/RESULTS.md, "Serving")
+        threads = threads or max(1, physical_cores() - 1)
+        torch.set_num_threads(threads)
     limits = Limits(max_texts, max_text_chars, max_body, max_batch, max_wait_ms, batch_size, max_concurrent)
     about = {"model": str(clf.export.model if clf.export else clf.ck.path),
+             "threads": threads or physical_cores(),
              "quantize": clf.export.meta.get("quantize") if clf.export else None}
     app = create_app(clf, limits, api_key and api_key.strip(), about)
     url = server.url_of(sock)

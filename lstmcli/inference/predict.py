@@ -23,17 +23,19 @@ PREFIX_CHARS_PER_TOKEN = 64
 class Classifier:
     """A model loaded once to classify texts: a checkpoint folder's weights in PyTorch (weights from
     safetensors, no pickle), or an export of it in onnxruntime (backends.py chooses). `device`: a
-    torch.device or its name, or auto."""
+    torch.device or its name, or auto. `threads`: onnxruntime's threads (default: one per core); the
+    torch backend uses torch's own setting (torch.set_num_threads), which only the caller changes."""
 
     def __init__(self, path: str | Path, device="cpu", impl: str | None = None,
-                 max_length: int | None = None, precision: str | None = None, backend: str = "auto"):
+                 max_length: int | None = None, precision: str | None = None, backend: str = "auto",
+                 threads: int | None = None):
         if backend == "onnx" and device == "auto":  # onnxruntime runs here on the CPU, GPU or not
             device = "cpu"
         chosen = choose_backend(Path(path), backend, device_kind(device), impl, precision)
         self.backend, self.export, self.ck = chosen.name, chosen.export, None
         self.batch_size = BATCH_SIZES[chosen.name]  # the backend's own default
         if chosen.export is not None:
-            self.model = OnnxModel(chosen.export, max_length)
+            self.model = OnnxModel(chosen.export, max_length, threads)
             self.config = chosen.export.meta.get("checkpoint", {}).get("config")
         else:
             from lstmcli.inference.torch_model import TorchModel

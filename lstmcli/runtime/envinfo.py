@@ -31,7 +31,7 @@ _TORCH_CPU_CHECKS = {"avx2": "_is_avx2_supported", "avx512f": "_is_avx512_suppor
 # Environment variables that cap the instruction set torch, oneDNN or MKL use (the test suite's AVX2
 # emulation sets them): the capability and bf16 then describe the imitated CPU, the flags the real one.
 ISA_OVERRIDES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
-PACKAGES = ("numpy", "safetensors", "typer", "onnx", "onnxruntime", "tensorboardX")
+PACKAGES = ("numpy", "safetensors", "typer", "onnx", "onnxruntime", "tensorboardX", "fastapi", "uvicorn")
 
 
 def collect(build_kernels: bool = False) -> dict:

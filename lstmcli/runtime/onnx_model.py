@@ -32,7 +32,7 @@ def export_name(quantize: str | None) -> str:
 NAMES = (export_name("int8"), export_name(None))  # what find_export looks for, fastest first
 
 
-def _physical_cores() -> int:
+def physical_cores() -> int:
     """Cores this process may run on, hyper-threads counted once where Linux says how they pair."""
     if not hasattr(os, "sched_getaffinity"):  # (not Linux)
         return os.cpu_count() or 1
@@ -123,7 +123,7 @@ class OnnxModel:
         self.export, self.quantize = export, meta.get("quantize")
         options = ort.SessionOptions()
         # one thread per core (onnxruntime's default counts hyper-threads), as torch's default
-        options.intra_op_num_threads = threads or _physical_cores()
+        options.intra_op_num_threads = threads or physical_cores()
         options.inter_op_num_threads = 1
         # denormal floats as zero, as `tune_process` has torch do: a state decaying through many steps
         # reaches them, and x86 CPUs handle them a hundred times slower

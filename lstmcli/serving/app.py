@@ -37,7 +37,7 @@ class Limits:
     max_body: int = 1 << 20
     max_batch: int = 256
     max_wait_ms: float = 5.0
-    batch_size: int | None = None  # None: the backend's own (inference/backends.py)
+    batch_size: int = 16
     max_concurrent: int = 1024
 
 
