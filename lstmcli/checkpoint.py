@@ -118,12 +118,15 @@ def update(path: Path, model: TextClassifier, metrics: dict) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def weights_digest(path: Path) -> str:
-    """SHA-256 of a checkpoint folder's model.safetensors: what ties an export to the weights it holds."""
+def files_digest(path: Path) -> str:
+    """SHA-256 over a checkpoint folder's FILES (weights, config, vocabulary, labels), each with its name:
+    what ties an export to the checkpoint it was made from (any of them changed: another model)."""
     digest = hashlib.sha256()
-    with open(Path(path) / "model.safetensors", "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    for name in FILES:
+        digest.update(name.encode() + b"\0")
+        with open(Path(path) / name, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 

@@ -42,7 +42,7 @@ def test_int8_export_goes_into_the_checkpoint_and_predict_auto_runs_it(trained):
     assert report["model"] == str(best / "model.int8.onnx") and report["quantize"] == "int8"
     assert report["bytes"] == (best / "model.int8.onnx").stat().st_size
     meta = json.loads((best / "model.int8.json").read_text())
-    assert meta["quantize"] == "int8" and meta["checkpoint"]["sha256"] == checkpoint.weights_digest(best)
+    assert meta["quantize"] == "int8" and meta["checkpoint"]["sha256"] == checkpoint.files_digest(best)
     assert "DynamicQuantizeLSTM" in ops(best / "model.int8.onnx")
     assert "LSTM" not in ops(best / "model.int8.onnx")
     assert (best / "model.int8.onnx").stat().st_size < (best / "model.safetensors").stat().st_size / 2
@@ -77,10 +77,37 @@ def test_an_export_of_earlier_weights_is_never_used(trained):
         model.head.bias += 1.0  # new weights, as a later epoch or calibrate would write
     checkpoint.update(best, model, {})
     result = ok(run("predict", "-c", trained, "a film"))
-    assert "exported from earlier weights" in result.stderr and "backend onnx" not in result.stderr
+    assert "was exported before" in result.stderr and "backend onnx" not in result.stderr
     one_line_error(run("predict", "-c", best, "--backend", "onnx", "a film"), 2, "holds no export of its "
                    "current weights", "--quantize int8")
     assert lstmcli.load(trained).backend == "torch"
+
+
+def test_an_export_of_other_labels_or_config_is_never_used(trained):
+    best = trained / "best"
+    ok(run("export", "-c", best, "--quantize", "int8"))
+    (best / "labels.json").write_text('["negative", "positive"]')
+    result = ok(run("predict", "-c", best, "a film"))
+    assert "was exported before" in result.stderr and result.stdout.startswith(("negative", "positive"))
+    direct = ok(run("predict", "-c", best / "model.int8.onnx", "a film"))
+    assert "exported before the checkpoint beside it changed" in direct.stderr
+
+
+def test_a_broken_or_foreign_export_json_is_one_line(trained):
+    ok(run("export", "-c", trained, "--out", "m.onnx"))
+    meta = json.loads(Path("m.json").read_text())
+    Path("three.json").write_text(json.dumps({**meta, "labels": ["a", "b", "c"]}))
+    Path("deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    Path("cut.json").write_text(json.dumps({**meta, "cut": {"max_length": 0, "truncate": "head"}}))
+    Path("big.json").write_text(json.dumps({**meta, "vocab": meta["vocab"] + [f"w{i}" for i in range(5000)]}))
+    for name in ("three", "deep", "cut", "big"):
+        shutil.copy("m.onnx", f"{name}.onnx")
+    one_line_error(run("predict", "-c", "three.onnx", "a"), 2, "gives 2 logits, its .json names 3 labels")
+    one_line_error(run("predict", "-c", "deep.onnx", "a"), 2, "broken export: deep.json")
+    one_line_error(run("predict", "-c", "cut.onnx", "a"), 2, "broken export: cut.json")
+    one_line_error(run("predict", "-c", "big.onnx", "w4999"), 2, "onnxruntime failed on big.onnx")
+    for out in ("", ".", ".."):
+        one_line_error(run("export", "-c", trained, "--out", out), 2, "give a file name")
 
 
 def test_torch_only_options_and_wrong_pairings(trained, monkeypatch):

@@ -95,7 +95,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(model_dir):
     srv = Server(model_dir, "--max-texts", "16", "--max-text-chars", "2000", "--max-body", "20000",
-                 "--max-wait-ms", "50", "--backend", "torch")
+                 "--max-wait-ms", "50", "--backend", "torch", "--body-timeout", "1")
     yield srv
     assert srv.stop() == 0
     assert "Traceback" not in "".join(srv.lines)
@@ -172,6 +172,20 @@ def test_a_chunked_body_over_the_limit_is_refused_as_it_comes(server):
                  encode_chunked=True)
     response = conn.getresponse()
     assert response.status == 413 and "--max-body" in json.loads(response.read())["error"]
+
+
+def test_a_stalled_or_vanished_body_frees_its_slot_without_a_traceback(server):
+    stalled = socket.create_connection((server.host, server.port), timeout=30)
+    stalled.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    answer = stalled.recv(65536)  # after --body-timeout 1 s
+    assert answer.startswith(b"HTTP/1.1 408") and b'{"error":"the request body did not arrive' in answer
+    stalled.close()
+    gone = socket.create_connection((server.host, server.port), timeout=30)
+    gone.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{\"texts\": [\"a")
+    gone.close()
+    time.sleep(0.5)
+    assert server.request("POST", "/predict", {"texts": ["still here"]})[0] == 200
+    assert "Traceback" not in "".join(server.lines)
 
 
 @pytest.mark.parametrize("method,path,status", [("GET", "/nowhere", 404), ("GET", "/predict", 405),
@@ -256,7 +270,8 @@ def test_serve_refuses_what_it_cannot_serve(model_dir, tmp_path):
     for args, fragment in [(["nowhere"], "no checkpoint at nowhere"),
                            ([model_dir, "-c", tmp_path], "two models"),
                            ([model_dir, "--backend", "onnx"], "holds no export"),
-                           ([model_dir, "--api-key", " "], "empty")]:
+                           ([model_dir, "--api-key", " "], "empty"),
+                           ([model_dir, "--api-key", "clé"], "printable ASCII")]:
         result = run("serve", *args, "--port", "0")
         assert result.exit_code == 2 and fragment in result.stderr and result.stderr.count("\n") == 1
 

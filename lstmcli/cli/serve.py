@@ -51,6 +51,8 @@ def serve(
     max_concurrent: Annotated[int, typer.Option(
         min=1, help="requests handled at once; more are answered 503 at once (bounds memory: each may "
                     "hold --max-body bytes)")] = 1024,
+    body_timeout: Annotated[float, typer.Option(min=0.001, help="seconds a request's body may take to "
+                                                                "arrive; a slower one gets 408")] = 30.0,
     drain_timeout: Annotated[float, typer.Option(min=0.0, help="on SIGTERM, seconds to let the requests in "
                                                                "flight finish")] = 30.0,
     access_log: Annotated[bool, typer.Option("--access-log", help="log each request on stderr")] = False,
@@ -72,6 +74,9 @@ def serve(
         raise LstmcliError("serve needs FastAPI and uvicorn: pip install 'lstmcli[serve]'") from None
     if api_key is not None and not api_key.strip():
         raise LstmcliError(f"--api-key (or {API_KEY_ENV}) is empty; give a key or leave it unset")
+    if api_key is not None and not (api_key.strip().isascii() and api_key.strip().isprintable()):
+        # an HTTP header carries ASCII: a key of other characters could never be sent to match
+        raise LstmcliError(f"--api-key (or {API_KEY_ENV}) must be printable ASCII characters")
     from lstmcli import api
     from lstmcli.runtime.onnx_model import physical_cores
     from lstmcli.serving import server
@@ -86,7 +91,8 @@ def serve(
         # (onnxruntime's thread pool copes, and takes every core: benchmarks/RESULTS.md, "Serving")
         threads = threads or max(1, physical_cores() - 1)
         torch.set_num_threads(threads)
-    limits = Limits(max_texts, max_text_chars, max_body, max_batch, max_wait_ms, batch_size, max_concurrent)
+    limits = Limits(max_texts, max_text_chars, max_body, max_batch, max_wait_ms, batch_size, max_concurrent,
+                    body_timeout)
     about = {"model": str(clf.export.model if clf.export else clf.ck.path),
              "threads": threads or physical_cores(),
              "quantize": clf.export.meta.get("quantize") if clf.export else None}

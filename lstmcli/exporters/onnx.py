@@ -208,7 +208,7 @@ def sidecar(ck, quantize: str | None = None) -> dict:
     checkpoint folder only while they are still the folder's)."""
     data = ck.config.data
     return {"format": FORMAT, "lstmcli": __version__, "quantize": quantize,
-            "checkpoint": {"sha256": checkpoint.weights_digest(ck.path), "config": to_dict(ck.config)},
+            "checkpoint": {"sha256": checkpoint.files_digest(ck.path), "config": to_dict(ck.config)},
             "inputs": {"ids": "int64 (batch, time): token ids, 0 (<pad>) past each length",
                        "lengths": "int64 (batch,): tokens per text, >= 1"},
             "outputs": {"logits": "float32 (batch, classes): softmax gives probabilities"},
@@ -240,6 +240,8 @@ def export(checkpoint_dir: Path, out: Path | None = None, force: bool = False,
     `out` with suffix .json (labels, vocabulary, tokenizer, cut), each atomically; neither may exist
     unless `force` (and neither may be anything but a regular file). `quantize`: a key of
     quantize.QUANTIZATIONS, e.g. int8."""
+    if out is not None and Path(out).name in ("", ".", ".."):  # (a folder: refused below)
+        raise LstmcliError(f"--out {str(out)!r}: give a file name, e.g. {Path(out) / export_name(quantize)}")
     checkpoint_dir = checkpoint.resolve(Path(checkpoint_dir))
     out = Path(out) if out is not None else checkpoint_dir / export_name(quantize)
     if out.suffix == ".json":

@@ -76,14 +76,23 @@ def choose_backend(path: Path, backend: str, device: str, impl: str | None = Non
                                "folder to run it in PyTorch")
         if torch_only:
             raise LstmcliError(f"{torch_only}: an exported model runs in onnxruntime on the CPU; drop it")
-        return Chosen("onnx", path, OnnxExport.read(path))
+        export = OnnxExport.read(path)
+        if (path.parent / "model.safetensors").is_file() and (path.parent / "config.json").is_file():
+            try:
+                current = export.made_from(checkpoint.files_digest(path.parent))
+            except OSError:  # a checkpoint folder missing a file: nothing to compare with
+                current = True
+            if not current:
+                log.warning("%s was exported before the checkpoint beside it changed; running it as it is "
+                            "(export again for the checkpoint's current state)", path)
+        return Chosen("onnx", path, export)
     if backend == "onnx" and torch_only:
         raise LstmcliError(f"{torch_only} is a torch backend option; drop it or use --backend torch")
     folder = checkpoint.resolve(path)
     if backend == "torch" or (backend == "auto" and (torch_only or not onnxruntime_available())):
         return Chosen("torch", folder)
     present = [name for name in NAMES if (folder / name).is_file()]
-    found = find_export(folder, checkpoint.weights_digest(folder)) if present else None
+    found = find_export(folder, checkpoint.files_digest(folder)) if present else None
     if found is not None:
         if backend == "auto":
             log.info("backend onnx (auto): %s", found.model)

@@ -74,21 +74,23 @@ class OnnxExport:
         except FileNotFoundError:
             raise CheckpointError(f"{model} has no {meta_path.name} beside it (lstmcli export writes both; "
                                   "it holds the vocabulary and labels)") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"broken export: {meta_path} ({exc})") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            why = str(exc)[:200] or type(exc).__name__
+            raise CheckpointError(f"broken export: {meta_path} ({why})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise CheckpointError(f"{meta_path} is not an lstmcli export's JSON (no format {FORMAT!r}); "
                                   "re-export with this lstmcli")
         return cls(model, meta)
 
     def made_from(self, digest: str) -> bool:
-        """Whether it was exported from the weights whose SHA-256 is `digest`."""
+        """Whether it was exported from the checkpoint files whose digest (checkpoint.files_digest) is
+        `digest`."""
         return (self.meta.get("checkpoint") or {}).get("sha256") == digest
 
 
 def find_export(checkpoint_dir: Path, digest: str) -> OnnxExport | None:
-    """The fastest export in a checkpoint folder made from its current weights (NAMES' order); one made
-    from weights since replaced (a later epoch, calibrate) is skipped with a line saying so."""
+    """The fastest export in a checkpoint folder made from its current files (NAMES' order); one made
+    before they changed (a later epoch, calibrate, an edited config) is skipped with a line saying so."""
     for name in NAMES:
         if not (checkpoint_dir / name).is_file():
             continue
@@ -99,8 +101,8 @@ def find_export(checkpoint_dir: Path, digest: str) -> OnnxExport | None:
             continue
         if found.made_from(digest):
             return found
-        log.warning("%s was exported from earlier weights of %s; not used (export again to use it)",
-                    found.model, checkpoint_dir)
+        log.warning("%s was exported before %s's weights, config, vocabulary or labels changed; not used "
+                    "(export again to use it)", found.model, checkpoint_dir)
     return None
 
 
@@ -118,6 +120,8 @@ class OnnxModel:
             self.labels: list[str] = list(meta["labels"])
             cut = meta["cut"]
             self.cut = Truncation(max_length or int(cut["max_length"]), Truncate(cut["truncate"]))
+            if self.cut.length < 1 or not all(isinstance(x, str) for x in [*self.vocab.itos, *self.labels]):
+                raise ValueError("a cut under 1 token, or a label or token that is not a string")
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"broken export: {export.model.with_suffix('.json')} ({exc!r})") from None
         self.export, self.quantize = export, meta.get("quantize")
@@ -134,10 +138,20 @@ class OnnxModel:
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(f"onnxruntime cannot load {export.model}: {first[:300]}") from None
+        classes = self.session.get_outputs()[0].shape[-1]
+        if isinstance(classes, int) and classes != len(self.labels):
+            raise CheckpointError(f"broken export: {export.model} gives {classes} logits, its .json names "
+                                  f"{len(self.labels)} labels")
 
     def logits(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """ids (B, T) int64 0-padded, lengths (B,) int64 >= 1 -> logits (B, C) float32."""
-        return self.session.run(["logits"], {"ids": ids, "lengths": lengths})[0]
+        """ids (B, T) int64 0-padded, lengths (B,) int64 >= 1 -> logits (B, C) float32. A failure of the
+        model (a .json whose vocabulary outgrows the model's table, ...) is a CheckpointError."""
+        try:
+            return self.session.run(["logits"], {"ids": ids, "lengths": lengths})[0]
+        except Exception as exc:  # onnxruntime's own error types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"onnxruntime failed on {self.export.model} (does its .json belong to "
+                                  f"it?): {first[:300]}") from None
 
     def scores(self, encoded: list[list[int]], batch_size: int) -> np.ndarray:
         """(N, C) float32 probabilities of texts already encoded and cut, in length-sorted batches of

@@ -10,6 +10,7 @@ is read against --max-body before it is parsed, so an oversized request costs no
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from lstmcli import __version__
 from lstmcli.errors import LstmcliError
@@ -39,6 +41,7 @@ class Limits:
     max_wait_ms: float = 5.0
     batch_size: int = 16
     max_concurrent: int = 1024
+    body_timeout: float = 30.0
 
 
 class PredictRequest(BaseModel):
@@ -88,18 +91,25 @@ def _validation_message(exc: ValidationError) -> tuple[int, str]:
     return 422, f"{where.lstrip('.') or 'body'}: {first['msg']}"
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused (413) as soon as it is known to pass `limit` bytes."""
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The body, refused (413) as soon as it is known to pass `limit` bytes, and (408) when it has not
+    all come within `timeout` seconds: a client that stalls mid-body must not hold a request slot."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body of {int(declared):,} bytes is over the server's --max-body "
                             f"{limit:,}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"request body is over the server's --max-body {limit:,} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"request body is over the server's --max-body {limit:,} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within --body-timeout {timeout:g} s") from None
+    except ClientDisconnect:  # nobody left to answer
+        raise ApiError(400, "the client went away before its request body arrived") from None
     return b"".join(chunks)
 
 
@@ -120,9 +130,11 @@ def _check(body: PredictRequest, clf: Classifier, limits: Limits) -> None:
                             "between two")
 
 
-class _ConcurrencyLimit:
+class ConcurrencyLimit:
     """ASGI middleware: at most `limit` HTTP requests in the application at once; the next is answered
     503 before its body is read, so a flood of clients costs no more than `limit` bodies of memory."""
+
+    cancelled = 0  # requests cut off by a shutdown (class-wide: server.run reads it once it has stopped)
 
     def __init__(self, app, limit: int):
         self.app, self.limit, self.active = app, limit, 0
@@ -136,6 +148,9 @@ class _ConcurrencyLimit:
         self.active += 1
         try:
             await self.app(scope, receive, send)
+        except asyncio.CancelledError:  # uvicorn's drain timed out on SIGTERM: this one is lost
+            self.cancelled += 1
+            raise
         finally:
             self.active -= 1
 
@@ -155,7 +170,7 @@ def create_app(clf: Classifier, limits: Limits, api_key: str | None = None,
     app = FastAPI(title="lstmcli", version=__version__, lifespan=lifespan,
                   description="Text classification with an lstmcli model. With an API key set, /predict "
                               "and /metadata want the header `Authorization: Bearer KEY`.")
-    app.add_middleware(_ConcurrencyLimit, limit=limits.max_concurrent)
+    app.add_middleware(ConcurrencyLimit, limit=limits.max_concurrent)
     key = api_key.encode() if api_key else None
 
     def authorize(request: Request) -> None:
@@ -180,7 +195,7 @@ def create_app(clf: Classifier, limits: Limits, api_key: str | None = None,
     async def predict(request: Request) -> JSONResponse:
         """The label and probability (and the top k) of each text: `lstmcli predict --json`'s objects."""
         authorize(request)
-        raw = await _read_body(request, limits.max_body)
+        raw = await _read_body(request, limits.max_body, limits.body_timeout)
         try:
             body = PredictRequest.model_validate_json(raw)
         except ValidationError as exc:

@@ -47,9 +47,25 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+class _OneLine(logging.Filter):
+    """uvicorn logs a request that failed inside it (a task cancelled by the drain timeout, ...) with
+    its traceback: kept as one line naming the exception, as every lstmcli message is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            first = str(exc).splitlines()[0] if str(exc).strip() else ""
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {first}"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
 def run(app, sock: socket.socket, drain_timeout: float, access_log: bool) -> None:
     """Serve `app` on `sock` until SIGTERM (returns) or Ctrl-C (KeyboardInterrupt once drained)."""
     import uvicorn
+
+    from lstmcli.serving.app import ConcurrencyLimit
+    logging.getLogger("uvicorn.error").addFilter(_OneLine())
     config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=access_log,
                             timeout_graceful_shutdown=drain_timeout, lifespan="on")
     server = uvicorn.Server(config)
@@ -63,4 +79,8 @@ def run(app, sock: socket.socket, drain_timeout: float, access_log: bool) -> Non
         sock.close()
     if not server.started:
         raise LstmcliError("the server did not start (see the lines above)")
-    log.info("stopped%s", " (SIGTERM): the requests in flight were answered" if stopped else "")
+    if ConcurrencyLimit.cancelled:
+        log.warning("stopped: %d requests still in flight after --drain-timeout %gs were cut off",
+                    ConcurrencyLimit.cancelled, drain_timeout)
+    else:
+        log.info("stopped%s", " (SIGTERM): the requests in flight were answered" if stopped else "")
