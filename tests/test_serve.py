@@ -223,15 +223,47 @@ def test_an_api_key_is_required_when_set(model_dir):
         assert srv.stop() == 0
 
 
+class SlowUpload:
+    """A POST /predict whose body comes in two parts: while the second is held back the request is
+    still being received, and the batch being gathered waits for it (--max-wait-ms at most)."""
+
+    def __init__(self, srv: Server, text: str):
+        self.body = json.dumps({"texts": [text]}).encode()
+        self.sock = socket.create_connection((srv.host, srv.port), timeout=60)
+        self.sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n" % len(self.body) + self.body[:5])
+
+    def finish(self) -> tuple[int, dict]:
+        self.sock.sendall(self.body[5:])
+        response = http.client.HTTPResponse(self.sock)
+        response.begin()
+        answer = (response.status, json.loads(response.read()))
+        self.sock.close()
+        return answer
+
+
+def test_a_lone_request_is_not_kept_waiting(model_dir):
+    srv = Server(model_dir, "--backend", "torch", "--max-wait-ms", "60000")
+    try:  # no other request on its way: the batch goes at once, not after a minute
+        assert srv.request("POST", "/predict", {"texts": ["a film"]}, timeout=30)[0] == 200
+    finally:
+        assert srv.stop() == 0
+
+
 def test_sigterm_answers_the_requests_in_flight_then_exits_0(model_dir):
-    srv = Server(model_dir, "--backend", "torch", "--max-wait-ms", "1500", "--max-batch", "1000")
+    srv = Server(model_dir, "--backend", "torch", "--max-wait-ms", "3000", "--max-batch", "1000")
     texts = [f"great film {i}" for i in range(20)]
+    slow = SlowUpload(srv, "a slow upload")
+    time.sleep(0.3)  # being received: the batch below waits for it
     with ThreadPoolExecutor(20) as pool:
         futures = [pool.submit(srv.request, "POST", "/predict", {"texts": [t]}) for t in texts]
-        time.sleep(0.5)  # all sent, all waiting for the batch to fill (1.5 s)
+        time.sleep(0.5)  # all sent, all waiting for the slow upload to join their batch
         srv.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        slow_answer = slow.finish()  # still answered: it was in flight when the signal came
         answers = [f.result() for f in futures]
     assert srv.proc.wait(timeout=60) == 0
+    assert slow_answer[0] == 200 and slow_answer[1]["predictions"][0]["index"] == 0
     assert [status for status, *_ in answers] == [200] * 20
     expected = predict_json(model_dir, texts, "--backend", "torch")
     assert_same([{**a[1]["predictions"][0], "index": i} for i, a in enumerate(answers)], expected)
@@ -286,15 +318,18 @@ def test_the_listening_socket_is_tcp_so_asyncio_turns_nagle_off():
 
 
 def test_requests_over_max_concurrent_get_503_at_once(model_dir):
-    srv = Server(model_dir, "--backend", "torch", "--max-concurrent", "2", "--max-wait-ms", "2000",
+    srv = Server(model_dir, "--backend", "torch", "--max-concurrent", "3", "--max-wait-ms", "20000",
                  "--max-batch", "1000")
     try:
+        slow = SlowUpload(srv, "a slow upload")
+        time.sleep(0.3)
         with ThreadPoolExecutor(5) as pool:
             held = [pool.submit(srv.request, "POST", "/predict", {"texts": [f"film {i}"]}) for i in range(2)]
-            time.sleep(0.5)  # both in the server, waiting 2 s for their batch to fill
+            time.sleep(0.5)  # three in the server: two waiting for the slow upload to join their batch
             refused = [srv.request("POST", "/predict", {"texts": ["one more"]}) for _ in range(3)]
+            assert slow.finish()[0] == 200
             assert [f.result()[0] for f in held] == [200, 200]
-        assert all(code == 503 and "--max-concurrent 2" in answer["error"] for code, answer, *_ in refused)
+        assert all(code == 503 and "--max-concurrent 3" in answer["error"] for code, answer, *_ in refused)
         assert srv.request("POST", "/predict", {"texts": ["after"]})[0] == 200
     finally:
         assert srv.stop() == 0

@@ -33,8 +33,8 @@ def serve(
     device: DeviceOpt = Device.auto,
     max_batch: Annotated[int, typer.Option(min=1, help="texts gathered from concurrent requests into one "
                                                        "batch, at most")] = 256,
-    max_wait_ms: Annotated[float, typer.Option(min=0.0, help="how long a batch waits for more requests "
-                                                             "once its first has come")] = 5.0,
+    max_wait_ms: Annotated[float, typer.Option(min=0.0, help="how long a batch may wait for requests the "
+                                                             "server is still receiving")] = 5.0,
     batch_size: Annotated[int, typer.Option(min=1, help="texts per model batch: what a micro-batch is cut "
                                                         "into, longest first")] = SERVE_BATCH_SIZE,
     threads: Annotated[int | None, typer.Option(

@@ -194,15 +194,17 @@ def create_app(clf: Classifier, limits: Limits, api_key: str | None = None,
             "application/json": {"schema": PredictRequest.model_json_schema()}}}})
     async def predict(request: Request) -> JSONResponse:
         """The label and probability (and the top k) of each text: `lstmcli predict --json`'s objects."""
-        authorize(request)
-        raw = await _read_body(request, limits.max_body, limits.body_timeout)
+        with batcher.receiving():  # a batch being gathered waits for this request's texts
+            authorize(request)
+            raw = await _read_body(request, limits.max_body, limits.body_timeout)
+            try:
+                body = PredictRequest.model_validate_json(raw)
+            except ValidationError as exc:
+                raise ApiError(*_validation_message(exc)) from None
+            _check(body, clf, limits)
+            pending = batcher.enqueue(body.texts)
         try:
-            body = PredictRequest.model_validate_json(raw)
-        except ValidationError as exc:
-            raise ApiError(*_validation_message(exc)) from None
-        _check(body, clf, limits)
-        try:
-            rows = await batcher.submit(body.texts)
+            rows = await pending
             ranked = clf.rank(rows, body.top_k, body.threshold)
         except LstmcliError as exc:
             raise ApiError(422, str(exc)) from None

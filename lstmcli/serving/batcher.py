@@ -1,10 +1,12 @@
 """Micro-batching: the texts of many concurrent requests classified together, off the event loop.
 
 A request's texts wait in a queue; one task takes what is there and, until `max_batch` texts are
-gathered, waits at most `max_wait` seconds more for others, then hands them all to a single inference
-thread and gives each request its own rows back. Under load the queue fills while the thread works,
-so batches form at once and approach the throughput of `predict`'s batches; alone, a request waits
-`max_wait` at most. One thread runs the model, so one model sits in memory and its own intra-op threads
+gathered, waits at most `max_wait` seconds more for the requests the server is still receiving, then
+hands them all to a single inference thread and gives each request its own rows back. With no other
+request on its way a batch goes at once: a lone request waits for nothing, and clients that each wait
+for their answer before asking again (all of them already in the batch) lose no time either. Under
+load the queue fills while the thread works, so batches form at once and approach the throughput of
+`predict`'s batches. One thread runs the model, so one model sits in memory and its own intra-op threads
 (torch's or onnxruntime's) are never oversubscribed.
 """
 
@@ -34,6 +36,8 @@ class MicroBatcher:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="lstmcli-inference")
         self.task: asyncio.Task | None = None
         self.batches = self.texts = 0  # served so far (GET /metadata shows them)
+        self.arriving = 0  # requests being received: their texts are about to join the queue
+        self._changed = asyncio.Event()  # a job queued or an arriving request settled
 
     def start(self) -> None:
         """Start gathering (on the running event loop)."""
@@ -51,14 +55,30 @@ class MicroBatcher:
                 job.future.set_exception(RuntimeError("the server is stopping"))
         self.executor.shutdown(wait=True)
 
-    async def submit(self, texts: list[str]) -> np.ndarray:
-        """The rows of `texts`, classified in whatever batch they join."""
+    @contextlib.contextmanager
+    def receiving(self):
+        """Around a request from its arrival to enqueue(): a batch being gathered waits for it."""
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
+            self._changed.set()
+
+    def enqueue(self, texts: list[str]) -> asyncio.Future:
+        """Queue `texts`; the future gives their rows, classified in whatever batch they join."""
         job = _Job(texts, asyncio.get_running_loop().create_future())
         self.queue.put_nowait(job)
-        return await job.future
+        self._changed.set()
+        return job.future
+
+    async def submit(self, texts: list[str]) -> np.ndarray:
+        """The rows of `texts` (enqueue, then wait for them)."""
+        return await self.enqueue(texts)
 
     async def _gather(self) -> list[_Job]:
-        """One batch: the first job waited for, then others until max_batch texts or max_wait."""
+        """One batch: the first job waited for, then others until max_batch texts, or until no request
+        is on its way, or max_wait."""
         jobs = [await self.queue.get()]
         count = len(jobs[0].texts)
         loop = asyncio.get_running_loop()
@@ -66,14 +86,15 @@ class MicroBatcher:
         while count < self.max_batch:
             if self.queue.empty():
                 left = deadline - loop.time()
-                if left <= 0:
+                if not self.arriving or left <= 0:
                     break
+                self._changed.clear()
                 try:
-                    job = await asyncio.wait_for(self.queue.get(), left)
+                    await asyncio.wait_for(self._changed.wait(), left)
                 except TimeoutError:
                     break
-            else:
-                job = self.queue.get_nowait()
+                continue
+            job = self.queue.get_nowait()
             jobs.append(job)
             count += len(job.texts)
         return jobs
