@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+SETTLE_TURNS = 3
+
 
 @dataclass
 class _Job:
@@ -84,6 +86,11 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait
         while count < self.max_batch:
+            if self.queue.empty() and not self.arriving:
+                # requests whose bytes are in but not yet parsed are not counted yet: a few turns of the
+                # event loop let them be (one to read their sockets, one to start their handlers)
+                for _ in range(SETTLE_TURNS):
+                    await asyncio.sleep(0)
             if self.queue.empty():
                 left = deadline - loop.time()
                 if not self.arriving or left <= 0:
