@@ -78,8 +78,8 @@ def test_an_export_of_earlier_weights_is_never_used(trained):
     checkpoint.update(best, model, {})
     result = ok(run("predict", "-c", trained, "a film"))
     assert "was exported before" in result.stderr and "backend onnx" not in result.stderr
-    one_line_error(run("predict", "-c", best, "--backend", "onnx", "a film"), 2, "holds no export of its "
-                   "current weights", "--quantize int8")
+    one_line_error(run("predict", "-c", best, "--backend", "onnx", "a film"), 2, "holds no export of the "
+                   "checkpoint as it is now", "--quantize int8")
     assert lstmcli.load(trained).backend == "torch"
 
 

@@ -4,7 +4,8 @@ the rule `auto` follows.
 - torch: the checkpoint's weights in PyTorch (any device, --impl, --precision).
 - onnx: an export of it (`lstmcli export`, fp32 or int8) in onnxruntime, on the CPU.
 `auto` takes onnx when the model given is an .onnx file, or when its checkpoint folder holds an export
-made from its current weights (model.int8.onnx first, then model.onnx) and onnxruntime is installed,
+of the checkpoint as it is now (its four files' digest; model.int8.onnx first, then model.onnx) and
+onnxruntime is installed,
 on a CPU device with no --impl or --precision asked for; torch otherwise. benchmarks/RESULTS.md
 ("Faster prediction") has the figures behind preferring the int8 export.
 """
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BACKENDS = {
-    "auto": "onnx when an export of the checkpoint's current weights is in its folder (int8 first) and "
+    "auto": "onnx when an export of the checkpoint as it is now is in its folder (int8 first) and "
             "onnxruntime is installed, else torch",
     "torch": "PyTorch, from the checkpoint's weights",
     "onnx": "onnxruntime, from an export (lstmcli export; an .onnx file or the one in the checkpoint "
@@ -98,7 +99,7 @@ def choose_backend(path: Path, backend: str, device: str, impl: str | None = Non
             log.info("backend onnx (auto): %s", found.model)
         return Chosen("onnx", folder, found)
     if backend == "onnx":
-        raise LstmcliError(f"--backend onnx: {folder} holds no export of its current weights; run "
+        raise LstmcliError(f"--backend onnx: {folder} holds no export of the checkpoint as it is now; run "
                            f"`lstmcli export -c {folder} --quantize int8` (writes {export_name('int8')}) "
                            "or give an .onnx file")
     return Chosen("torch", folder)
