@@ -36,7 +36,7 @@ class Classifier:
         self.batch_size = BATCH_SIZES[chosen.name]  # the backend's own default
         if chosen.export is not None:
             self.model = OnnxModel(chosen.export, max_length, threads)
-            self.config = chosen.export.meta.get("checkpoint", {}).get("config")
+            self.config = (chosen.export.meta.get("checkpoint") or {}).get("config")  # (older exports: none)
         else:
             from lstmcli.inference.torch_model import TorchModel
             from lstmcli.runtime.device import resolve_device
