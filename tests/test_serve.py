@@ -333,3 +333,21 @@ def test_requests_over_max_concurrent_get_503_at_once(model_dir):
         assert srv.request("POST", "/predict", {"texts": ["after"]})[0] == 200
     finally:
         assert srv.stop() == 0
+
+
+def test_a_model_that_fails_gets_500_in_one_line_and_the_server_goes_on(model_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    onnx_file = tmp_path / "m.onnx"
+    ok(run("export", "-c", model_dir, "--out", onnx_file))
+    meta = json.loads(onnx_file.with_suffix(".json").read_text())  # a vocabulary past the model's table:
+    meta["vocab"] += [f"w{i}" for i in range(100)]  # onnxruntime fails on the ids beyond it
+    onnx_file.with_suffix(".json").write_text(json.dumps(meta))
+    srv = Server(onnx_file)
+    try:
+        status, answer, raw, _ = srv.request("POST", "/predict", {"texts": ["w99"]})
+        assert status == 500 and "the model failed on this request" in answer["error"] and b"\n" not in raw
+        assert srv.request("POST", "/predict", {"texts": ["a film"]})[0] == 200
+    finally:
+        assert srv.stop() == 0
+    log = "".join(srv.lines)
+    assert "predict failed: CheckpointError: onnxruntime failed on" in log and "Traceback" not in log

@@ -23,7 +23,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from lstmcli import __version__
-from lstmcli.errors import LstmcliError
 from lstmcli.inference.predict import Classifier, as_json
 from lstmcli.serving.batcher import MicroBatcher
 
@@ -203,13 +202,11 @@ def create_app(clf: Classifier, limits: Limits, api_key: str | None = None,
                 raise ApiError(*_validation_message(exc)) from None
             _check(body, clf, limits)
             pending = batcher.enqueue(body.texts)
-        try:
+        try:  # (the request was checked whole above: what fails now is the server's, not the client's)
             rows = await pending
             ranked = clf.rank(rows, body.top_k, body.threshold)
-        except LstmcliError as exc:
-            raise ApiError(422, str(exc)) from None
         except Exception as exc:  # the model failed (out of memory, ...): this request's 500, not the end
-            log.error("predict failed: %s: %s", type(exc).__name__, exc)
+            log.error("predict failed: %s: %s", type(exc).__name__, str(exc)[:300])
             raise ApiError(500, f"the model failed on this request ({type(exc).__name__})") from None
         return JSONResponse({"predictions": [as_json(i, r) for i, r in enumerate(ranked)]})
 
