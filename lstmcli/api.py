@@ -68,12 +68,11 @@ def evaluate(checkpoint: str | Path, split: str = "test", dataset: str | None = 
     as eval-SPLIT.json (an export's: eval-SPLIT.int8.json / .onnx.json) and confusion-SPLIT.png (their
     paths under the report's "files")."""
     from lstmcli.evaluation.evaluate import evaluate_checkpoint
-    from lstmcli.inference.backends import choose_backend
+    from lstmcli.inference.backends import choose_backend, device_for
     from lstmcli.reports import write_eval_files
     from lstmcli.runtime.device import resolve_device
     columns = {k: v for k, v in (("text_column", text_column), ("label_column", label_column)) if v}
-    if backend == "onnx" and device == "auto":  # onnxruntime runs here on the CPU, GPU or not
-        device = "cpu"
+    device = device_for(backend, device)
     chosen = choose_backend(Path(checkpoint), backend, resolve_device(device).type, impl, precision)
     if chosen.path.suffix.lower() == ".onnx":
         raise LstmcliError(f"eval reads its data settings from the checkpoint: give its folder (-c FOLDER "

@@ -58,7 +58,7 @@ class _Graph:
     def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs) -> str | list[str]:
         self.count += 1
         names = [f"{op_type.lower()}{self.count}_{i}" for i in range(outputs)]
-        # named after its first output (a profile or quantize_dynamic's nodes_to_exclude names nodes)
+        # named after its first output, so that onnxruntime's profiles and errors say which node
         self.nodes.append(self.onnx.helper.make_node(op_type, list(inputs), names, name=names[0], **attrs))
         return names[0] if outputs == 1 else names
 
@@ -204,8 +204,8 @@ def build_onnx(model, vocab_size: int):
 
 def sidecar(ck, quantize: str | None = None) -> dict:
     """What a program needs besides the .onnx file: text -> inputs (tokenizer, vocabulary, cut), logits ->
-    labels; and which checkpoint weights it was made from (`lstmcli predict` runs an export found in a
-    checkpoint folder only while they are still the folder's)."""
+    labels; and a digest of the checkpoint it was made from (`lstmcli predict` runs an export found in
+    a checkpoint folder only while the folder's files still have that digest)."""
     data = ck.config.data
     return {"format": FORMAT, "lstmcli": __version__, "quantize": quantize,
             "checkpoint": {"sha256": checkpoint.files_digest(ck.path), "config": to_dict(ck.config)},

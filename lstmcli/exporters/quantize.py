@@ -26,7 +26,7 @@ from lstmcli.errors import LstmcliError
 QUANTIZATIONS = {
     "int8": "int8 weights, dynamically quantized activations (onnxruntime's quantize_dynamic)",
 }
-QUANTIZED_OPS = ("LSTM", "Gather")  # what onnxruntime may rewrite (Gathers of float tables only)
+QUANTIZED_OPS = ("LSTM", "Gather")  # what onnxruntime may rewrite (of Gathers, those of float tables)
 
 
 @contextlib.contextmanager
@@ -44,8 +44,8 @@ def _root_logger_kept():
         root.handlers[:], root.level = handlers, level
 
 
-def quantize(proto, how: str, keep_float: list[str] = ()) -> bytes:
-    """The serialized int8 model of ONNX ModelProto `proto`; nodes named in `keep_float` stay float32."""
+def quantize(proto, how: str) -> bytes:
+    """The serialized int8 model of ONNX ModelProto `proto`."""
     if how not in QUANTIZATIONS:
         raise LstmcliError(f"unknown --quantize {how!r}; valid: {', '.join(QUANTIZATIONS)}")
     try:
@@ -55,7 +55,7 @@ def quantize(proto, how: str, keep_float: list[str] = ()) -> bytes:
     with tempfile.TemporaryDirectory(prefix="lstmcli-quantize-") as tmp, _root_logger_kept():
         out = Path(tmp) / "model.onnx"
         quantize_dynamic(proto, out, per_channel=True, weight_type=QuantType.QInt8,
-                         op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_exclude=list(keep_float))
+                         op_types_to_quantize=list(QUANTIZED_OPS))
         return out.read_bytes()
 
 

@@ -45,6 +45,11 @@ class Chosen:
     export: OnnxExport | None = None  # what onnx runs
 
 
+def device_for(backend: str, device):
+    """The device to run on: `auto` is the CPU for the onnx backend, which runs there GPU or not."""
+    return "cpu" if backend == "onnx" and device == "auto" else device
+
+
 def _torch_only(impl: str | None, precision: str | None, device: str) -> str | None:
     """What, among the arguments, only PyTorch runs (None: nothing)."""
     if impl is not None:

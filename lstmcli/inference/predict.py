@@ -12,7 +12,7 @@ from lstmcli.config import Truncate
 from lstmcli.data.cut import DEFAULT_MAX_LENGTH
 from lstmcli.data.text import basic_english
 from lstmcli.evaluation.thresholds import check_threshold
-from lstmcli.inference.backends import BATCH_SIZES, choose_backend
+from lstmcli.inference.backends import BATCH_SIZES, choose_backend, device_for
 from lstmcli.runtime.device import device_kind
 from lstmcli.runtime.onnx_model import OnnxModel
 
@@ -29,8 +29,7 @@ class Classifier:
     def __init__(self, path: str | Path, device="cpu", impl: str | None = None,
                  max_length: int | None = None, precision: str | None = None, backend: str = "auto",
                  threads: int | None = None):
-        if backend == "onnx" and device == "auto":  # onnxruntime runs here on the CPU, GPU or not
-            device = "cpu"
+        device = device_for(backend, device)
         chosen = choose_backend(Path(path), backend, device_kind(device), impl, precision)
         self.backend, self.export, self.ck = chosen.name, chosen.export, None
         self.batch_size = BATCH_SIZES[chosen.name]  # the backend's own default

@@ -74,10 +74,6 @@ class MicroBatcher:
         self._changed.set()
         return job.future
 
-    async def submit(self, texts: list[str]) -> np.ndarray:
-        """The rows of `texts` (enqueue, then wait for them)."""
-        return await self.enqueue(texts)
-
     async def _gather(self) -> list[_Job]:
         """One batch: the first job waited for, then others until max_batch texts, or until no request
         is on its way, or max_wait."""
