@@ -3,6 +3,10 @@
     pip install -e ".[bench]"
     LSTMCLI_MIRROR=../shared/datasets python benchmarks/peers.py --run runs/imdb_best [--json peers.json]
     python benchmarks/peers.py --dataset my.csv [--text-column text --label-column label]
+    LSTMCLI_MIRROR=../shared/datasets python benchmarks/peers.py --run runs/ag_news_pairs   # multi-label
+
+Multi-label data (peers_multi.py) compares micro-F1 instead, against fastText's one-vs-all loss and a
+one-vs-rest TF-IDF logistic regression.
 
 The peers, as their own docs and the literature set them up for sentiment and topic classification:
   - TF-IDF of word unigrams and bigrams (sublinear tf, min_df 2) + logistic regression (C=8, liblinear);
@@ -111,8 +115,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     cfg = data_config(args)
-    _, splits = load_splits(cfg)
+    names, splits = load_splits(cfg)
     train, test = splits["train"], splits["test"]
+    if train.multi_label:
+        from peers_multi import compare_multi_label
+        return compare_multi_label(args, cfg, names, splits)
     start = time.perf_counter()
     train_tokens = [basic_english(t) for t in train.texts]
     print(f"{cfg.dataset}: {len(train):,} train / {len(splits['val']):,} val (unused) / {len(test):,} test; "

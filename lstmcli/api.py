@@ -85,22 +85,28 @@ def calibrate(checkpoint: str | Path, data_dir: str | None = None, batch_size: i
               device: str = "auto") -> dict[str, Any]:
     """Fit the checkpoint's branch weights on its run's validation split and write them into it (train
     does this itself unless `calibrate = false`); returns the weights and the split's log-loss and
-    accuracy before and after."""
+    accuracy before and after (a multi-label model's thresholds are fitted again after them)."""
     from lstmcli import checkpoint as checkpoints
     from lstmcli.runtime.device import resolve_device
     from lstmcli.training.calibration import calibrate_checkpoint
     dev = resolve_device(device)
     ck = checkpoints.load(Path(checkpoint), str(dev))
     report = calibrate_checkpoint(ck, dev, data_dir, batch_size)
-    checkpoints.update(ck.path, ck.model, {**ck.metrics, "calibration": report})
+    metrics = {**ck.metrics, "calibration": report}
+    if "label_thresholds" in report:  # a multi-label model's thresholds follow its new probabilities
+        fitted = report["label_thresholds"]
+        metrics |= {"thresholds": fitted["thresholds"],
+                    "thresholds_fitted": {k: v for k, v in fitted.items() if k != "thresholds"}}
+    checkpoints.update(ck.path, ck.model, metrics)
     return {"checkpoint": str(ck.path), "dataset": ck.config.data.dataset, **report, "lstmcli": __version__}
 
 
 def load(checkpoint: str | Path, device: str = "cpu", impl: str | None = None,
          precision: str | None = None, max_length: int | None = None, backend: str = "auto",
          threads: int | None = None) -> Classifier:
-    """A Classifier for a checkpoint (or run) folder or an exported .onnx file: `.predict(texts, top_k=1,
-    threshold=None)`, `.probabilities(texts)`, `.encode(text)`, `.labels`, `.backend`. `backend`: torch,
+    """A Classifier for a checkpoint (or run) folder or an exported .onnx file: `.predict(texts, top_k=None,
+    threshold=None)` (a multi-label model: every label over its threshold), `.probabilities(texts)`,
+    `.encode(text)`, `.labels`, `.multi_label`, `.backend`. `backend`: torch,
     onnx or auto (inference/backends.py: onnx when the folder holds a current export and onnxruntime is
     installed); `threads`: onnxruntime's (torch's stay torch.set_num_threads'). `.scores(texts)` gives
     the probabilities as numpy, `.probabilities(texts)` as torch.

@@ -223,7 +223,7 @@ def load(path: Path, device: str = "cpu", impl: str | None = None, precision: st
                     f"--impl {run_impl.value} for {path}")
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
-    spec = model_spec(cfg.model, len(vocab), len(labels), choice)
+    spec = model_spec(cfg.model, len(vocab), len(labels), choice, cfg.data.multi_label)
     _check_sizes(path, spec)
     model = build_model(spec)
     try:

@@ -82,6 +82,11 @@ class DataConfig:
     text_column: str = _f("text", "user data: text column(s), comma-separated to join; digits = headerless "
                                   "CSV/TSV")
     label_column: str = _f("label", "user data: label column (a name, or an index for headerless files)")
+    multi_label: bool = _f(False, "several labels per text: one sigmoid per label with binary "
+                                  "cross-entropy, and every label over its threshold predicted; turned on "
+                                  "by itself (said in one line) when a training row holds several labels")
+    label_separator: str = _f("|", "user data: what separates a row's labels in its label column (a JSONL "
+                                   "label may be a list instead); '' = a label is the whole cell")
     val_fraction: float = _f(0.05, "share of the training split held out for validation")
     test_fraction: float = _f(0.1, "share held out for test when the data has no test split")
     split_seed: int = _f(0, "seed of the validation/test carving and of the example caps")
@@ -265,6 +270,8 @@ def validate(cfg: Config, source: str) -> Config:
             upper = "" if high == math.inf else f" and {'<=' if inclusive else '<'} {high}"
             key = f"{index[name].section}.{name}"
             raise ConfigError(f"{source}: config key '{key}' must be >= {low}{upper}, got {value}")
+    if any(c in cfg.data.label_separator for c in "\t\n\r"):
+        raise ConfigError(f"{source}: config key 'data.label_separator' cannot hold a tab or line break")
     if cfg.train.warmup_steps and cfg.train.scheduler is Scheduler.plateau:
         raise ConfigError(f"{source}: config key 'train.warmup_steps' applies to the constant and cosine "
                           "schedules")

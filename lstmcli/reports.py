@@ -19,12 +19,13 @@ def write_eval_files(report: dict) -> dict:
     folder, split = checkpoint.resolve().parent, report["split"]
     # an export's figures beside the checkpoint's own: eval-test.json, eval-test.onnx.json, ...int8.json
     tag = "" if report.get("backend", "torch") == "torch" else f".{report.get('quantize') or 'onnx'}"
+    picture = "label_f1_png" if report.get("multi_label") else "confusion_png"
     files = {"json": str(folder / f"eval-{split}{tag}.json"),
-             "confusion_png": str(folder / f"confusion-{split}{tag}.png")}
+             picture: str(folder / f"{picture[:-4].replace('_', '-')}-{split}{tag}.png")}
     report = {**report, "files": files}
     write_json(Path(files["json"]), report)
     title = f"{report['dataset']} [{split}] with {folder.name}/{checkpoint.name}"
-    plots.confusion_matrix(report, Path(files["confusion_png"]), title)
+    plots.report_picture(report, folder, title, f"{split}{tag}")
     return report
 
 
@@ -35,6 +36,8 @@ def format_report(report: dict, title: str = "") -> str:
     width = max(8, *(len(n) for n in names))
     lines = [title] if title else []
     loss = f"  loss {report['loss']:.4f}" if "loss" in report else ""
+    if report.get("multi_label"):
+        return "\n".join(lines + _multi_label_lines(report, names, width, loss))
     lines.append(f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}{loss}  "
                  f"(n={report['n']})")
     if report.get("threshold") is not None:
@@ -52,6 +55,18 @@ def format_report(report: dict, title: str = "") -> str:
                      f"{c['support']:7d}")
     lines.append("")
     return "\n".join(lines + _confusion_lines(report, names, width))
+
+
+def _multi_label_lines(report: dict, names: list[str], width: int, loss: str) -> list[str]:
+    """A multi-label report's table: the pooled figures, then each label's with its threshold."""
+    lines = [f"micro-F1 {report['micro_f1']:.4f}  macro-F1 {report['macro_f1']:.4f}  subset accuracy "
+             f"{report['accuracy']:.4f}  Hamming loss {report['hamming_loss']:.4f}{loss}  (n={report['n']})",
+             "", f"{'label':<{width}}  threshold  precision  recall      f1  support"]
+    for name in names:
+        c = report["per_class"][name]
+        lines.append(f"{name:<{width}}  {report['thresholds'][name]:9.4f}  {c['precision']:9.4f}  "
+                     f"{c['recall']:6.4f}  {c['f1']:6.4f}  {c['support']:7d}")
+    return lines
 
 
 def _confusion_lines(report: dict, names: list[str], width: int) -> list[str]:

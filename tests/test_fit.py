@@ -16,16 +16,16 @@ def test_early_stopping_and_non_finite_loss(mirror, workdir, monkeypatch):
     assert len(metrics["history"]) == 3 and metrics["stopped_early"] == {"epoch": 3, "patience": 2}
 
     import lstmcli.training.fit as training
-    real, calls = training.F.cross_entropy, {"n": 0}
+    real, calls = training.classification_loss, {"n": 0}
 
     def nan_on_call_5(*args, **kwargs):
         loss = real(*args, **kwargs)
-        if kwargs.get("reduction") is None:
+        if kwargs.get("reduction") is None:  # the loss trained on, not the one reported
             calls["n"] += 1
             if calls["n"] == 5:
                 return loss * float("nan")
         return loss
-    monkeypatch.setattr(training.F, "cross_entropy", nan_on_call_5)
+    monkeypatch.setattr(training, "classification_loss", nan_on_call_5)
     result = run("train", "--config", TINY, "--dataset", "imdb", "--epochs", "3", "--quiet", "--out", "nan")
     one_line(result, 1, "non-finite loss nan in epoch 2 at step 2")  # 3 batches of 32 per epoch
     last = json.loads(Path("nan/last/metrics.json").read_text())

@@ -34,17 +34,28 @@ def expected_counts(texts, labels, num_classes=2) -> torch.Tensor:
 def test_each_text_counts_once_per_ngram_under_its_label():
     texts = [[3, 4, 3, 4], [3, 5], [6], [4, 3, 3]]
     labels = [1, 0, 1, 0]
-    got = text_counts(split_of(texts, labels), Truncation(), V, BUCKETS, num_classes=2)
+    got, holding = text_counts(split_of(texts, labels), Truncation(), V, BUCKETS, num_classes=2)
     assert got.dtype == torch.float32 and got.shape == (V + BUCKETS, 2)
     assert torch.equal(got, expected_counts(texts, labels))
     assert got[3].tolist() == [2, 1]  # in texts 1, 2 and 4, however often each repeats it
+    assert torch.equal(holding, got.sum(1))  # one label a text: the texts holding a row are the sum
     # batches of any size count the same
-    assert torch.equal(text_counts(split_of(texts, labels), Truncation(), V, BUCKETS, 2, batch_size=1), got)
+    again = text_counts(split_of(texts, labels), Truncation(), V, BUCKETS, 2, batch_size=1)
+    assert torch.equal(again[0], got) and torch.equal(again[1], holding)
+
+
+def test_a_multi_label_split_counts_each_text_under_every_label_it_has():
+    texts = [[3, 4], [3, 5], [6]]
+    split = split_of(texts, [0, 0, 0])
+    split.labels = torch.tensor([[1, 1], [0, 1], [0, 0]], dtype=torch.uint8)  # a text of no label too
+    got, holding = text_counts(split, Truncation(), V, BUCKETS, 2)
+    assert got[3].tolist() == [1, 2] and got[6].tolist() == [0, 0]
+    assert holding[3] == 2 and holding[6] == 1
 
 
 def test_counts_see_texts_cut_as_training_cuts_them():
     texts = [[1, 2, 3, 4, 5, 6], [7, 8]]
-    got = text_counts(split_of(texts, [0, 1]), Truncation(4, Truncate.head_tail), V, BUCKETS, 2)
+    got, _ = text_counts(split_of(texts, [0, 1]), Truncation(4, Truncate.head_tail), V, BUCKETS, 2)
     assert torch.equal(got, expected_counts([[1, 2, 5, 6], [7, 8]], [0, 1]))  # 3 and 4 were cut out
 
 

@@ -351,3 +351,29 @@ def test_a_model_that_fails_gets_500_in_one_line_and_the_server_goes_on(model_di
         assert srv.stop() == 0
     log = "".join(srv.lines)
     assert "predict failed: CheckpointError: onnxruntime failed on" in log and "Traceback" not in log
+
+
+def test_a_multi_label_model_answers_its_label_sets(tmp_path):
+    """A multi-label checkpoint with stored thresholds: each text's labels over them, as predict --json."""
+    folder = tmp_path / "multi"
+    torch.manual_seed(1)
+    cfg = config.apply(config.resolve(TINY), {"data": {"multi_label": True}}, "test")
+    vocab = Vocab(["<pad>", "<unk>", *WORDS])
+    chosen = choose(cfg.model, torch.device("cpu"), trained=cfg.model.precision)
+    spec = model_spec(cfg.model, len(vocab), 3, chosen, multi_label=True)
+    checkpoint.save(folder, cfg, vocab, ["a", "b", "c"], build_model(spec).eval(),
+                    {"thresholds": {"a": 0.3, "b": 0.5, "c": 0.7}})
+    texts = ["a great moving film", "awful boring plot", "the acting"]
+    srv = Server(folder, "--backend", "torch")
+    try:
+        for body, flags in (({"texts": texts}, []), ({"texts": texts, "threshold": 0.0, "top_k": 2},
+                                                     ["--threshold", "0", "--top-k", "2"])):
+            status, answer, _, _ = srv.request("POST", "/predict", body)
+            assert status == 200, answer
+            want = predict_json(folder, texts, "--backend", "torch", *flags)
+            for got, expected in zip(answer["predictions"], want, strict=True):
+                assert got.keys() == {"index", "labels"}
+                assert [x["label"] for x in got["labels"]] == [x["label"] for x in expected["labels"]]
+        assert all(len(p["labels"]) == 2 for p in answer["predictions"])
+    finally:
+        assert srv.stop() == 0

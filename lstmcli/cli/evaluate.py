@@ -23,8 +23,9 @@ from lstmcli.config import Device, Impl, Precision, env_data_dir
 from lstmcli.errors import CheckFailed, LstmcliError
 from lstmcli.exits import user_errors
 
-THRESHOLD_HELP = ("two labels only: predict the second label (e.g. pos) when its probability is at least "
-                  "this, else the first " + default_text("the more probable one"))
+THRESHOLD_HELP = ("two labels: predict the second label (e.g. pos) when its probability is at least this, "
+                  "else the first " + default_text("the more probable one") + "; multi-label: every label "
+                  "whose probability is at least this " + default_text("each label's fitted threshold"))
 PRECISION_HELP = ("run the checkpoint at this precision (fp32 where the device has no native bf16, said on "
                   "stderr) " + default_text("the one it was trained at"))
 
@@ -32,8 +33,9 @@ BATCH_HELP = "examples per batch " + default_text("the checkpoint's")
 
 
 class Metric(str, Enum):
-    accuracy = "accuracy"
+    accuracy = "accuracy"  # multi-label: subset accuracy
     macro_f1 = "macro_f1"
+    micro_f1 = "micro_f1"  # multi-label only
 
 
 class SplitName(str, Enum):
@@ -61,7 +63,8 @@ def eval_(
         help="run the weights in this implementation " + default_text("the checkpoint's"))] = None,
     precision: Annotated[Precision | None, typer.Option(help=PRECISION_HELP)] = None,
     fail_under: Annotated[float | None, typer.Option(help="exit 1 when --metric is below this")] = None,
-    metric: Annotated[Metric, typer.Option(help="the metric --fail-under checks")] = Metric.accuracy,
+    metric: Annotated[Metric, typer.Option(help="the metric --fail-under checks (a multi-label model's "
+                                           "accuracy is its subset accuracy)")] = Metric.accuracy,
     threshold: Annotated[float | None, typer.Option(help=THRESHOLD_HELP)] = None,
     json_out: json_option("the report instead of a table") = False,
     quiet: Quiet = False,
@@ -69,8 +72,10 @@ def eval_(
 ) -> None:
     """Accuracy, loss, macro-F1, per-class P/R/F1 and the confusion matrix of a checkpoint; with two
     labels also ROC-AUC and the threshold that maximises F1 on the split (choose it on val, apply it to
-    test with --threshold). Writes eval-SPLIT.json and confusion-SPLIT.png beside the checkpoint (an
-    export's: eval-SPLIT.int8.json, ...)."""
+    test with --threshold). A multi-label model: micro- and macro-F1, subset accuracy, Hamming loss and
+    per-label P/R/F1 at its stored thresholds (--threshold sets one for all). Writes eval-SPLIT.json and
+    confusion-SPLIT.png (multi-label: label-f1-SPLIT.png) beside the checkpoint (an export's:
+    eval-SPLIT.int8.json, ...)."""
     from lstmcli import api
     from lstmcli.reports import format_report
     if fail_under is not None and not 0.0 <= fail_under <= 1.0:  # (NaN fails this too)
@@ -85,8 +90,10 @@ def eval_(
         title = f"{report['dataset']} [{report['split']}] with {report['checkpoint']}"
         typer.echo(format_report(report, title))
         if not quiet:
-            typer.echo(f"\nwritten to {report['files']['json']} and {report['files']['confusion_png']}",
-                       err=True)
+            typer.echo(f"\nwritten to {' and '.join(report['files'].values())}", err=True)
+    if fail_under is not None and metric.value not in report:
+        raise LstmcliError(f"--metric {metric.value} is a multi-label model's; this one has one label per "
+                           f"text (use accuracy or macro_f1)")
     if fail_under is not None and report[metric.value] < fail_under:
         raise CheckFailed(f"{metric.value} {report[metric.value]:.4f} is below --fail-under {fail_under}")
 

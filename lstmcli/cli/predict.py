@@ -46,7 +46,9 @@ def predict(
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="write the results to this file (whole, or not at all), not stdout")] = None,
     checkpoint: Checkpoint = DEFAULT_CHECKPOINT,
-    top_k: Annotated[int, typer.Option(min=1, help="how many labels to show per text")] = 1,
+    top_k: Annotated[int | None, typer.Option(
+        min=1, help="how many labels to show per text, most probable first " + default_text(
+            "1; a multi-label model: every label over its threshold"), show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="texts per batch " + default_text(
         "256 on the torch backend, 16 on onnx"), show_default=False)] = None,
     backend: BackendOpt = Backend.auto,
@@ -87,7 +89,7 @@ def predict(
         api.tune_process()
     if threshold is not None:  # before the input: a stream may take its time to say anything
         from lstmcli.evaluation.thresholds import check_threshold
-        check_threshold(threshold, clf.labels)
+        check_threshold(threshold, clf.labels, clf.multi_label)
     size = max(batch_size or 0, WINDOW_BATCH) * WINDOW
     # a bar on the terminal that also shows the answers would be torn by every line they print
     hidden = output is None and sys.stdout.isatty()
@@ -99,7 +101,7 @@ def predict(
         done = 0
         for chunk in _chunks(texts, input, size, keep_bytes(clf.cut.length)):
             for i, ranked in enumerate(clf.predict(chunk, top_k, batch_size, threshold), start=done):
-                out.write(_line(i, ranked, json_out))
+                out.write(_line(i, ranked, json_out, clf.multi_label))
             out.flush()  # a reader at the other end of a pipe gets each batch as it is done
             done += len(chunk)
             shown.update(len(chunk))
@@ -130,11 +132,12 @@ def _chunks(texts: list[str], input: Path | None, size: int, keep: int | None) -
         yield given
 
 
-def _line(i: int, ranked: list[tuple[str, float]], json_out: bool) -> str:
-    """One text's answer: `label<TAB>probability` (pairs for top k), or a JSON object."""
+def _line(i: int, ranked: list[tuple[str, float]], json_out: bool, multi_label: bool = False) -> str:
+    """One text's answer: `label<TAB>probability` (pairs for top k, or a multi-label model's labels: an
+    empty line for a text with none, so that line i still answers text i), or a JSON object."""
     if json_out:
         from lstmcli.inference.predict import as_json
-        return json.dumps(as_json(i, ranked)) + "\n"
+        return json.dumps(as_json(i, ranked, multi_label)) + "\n"
     return "\t".join(f"{lab}\t{p:.4f}" for lab, p in ranked) + "\n"
 
 

@@ -21,7 +21,7 @@ from lstmcli.data.encode import EncodedSplit
 class Batch:
     ids: torch.Tensor  # (B, T) int64, 0-padded
     lengths: torch.Tensor  # (B,) int64, >= 1
-    labels: torch.Tensor  # (B,) int64
+    labels: torch.Tensor  # (B,) int64, or multi-label (B, C) uint8 0/1
 
     def to(self, device: torch.device) -> Batch:
         # lengths stay on the CPU: packing wants them there, and indexing uses a device copy.

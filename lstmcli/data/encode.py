@@ -46,10 +46,14 @@ class EncodedSplit:
 
     ids: torch.Tensor  # (total_tokens,) int32
     offsets: torch.Tensor  # (n + 1,) int64
-    labels: torch.Tensor  # (n,) int64
+    labels: torch.Tensor  # (n,) int64 label ids; multi-label: (n, C) uint8, 1 where the text has label c
 
     def __len__(self) -> int:
-        return self.labels.numel()
+        return self.labels.size(0)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.labels.dim() == 2
 
     @property
     def lengths(self) -> torch.Tensor:  # (n,) int64
@@ -61,6 +65,21 @@ class EncodedData:
     vocab: Vocab
     label_names: list[str]
     splits: dict[str, EncodedSplit]
+
+    @property
+    def multi_label(self) -> bool:
+        return self.splits["train"].multi_label
+
+
+def label_tensor(split: RawSplit, num_labels: int) -> torch.Tensor:
+    """(n,) int64 label ids, or for a multi-label split (n, C) uint8 indicators (1 byte a label: a
+    million texts of a hundred labels hold 100 MB)."""
+    if not split.multi_label:
+        return torch.tensor(split.labels, dtype=torch.int64)
+    out = torch.zeros(len(split), num_labels, dtype=torch.uint8)
+    rows = [i for i, ys in enumerate(split.labels) for _ in ys]
+    out[rows, [y for ys in split.labels for y in ys]] = 1
+    return out
 
 
 def _provisional_ids(texts: list[str], table: defaultdict,
@@ -136,9 +155,10 @@ def _tokenize_into(texts: list[str], table: defaultdict,
     return torch.cat([ids, to_ours[child_ids]]), torch.cat([lengths, child_lengths])
 
 
-def encode_splits(splits: dict[str, RawSplit], cfg: DataConfig,
-                  vocab: Vocab | None = None) -> tuple[Vocab, dict[str, EncodedSplit]]:
-    """Numericalize `splits`, building the vocabulary from the training split unless one is given."""
+def encode_splits(splits: dict[str, RawSplit], cfg: DataConfig, vocab: Vocab | None = None,
+                  num_labels: int = 0) -> tuple[Vocab, dict[str, EncodedSplit]]:
+    """Numericalize `splits`, building the vocabulary from the training split unless one is given
+    (`num_labels`: the width of a multi-label split's indicators)."""
     table: defaultdict[str, int] = defaultdict()
     table.default_factory = table.__len__  # first sight of a token -> next provisional id
     for special in (PAD, UNK):
@@ -158,8 +178,7 @@ def encode_splits(splits: dict[str, RawSplit], cfg: DataConfig,
     for name, (ids, lengths) in raw.items():
         offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
         torch.cumsum(lengths, 0, out=offsets[1:])
-        encoded[name] = EncodedSplit(remap[ids], offsets,
-                                     torch.tensor(splits[name].labels, dtype=torch.int64))
+        encoded[name] = EncodedSplit(remap[ids], offsets, label_tensor(splits[name], num_labels))
     return vocab, encoded
 
 
@@ -194,7 +213,7 @@ def encode_dataset(cfg: DataConfig, vocab: Vocab | None = None,
     if vocab is not None and (folder / "meta.json").is_file():
         return _load(folder)
     names, splits = load_splits(cfg, label_names)
-    vocab, encoded = encode_splits(splits, cfg, vocab)
+    vocab, encoded = encode_splits(splits, cfg, vocab, len(names))
     data = EncodedData(vocab, names, encoded)
     _save(data, folder)
     return data
@@ -236,6 +255,7 @@ def _load(folder: Path) -> EncodedData:
 
 def encode_file(path: Path, cfg: DataConfig, vocab: Vocab, label_names: list[str]) -> EncodedSplit:
     """Every row of one user file, encoded with a checkpoint's vocabulary and labels (for `eval`)."""
-    rows = read_user_file(path, cfg.text_column, cfg.label_column)
-    _, encoded = encode_splits({"test": to_split(rows, label_names, str(path))}, cfg, vocab)
+    rows = read_user_file(path, cfg.text_column, cfg.label_column, cfg.label_separator, cfg.multi_label)
+    split = to_split(rows, label_names, str(path), cfg.multi_label)
+    _, encoded = encode_splits({"test": split}, cfg, vocab, len(label_names))
     return encoded["test"]

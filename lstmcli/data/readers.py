@@ -1,6 +1,6 @@
 """File formats: the AG_NEWS CSV, the aclImdb folder, and a user's CSV/TSV/JSONL files.
 
-Every reader returns (texts, label names), and turns what is wrong with a file into a DatasetError that
+Every reader returns (texts, labels), and turns what is wrong with a file into a DatasetError that
 names the file and, where there is one, the line: the file's true line, counted on its bytes (for a
 record whose quoted field runs over several lines, the line the record starts on).
 """
@@ -19,7 +19,10 @@ from lstmcli.progress import track
 
 USER_SUFFIXES = {".csv": ",", ".tsv": "\t", ".jsonl": None}
 
-Rows = tuple[list[str], list[str]]  # texts, label names
+# texts, and per text its label's name, or a tuple of names where a row gives a set of labels (a user
+# file's label cell split at the separator, or a JSONL list; splits.py turns on multi-label for those)
+Label = str | tuple[str, ...]
+Rows = tuple[list[str], list[Label]]
 
 BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark, which Excel's "CSV UTF-8" starts a file with
 _LONE_CR = re.compile(rb"(?<=\r)(?!\n)")  # the place after a \r that no \n follows
@@ -143,8 +146,12 @@ def _columns(spec: str, what: str) -> list[str]:
     return cols
 
 
-def read_user_file(path: Path, text_column: str, label_column: str) -> Rows:
-    """A CSV/TSV (header row, or headerless when every column is given as an index) or JSONL file."""
+def read_user_file(path: Path, text_column: str, label_column: str, separator: str = "",
+                   multi_label: bool = False) -> Rows:
+    """A CSV/TSV (header row, or headerless when every column is given as an index) or JSONL file.
+
+    A label cell holding `separator` (e.g. `sports|politics`) is a set of labels, as is a JSONL list;
+    with `multi_label`, an empty cell or list is a text with no label (else refused)."""
     text_cols, label_col = _columns(text_column, "text-column"), label_column.strip()
     headerless = path.suffix != ".jsonl" and all(c.isdigit() for c in text_cols + [label_col])
     if path.suffix == ".jsonl":
@@ -158,7 +165,7 @@ def read_user_file(path: Path, text_column: str, label_column: str) -> Rows:
             raise DatasetError(f"{path} line {line}: no column {missing[0]!r} "
                                f"(set --text-column / --label-column)")
         texts.append(" ".join(_text(path, line, rec, c) for c in text_cols))
-        labels.append(_label(path, line, _get(rec, label_col), label_col))
+        labels.append(_labels(path, line, _get(rec, label_col), label_col, separator, multi_label))
         first = first or (line, rec)
     if not texts:
         raise DatasetError(f"{path}: no examples")
@@ -223,15 +230,33 @@ def _text(path: Path, line: int, rec: dict | list, col: str) -> str:
     return str(value)
 
 
+def _labels(path: Path, line: int, value, col: str, separator: str, multi_label: bool) -> Label:
+    """A record's label cell: one class name, or a tuple of distinct names (in the cell's order) for a
+    JSON list or a cell split at `separator` (empty parts dropped: `a|` is `a`). An empty set is a text
+    with no label, which only a multi-label run can learn from."""
+    if isinstance(value, list):
+        names = [_label(path, line, v, col) for v in value]
+    elif isinstance(value, str) and separator and separator in value:
+        names = [_label(path, line, part, col) for part in value.split(separator) if part.strip()]
+    elif multi_label and (value == [] or (isinstance(value, str) and not value.strip())):
+        names = []
+    else:
+        return _label(path, line, value, col)
+    if not names and not multi_label:
+        raise DatasetError(f"{path} line {line}: no label (column {col!r}); a text without labels needs "
+                           f"multi_label = true (--multi-label)")
+    return tuple(dict.fromkeys(names))
+
+
 def _label(path: Path, line: int, value, col: str) -> str:
-    """A label as a class name; null, empty, a JSON list/object, or one that would break predict's
+    """A label as a class name; null, empty, a JSON object or list, or one that would break predict's
     tab-separated, one-per-line output are refused."""
     if value is None:
         raise DatasetError(f"{path} line {line}: label is null (column {col!r})")
     if isinstance(value, list | dict):
         kind = "list" if isinstance(value, list) else "object"
         raise DatasetError(f"{path} line {line}: label is a JSON {kind} (column {col!r}); a label must be "
-                           f"a string or a number (one label per example)")
+                           f"a string or a number, or a list of them")
     if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
         # true would become "True", NaN "nan", 0.5 a class named "0.5": none is what a file means
         raise DatasetError(f"{path} line {line}: label {value!r} is not a class name (column {col!r}); "
@@ -240,7 +265,8 @@ def _label(path: Path, line: int, value, col: str) -> str:
         value = int(value)  # 3.0 is class 3, as 3 is
     label = str(value).strip()
     if not label:
-        raise DatasetError(f"{path} line {line}: label is empty (column {col!r})")
+        raise DatasetError(f"{path} line {line}: label is empty (column {col!r}; with multi_label = true "
+                           f"an empty label means none)")
     if any(c in label for c in "\t\n\r"):
         raise DatasetError(f"{path} line {line}: label {label!r} holds a tab or line break, which predict's "
                            f"tab-separated output cannot show")
@@ -264,6 +290,8 @@ def _refuse_header(path: Path, first: tuple[int, list[str]], text_cols: list[str
     """
     line, row = first
     label = labels[0]
+    if isinstance(label, tuple):  # a header's label cell is one name
+        return
     texts = [row[int(c)].strip(" ") for c in text_cols]  # a header cell holds no line breaks or tabs
     if (len(labels) > 1 and any(c.isalpha() for c in label) and labels.count(label) == 1
             and all(_COLUMN_NAME.fullmatch(t) for t in texts)):

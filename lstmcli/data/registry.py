@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lstmcli.data import pairs
 from lstmcli.data.download import RemoteFile, extract_once, fetch
 from lstmcli.data.readers import Rows, read_ag_csv, read_imdb_dir
 
@@ -24,15 +25,21 @@ class BuiltinDataset:
     files: dict[str, RemoteFile]  # by role (a split's name, or "archive")
     read: Callable[[BuiltinDataset, str, Path], Rows]  # (self, split, cache folder) -> rows; fetches first
     splits: tuple[str, ...] = ("train", "test")
+    recipe: str = ""  # a derived dataset's recipe version (pairs.RECIPE): a new one is new data
 
     @property
     def fingerprint(self) -> str:
         """Changes whenever the files could have."""
-        return f"{self.name}:" + ",".join(f.md5 for f in self.files.values())
+        recipe = f"{self.recipe}:" if self.recipe else ""
+        return f"{self.name}:{recipe}" + ",".join(f.md5 for f in self.files.values())
 
 
 def _read_ag_news(ds: BuiltinDataset, split: str, cache: Path) -> Rows:
     return read_ag_csv(fetch(ds.files[split], cache), list(ds.label_names))
+
+
+def _read_ag_news_pairs(ds: BuiltinDataset, split: str, cache: Path) -> Rows:
+    return pairs.ag_news_pairs(read_ag_csv(fetch(ds.files["test"], cache), list(ds.label_names)))[split]
 
 
 def _read_imdb(ds: BuiltinDataset, split: str, cache: Path) -> Rows:
@@ -57,4 +64,10 @@ IMDB = BuiltinDataset(
                            "7c2ac02c03563afcf9b574c7e56c153a")},
     _read_imdb)
 
-REGISTRY: dict[str, BuiltinDataset] = {ds.name: ds for ds in (AG_NEWS, IMDB)}
+AG_NEWS_PAIRS = BuiltinDataset(
+    "ag_news_pairs", "multi-label: AG_NEWS test articles alone or joined in pairs, labelled with the union "
+                     "of their topics (5,000-odd texts, seeded; lstmcli/data/pairs.py)",
+    AG_NEWS.label_names, {"test": AG_NEWS.files["test"]}, _read_ag_news_pairs, ("train", "val", "test"),
+    recipe=pairs.RECIPE)
+
+REGISTRY: dict[str, BuiltinDataset] = {ds.name: ds for ds in (AG_NEWS, IMDB, AG_NEWS_PAIRS)}

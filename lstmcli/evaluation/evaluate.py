@@ -7,7 +7,6 @@ import dataclasses
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from lstmcli import __version__, checkpoint
 from lstmcli.data.batches import Truncation, collate, sorted_batches, truncated_lengths
@@ -20,7 +19,9 @@ from lstmcli.evaluation.metrics import (
     report_from_pairs,
     roc_auc,
 )
+from lstmcli.evaluation.multilabel import fit_thresholds, label_counts, report_from_counts, threshold_vector
 from lstmcli.evaluation.thresholds import check_threshold
+from lstmcli.models.loss import classification_loss
 from lstmcli.progress import Progress
 from lstmcli.runtime.device import resolve_device
 from lstmcli.runtime.distributed import SINGLE, Dist, all_reduce_sum, gather
@@ -42,7 +43,7 @@ def rank_batches(split: EncodedSplit, batch_size: int, cut: Truncation, device: 
 @torch.no_grad()
 def evaluate(model, split: EncodedSplit, device: torch.device, batch_size: int, cut: Truncation,
              label_names: list[str], dist: Dist = SINGLE, threshold: float | None = None,
-             desc: str = "evaluating") -> dict:
+             desc: str = "evaluating", thresholds: dict | None = None) -> dict:
     """Loss and classification metrics of `model` on every example of `split`.
 
     With two labels the report adds the ROC-AUC of the second label's probability and the threshold
@@ -51,13 +52,19 @@ def evaluate(model, split: EncodedSplit, device: torch.device, batch_size: int, 
     same length-sorted batches and the counts (and binary scores) are combined, so the metrics are the
     single process's and the loss differs only by the order of its float sum. The confusion is counted
     as (true, predicted) pairs (metrics.pair_counts), so memory and time grow with the examples and the
-    labels, never with the labels squared."""
+    labels, never with the labels squared.
+
+    A multi-label split gets evaluate_multi_label's report instead (`thresholds`: the checkpoint's
+    {label: t}; `threshold` overrides them all)."""
+    if split.multi_label:
+        return evaluate_multi_label(model, split, device, batch_size, cut, label_names, dist,
+                                    threshold_vector(label_names, thresholds, threshold), desc)
     model.eval()
     k = len(label_names)
     pairs, loss_sum, scores, targets = [], 0.0, [], []
     for batch in rank_batches(split, batch_size, cut, device, dist, desc):
         logits = model(batch.ids, batch.lengths)
-        loss_sum += float(F.cross_entropy(logits, batch.labels, reduction="sum"))
+        loss_sum += float(classification_loss(logits, batch.labels, reduction="sum"))
         positive = logits.softmax(1)[:, 1] if k == 2 else None  # (B,) the second label's probability
         preds = logits.argmax(1) if threshold is None else (positive >= threshold).long()
         pairs.append(pair_counts(batch.labels.cpu(), preds.cpu(), k))
@@ -75,6 +82,32 @@ def evaluate(model, split: EncodedSplit, device: torch.device, batch_size: int, 
         report |= {"positive_label": label_names[1], "threshold": threshold, "roc_auc": roc_auc(s, y.long()),
                    "best_threshold": best_f1_threshold(s, y.long())}
     return report
+
+
+@torch.no_grad()
+def evaluate_multi_label(model, split: EncodedSplit, device: torch.device, batch_size: int, cut: Truncation,
+                         label_names: list[str], dist: Dist, thresholds: torch.Tensor,
+                         desc: str = "evaluating") -> dict:
+    """A multi-label model's loss and metrics on every example of `split` (evaluation/multilabel.py), each
+    label decided at its entry of `thresholds` (C,), with the F1-best threshold of each label here.
+    Under torchrun the counts are summed and the probabilities gathered, as evaluate() does."""
+    model.eval()
+    counts, loss_sum, scores, targets = torch.zeros(3 * len(label_names) + 1, dtype=torch.int64), 0.0, [], []
+    for batch in rank_batches(split, batch_size, cut, device, dist, desc):
+        logits = model(batch.ids, batch.lengths)
+        loss_sum += float(classification_loss(logits, batch.labels, reduction="sum"))
+        probabilities = logits.float().sigmoid().cpu()  # (B, C)
+        counts += label_counts(probabilities, batch.labels.cpu(), thresholds)
+        scores.append(probabilities)
+        targets.append(batch.labels.cpu())
+    totals = all_reduce_sum(dist, torch.cat([counts.double(), torch.tensor([loss_sum], dtype=torch.float64)]))
+    k = len(label_names)
+    none = torch.zeros(0, k), torch.zeros(0, k, dtype=torch.uint8)
+    ranks = gather(dist, (torch.cat(scores or [none[0]]), torch.cat(targets or [none[1]])))
+    s, y = (torch.cat([r[i] for r in ranks]) for i in (0, 1))
+    report = report_from_counts(totals[:-1].long(), len(split), label_names, thresholds,
+                                loss=float(totals[-1]) / max(len(split), 1))
+    return report | {"fitted_thresholds": fit_thresholds(s, y, label_names)}
 
 
 def evaluate_checkpoint(checkpoint_dir: Path, split: str = "test", dataset: str | None = None,
@@ -99,7 +132,7 @@ def evaluate_checkpoint(checkpoint_dir: Path, split: str = "test", dataset: str 
         model = OnnxModel(export)
         how = {"backend": "onnx", "model": str(export.model), "quantize": model.quantize}
     if threshold is not None:
-        check_threshold(threshold, ck.label_names)
+        check_threshold(threshold, ck.label_names, ck.config.data.multi_label)
     data_cfg = dataclasses.replace(ck.config.data, data_dir=data_dir or ck.config.data.data_dir,
                                    dataset=dataset or ck.config.data.dataset, **(columns or {}))
     if dataset and Path(dataset).is_file():
@@ -110,6 +143,7 @@ def evaluate_checkpoint(checkpoint_dir: Path, split: str = "test", dataset: str 
         raise LstmcliError(f"split '{split}' of {data_cfg.dataset} has no examples")
     report = evaluate(model, encoded, dev, batch_size or ck.config.train.batch_size,
                       Truncation.for_inference(ck.config.data), ck.label_names, threshold=threshold,
+                      thresholds=ck.metrics.get("thresholds"),
                       desc=f"evaluating {split}")
     return {"checkpoint": str(ck.path), "dataset": data_cfg.dataset, "split": split,
             **how, **report,

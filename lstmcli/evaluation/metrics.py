@@ -78,6 +78,13 @@ def _scores(tp: torch.Tensor, support: torch.Tensor, predicted: torch.Tensor, la
     }
 
 
+def selection_score(report: dict) -> float:
+    """The validation figure that picks best/, early stopping, the plateau schedule and tune's trials:
+    micro-F1 for a multi-label model (its subset accuracy counts a text right only when every one of
+    its labels is), else accuracy."""
+    return report["micro_f1"] if report.get("multi_label") else report["accuracy"]
+
+
 def roc_auc(scores: torch.Tensor, targets: torch.Tensor) -> float | None:
     """Area under the ROC curve of `scores` (higher = more positive) for binary `targets` (1 = positive):
     the Mann-Whitney U statistic with tied scores given their average rank; None with one class only."""

@@ -1,4 +1,5 @@
-"""Pictures of a run: learning curves and confusion matrices as PNG files, drawn from metrics JSON alone.
+"""Pictures of a run: learning curves and confusion matrices (a multi-label report's per-label F1:
+label_plot.py) as PNG files, drawn from metrics JSON alone.
 
 matplotlib is imported inside the functions that draw, and only its object-oriented API is used
 (Figure + the Agg canvas): no pyplot state, no display, and nothing paid by commands that never draw
@@ -129,6 +130,15 @@ def confusion_matrix(report: dict, path: Path, title: str = "") -> Path:
     return _save(fig, path)
 
 
+def report_picture(report: dict, folder: Path, title: str = "", split: str = "") -> Path:
+    """Draw a report's picture into `folder`: its confusion matrix, or a multi-label report's per-label
+    F1 (label_plot.py); `split` names the file of an eval (confusion-test.png) instead of a run's."""
+    from lstmcli.evaluation.label_plot import LABEL_F1, label_f1
+    if report.get("multi_label"):
+        return label_f1(report, folder / (f"label-f1-{split}.png" if split else LABEL_F1), title)
+    return confusion_matrix(report, folder / (f"confusion-{split}.png" if split else CONFUSION), title)
+
+
 def most_supported(support) -> list[int]:
     """The indices of the labels a confusion picture draws, in label order: all of them up to
     SHOWN_LABELS, else the SHOWN_LABELS with the most true examples (on ties, the earlier label)."""
@@ -201,7 +211,7 @@ def plot_run(run_dir: Path) -> list[Path]:
     name = run_dir.resolve().name
     written = [learning_curves(metrics, run_dir / LEARNING_CURVES, f"{name}: learning curves")]
     if report:
-        written.append(confusion_matrix(report, run_dir / CONFUSION, f"{name}: {split} split, best/"))
+        written.append(report_picture(report, run_dir, f"{name}: {split} split, best/"))
     return written
 
 
@@ -273,6 +283,9 @@ def check_report(report, where: Path, key: str) -> None:
     for field in ("accuracy", "n"):
         if report.get(field) is not None and not _number(report[field]):
             raise _bad(where, f"\"{key}\".{field} is not a number")
+    if report.get("multi_label"):
+        from lstmcli.evaluation.label_plot import check_label_report
+        return check_label_report(report, where, key)
     k = len(labels)
     dense, sparse = report.get("confusion"), report.get("confusion_sparse")
     if dense is not None:

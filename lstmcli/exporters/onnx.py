@@ -23,6 +23,7 @@ from lstmcli.config import to_dict
 from lstmcli.data.batches import Truncation
 from lstmcli.data.text import PAD_ID, UNK_ID, literal_rules
 from lstmcli.errors import LstmcliError
+from lstmcli.evaluation.thresholds import stored_thresholds
 from lstmcli.exporters.quantize import float_recurrent_ops
 from lstmcli.exporters.quantize import quantize as quantize_model
 from lstmcli.fsutil import recover_dir, refuse_non_regular, write_bytes, write_json
@@ -205,13 +206,21 @@ def build_onnx(model, vocab_size: int):
 def sidecar(ck, quantize: str | None = None) -> dict:
     """What a program needs besides the .onnx file: text -> inputs (tokenizer, vocabulary, cut), logits ->
     labels; and a digest of the checkpoint it was made from (`lstmcli predict` runs an export found in
-    a checkpoint folder only while the folder's files still have that digest)."""
+    a checkpoint folder only while the folder's files still have that digest). A multi-label model's
+    logits are each label's log-odds: "multi_label" says so, "thresholds" holds each label's fitted
+    decision threshold on sigmoid(logit)."""
     data = ck.config.data
-    return {"format": FORMAT, "lstmcli": __version__, "quantize": quantize,
+    multi = {}
+    if data.multi_label:
+        multi = {"multi_label": True, "thresholds": dict(zip(
+            ck.label_names, stored_thresholds(ck.metrics.get("thresholds"), ck.label_names,
+                                              str(ck.path / "metrics.json")), strict=True))}
+    probabilities = "a sigmoid per label gives" if data.multi_label else "softmax gives"
+    return {"format": FORMAT, "lstmcli": __version__, "quantize": quantize, **multi,
             "checkpoint": {"sha256": checkpoint.files_digest(ck.path), "config": to_dict(ck.config)},
             "inputs": {"ids": "int64 (batch, time): token ids, 0 (<pad>) past each length",
                        "lengths": "int64 (batch,): tokens per text, >= 1"},
-            "outputs": {"logits": "float32 (batch, classes): softmax gives probabilities"},
+            "outputs": {"logits": f"float32 (batch, classes): {probabilities} probabilities"},
             "labels": ck.label_names,
             "tokenizer": {"name": "basic_english", "lowercase": True, "replace": literal_rules(),
                           "then": "split on whitespace"},

@@ -28,15 +28,19 @@ class TorchModel:
         self.vocab, self.labels = self.ck.vocab, self.ck.label_names
         self.cut = Truncation.for_inference(self.ck.config.data, max_length)
         self.config = to_dict(self.ck.config)
+        self.multi_label = self.ck.config.data.multi_label
+        self.stored_thresholds = self.ck.metrics.get("thresholds")  # predict.py checks and applies them
 
     @torch.no_grad()
     def scores(self, encoded: list[list[int]], batch_size: int) -> np.ndarray:
-        """(N, C) float32 probabilities of texts already encoded and cut, in length-sorted batches."""
+        """(N, C) float32 probabilities (a softmax, or multi-label a sigmoid per label) of texts already
+        encoded and cut, in length-sorted batches."""
         split = as_split(encoded)
         out = torch.zeros(len(encoded), len(self.labels))
         for indices in sorted_batches(split.lengths, batch_size):  # longest first, as in training
             batch = collate(split, indices).to(self.device)
-            out[indices] = self.ck.model(batch.ids, batch.lengths).softmax(-1).float().cpu()
+            logits = self.ck.model(batch.ids, batch.lengths)
+            out[indices] = (logits.sigmoid() if self.multi_label else logits.softmax(-1)).float().cpu()
         return out.numpy()
 
 

@@ -44,7 +44,8 @@ class TextClassifier(nn.Module):
         if spec.ngram_buckets:
             bag = BAGS[spec.ngram_bag]
             width = spec.num_classes if bag.own_logits else spec.ngram_dim
-            self.ngrams = getattr(ngrams, bag.module)(spec.vocab_size, spec.ngram_buckets, width)
+            extra = {"multi_label": True} if spec.multi_label and bag.counts_training_split else {}
+            self.ngrams = getattr(ngrams, bag.module)(spec.vocab_size, spec.ngram_buckets, width, **extra)
             if not bag.own_logits:
                 self.ngram_head = nn.Linear(spec.ngram_dim, spec.num_classes)
         # (P,) one weight per branch, fitted after training on the validation split (calibration.py)
@@ -58,7 +59,9 @@ class TextClassifier(nn.Module):
         weighs and adds up. Training gives each branch its own loss (training/fit.py's _step_loss), so
         that the bag, which fits the training set within an epoch or two, does not leave the encoder
         without a gradient: the two learn as two classifiers and predict as one (their log-odds add).
-        labels (B,): given in training only, for a bag that counted the training texts (NbsvmBag)."""
+        labels (B,) (multi-label: (B, C) 0/1): given in training only, for a bag that counted the training
+        texts (NbsvmBag). A multi-label model's logits are each label's log-odds (a sigmoid each); a
+        single-label model's are a softmax's."""
         if self.spec.precision == "bf16":
             # autocast: the matmuls and the fused recurrent kernels take bfloat16 copies of the float32
             # weights (their gradients come back float32); the loss is computed on float32 logits

@@ -75,48 +75,72 @@ class NbsvmBag(nn.Module):
 
     W_ADJ, R_SCALE, GAIN, SMOOTHING = 0.4, 0.1, 5.0, 1.0
 
-    def __init__(self, vocab_size: int, buckets: int, num_classes: int):
+    def __init__(self, vocab_size: int, buckets: int, num_classes: int, multi_label: bool = False):
         super().__init__()
-        self.vocab_size, self.buckets = vocab_size, buckets
+        self.vocab_size, self.buckets, self.multi_label = vocab_size, buckets, multi_label
         rows = vocab_size + buckets
         self.register_buffer("counts", torch.zeros(rows, num_classes))  # (F, C): n
         self.register_buffer("norms", torch.full((2, num_classes), self.SMOOTHING * rows))  # |p|_1, |q|_1
+        if multi_label:
+            # (F,): training texts holding each n-gram. With label sets, "the rest" of class c is every
+            # text without c (texts of several labels, or none, included), which the class counts alone
+            # cannot give: q = texts - n
+            self.register_buffer("texts", torch.zeros(rows))
         self.weight = nn.Embedding(rows, 1, padding_idx=0)  # (F, 1): w
         self.bias = nn.Parameter(torch.zeros(num_classes))
         with torch.no_grad():
             self.weight.weight.uniform_(-0.1 / self.GAIN, 0.1 / self.GAIN)
             self.weight.weight[0].zero_()
 
-    def set_counts(self, counts: torch.Tensor) -> None:
-        """`counts` (F, C): how many training texts of each class hold each row of the table."""
+    def set_counts(self, counts: torch.Tensor, texts: torch.Tensor | None = None) -> None:
+        """`counts` (F, C): how many training texts of each class hold each row of the table; a
+        multi-label bag also takes `texts` (F,): how many training texts hold it."""
         if counts.shape != self.counts.shape:
             raise ValueError(f"counts of shape {tuple(counts.shape)}; this bag's are "
                              f"{tuple(self.counts.shape)}")
+        if self.multi_label != (texts is not None):
+            raise ValueError("a multi-label bag takes the texts' counts too, a single-label one does not")
         with torch.no_grad():
             self.counts.copy_(counts)
             self.counts[0].zero_()
-            others = self.counts.sum(1, keepdim=True) - self.counts
+            if texts is not None:
+                self.texts.copy_(texts)
+                self.texts[0] = 0
+            others = self._rest(self.counts, self.texts if self.multi_label else None)
             self.norms.copy_(torch.stack([self.counts.sum(0), others.sum(0)]) + self.SMOOTHING * len(counts))
 
-    def ratios(self, counts: torch.Tensor) -> torch.Tensor:
-        """(..., C) counts -> (..., C) log-count ratios r."""
+    @staticmethod
+    def _rest(counts: torch.Tensor, texts: torch.Tensor | None) -> torch.Tensor:
+        """(..., C): the texts not of class c holding each n-gram (`texts` (...,): multi-label)."""
+        if texts is None:
+            return counts.sum(-1, keepdim=True) - counts
+        return texts.unsqueeze(-1) - counts
+
+    def ratios(self, counts: torch.Tensor, texts: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., C) counts (and a multi-label bag's (...,) texts) -> (..., C) log-count ratios r."""
         p = counts + self.SMOOTHING
-        q = counts.sum(-1, keepdim=True) - counts + self.SMOOTHING
+        q = self._rest(counts, texts) + self.SMOOTHING
         return (p / self.norms[0]).log() - (q / self.norms[1]).log()
 
     def table(self) -> torch.Tensor:
         """(F, C): what each n-gram adds to the logits of a text it is in (the bag is linear in its
         distinct n-grams); row 0 is 0."""
-        rows = (self.GAIN * self.weight.weight + self.W_ADJ) * self.ratios(self.counts) * self.R_SCALE
+        r = self.ratios(self.counts, self.texts if self.multi_label else None)
+        rows = (self.GAIN * self.weight.weight + self.W_ADJ) * r * self.R_SCALE
         return torch.cat([torch.zeros_like(rows[:1]), rows[1:]])
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor,
                 labels: torch.Tensor | None = None) -> torch.Tensor:
+        """labels: (B,) ids, or a multi-label bag's (B, C) 0/1 indicators."""
         grams = distinct_ngram_ids(ids, lengths, self.vocab_size, self.buckets)  # (B, N)
         real = (grams != 0).unsqueeze(-1)  # (B, N, 1)
         counts = self.counts[grams]  # (B, N, C)
+        texts = self.texts[grams] if self.multi_label else None  # (B, N)
         if labels is not None:  # leave each training text out of its own counts
-            counts = counts - real * nn.functional.one_hot(labels, counts.size(-1)).unsqueeze(1)
-        r = self.ratios(counts).masked_fill(~real, 0.0)  # (B, N, C)
+            own = (labels.to(counts.dtype) if self.multi_label
+                   else nn.functional.one_hot(labels, counts.size(-1)))
+            counts = counts - real * own.unsqueeze(1)
+            texts = None if texts is None else texts - real.squeeze(-1).to(texts.dtype)
+        r = self.ratios(counts, texts).masked_fill(~real, 0.0)  # (B, N, C)
         w = self.GAIN * self.weight(grams) + self.W_ADJ  # (B, N, 1)
         return (w * r).sum(1) * self.R_SCALE + self.bias  # (B, C)

@@ -121,6 +121,7 @@ class ModelSpec:
     ngram_dim: int = 64  # the fasttext bag's vector size
     pack: str = "auto"
     precision: str = "fp32"
+    multi_label: bool = False  # a sigmoid per label (the data's choice: DataConfig.multi_label)
 
     def __post_init__(self) -> None:
         for name, valid in CHOICES.items():
@@ -153,5 +154,7 @@ class ModelSpec:
         if self.ngram_buckets:
             bag_params, bag_buffers = BAGS[self.ngram_bag].parameter_count(
                 self.vocab_size + self.ngram_buckets, self.ngram_dim, C)
+            if self.multi_label and BAGS[self.ngram_bag].counts_training_split:
+                bag_buffers += self.vocab_size + self.ngram_buckets  # NbsvmBag.texts
             params, buffers = params + bag_params, buffers + bag_buffers
         return params, buffers

@@ -122,6 +122,9 @@ class OnnxModel:
             self.cut = Truncation(max_length or int(cut["max_length"]), Truncate(cut["truncate"]))
             if self.cut.length < 1 or not all(isinstance(x, str) for x in [*self.vocab.itos, *self.labels]):
                 raise ValueError("a cut under 1 token, or a label or token that is not a string")
+            self.multi_label = meta.get("multi_label", False) is True
+            # a multi-label export's {label: threshold}, which inference/predict.py checks and applies
+            self.stored_thresholds = meta.get("thresholds")
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"broken export: {export.model.with_suffix('.json')} ({exc!r})") from None
         self.export, self.quantize = export, meta.get("quantize")
@@ -154,8 +157,9 @@ class OnnxModel:
                                   f"it?): {first[:300]}") from None
 
     def scores(self, encoded: list[list[int]], batch_size: int) -> np.ndarray:
-        """(N, C) float32 probabilities of texts already encoded and cut, in length-sorted batches of
-        `batch_size` (longest first, as the PyTorch backend batches them)."""
+        """(N, C) float32 probabilities (a softmax, or multi-label a sigmoid per label) of texts already
+        encoded and cut, in length-sorted batches of `batch_size` (longest first, as the PyTorch backend
+        batches them)."""
         lengths = np.fromiter((max(len(ids), 1) for ids in encoded), dtype=np.int64, count=len(encoded))
         order = np.argsort(-lengths, kind="stable")
         out = np.zeros((len(encoded), len(self.labels)), dtype=np.float32)
@@ -165,6 +169,9 @@ class OnnxModel:
             for i, row in enumerate(rows):
                 ids[i, :len(encoded[row])] = encoded[row]
             logits = self.logits(ids, lengths[rows])
+            if self.multi_label:
+                out[rows] = 1 / (1 + np.exp(-logits.astype(np.float64)))  # (float64: no overflow warning)
+                continue
             exp = np.exp(logits - logits.max(axis=1, keepdims=True))  # softmax, shifted not to overflow
             out[rows] = exp / exp.sum(axis=1, keepdims=True)
         return out

@@ -77,11 +77,12 @@ def choose(model: ModelConfig, device: torch.device, trained: Precision | None =
     return Choice(impl, precision, f"precision {precision_why}, impl {impl_why}", note)
 
 
-def model_spec(model: ModelConfig, vocab_size: int, num_classes: int, choice: Choice) -> ModelSpec:
-    """The spec of `model`'s network as `choice` runs it."""
+def model_spec(model: ModelConfig, vocab_size: int, num_classes: int, choice: Choice,
+               multi_label: bool = False) -> ModelSpec:
+    """The spec of `model`'s network as `choice` runs it (`multi_label`: the data's DataConfig field)."""
     fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)}
     fields |= {"impl": choice.impl, "precision": choice.precision}
-    return ModelSpec(vocab_size=vocab_size, num_classes=num_classes,
+    return ModelSpec(vocab_size=vocab_size, num_classes=num_classes, multi_label=multi_label,
                      **{k: v.value if isinstance(v, Enum) else v for k, v in fields.items()})
 
 

@@ -48,9 +48,11 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
     texts: list[str] = Field(description="the texts to classify, one prediction each, in order")
-    top_k: int = Field(1, ge=1, description="labels per text, most probable first")
+    top_k: int | None = Field(None, ge=1, description="labels per text, most probable first (default 1; "
+                                                      "a multi-label model: all over their thresholds)")
     threshold: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False, description=(
-        "two labels only: predict the second label when its probability is at least this"))
+        "two labels: predict the second label when its probability is at least this; multi-label: every "
+        "label whose probability is at least this (default: each label's fitted threshold)"))
 
 
 class LabelProbability(BaseModel):
@@ -59,12 +61,14 @@ class LabelProbability(BaseModel):
 
 
 class Prediction(BaseModel):
-    """One text's answer: the object `lstmcli predict --json` prints for it."""
+    """One text's answer: the object `lstmcli predict --json` prints for it (a single-label model: label,
+    probability, top_k; a multi-label model: labels)."""
 
     index: int
-    label: str
-    probability: float
-    top_k: list[LabelProbability]
+    label: str | None = None
+    probability: float | None = None
+    top_k: list[LabelProbability] | None = None
+    labels: list[LabelProbability] | None = None
 
 
 class PredictResponse(BaseModel):
@@ -114,7 +118,7 @@ async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
 
 def _check(body: PredictRequest, clf: Classifier, limits: Limits) -> None:
     """What the schema cannot say: an empty list, too many texts, a text too long, a threshold for a
-    model with more than two labels."""
+    single-label model with more than two labels."""
     if not body.texts:
         raise ApiError(422, "texts: an empty list; give at least one text")
     if len(body.texts) > limits.max_texts:
@@ -124,9 +128,9 @@ def _check(body: PredictRequest, clf: Classifier, limits: Limits) -> None:
         if len(text) > limits.max_text_chars:
             raise ApiError(413, f"texts[{i}]: {len(text):,} characters, over the server's "
                                 f"--max-text-chars {limits.max_text_chars:,}")
-    if body.threshold is not None and len(clf.labels) != 2:
-        raise ApiError(422, f"threshold: this model has {len(clf.labels)} labels; a threshold decides "
-                            "between two")
+    if body.threshold is not None and len(clf.labels) != 2 and not clf.multi_label:
+        raise ApiError(422, f"threshold: this model has {len(clf.labels)} labels, one per text; a threshold "
+                            "decides between two, or a multi-label model's labels")
 
 
 class ConcurrencyLimit:
@@ -208,7 +212,7 @@ def create_app(clf: Classifier, limits: Limits, api_key: str | None = None,
         except Exception as exc:  # the model failed (out of memory, ...): this request's 500, not the end
             log.error("predict failed: %s: %s", type(exc).__name__, str(exc)[:300])
             raise ApiError(500, f"the model failed on this request ({type(exc).__name__})") from None
-        return JSONResponse({"predictions": [as_json(i, r) for i, r in enumerate(ranked)]})
+        return JSONResponse({"predictions": [as_json(i, r, clf.multi_label) for i, r in enumerate(ranked)]})
 
     @app.get("/health", summary="Whether the server is up (no API key needed)")
     async def health() -> dict:

@@ -21,14 +21,15 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-import torch.nn.functional as F
 
 from lstmcli import checkpoint
 from lstmcli.data.batches import Truncation
 from lstmcli.data.encode import EncodedSplit, encode_dataset
 from lstmcli.errors import LstmcliError
-from lstmcli.evaluation.evaluate import rank_batches
+from lstmcli.evaluation.evaluate import evaluate, rank_batches
+from lstmcli.evaluation.thresholds import DEFAULT_THRESHOLD
 from lstmcli.models.classifier import combine_branches
+from lstmcli.models.loss import classification_loss, correct
 from lstmcli.runtime.distributed import SINGLE, Dist, gather
 from lstmcli.training.setup import loss_weight
 
@@ -36,7 +37,8 @@ from lstmcli.training.setup import loss_weight
 @torch.no_grad()
 def branch_logits(model, split: EncodedSplit, device: torch.device, batch_size: int, cut: Truncation,
                   dist: Dist = SINGLE) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every branch's logits on every example of `split`, float64 on the CPU: (P, N, C), and labels (N,).
+    """Every branch's logits on every example of `split`, float64 on the CPU: (P, N, C), and labels (N,)
+    (multi-label: (N, C) 0/1).
 
     Under torchrun each rank runs every world_size-th batch, and every rank gets all of them back, in
     the same order, so every rank fits the same weights."""
@@ -47,18 +49,19 @@ def branch_logits(model, split: EncodedSplit, device: torch.device, batch_size: 
         labels.append(batch.labels.cpu())
     p, c = len(model.branch_weights), model.spec.num_classes
     mine = (torch.cat(parts, 1) if parts else torch.zeros(p, 0, c, dtype=torch.float64),
-            torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64))
+            torch.cat(labels) if labels else split.labels[:0].clone())
     every = gather(dist, mine)
     return torch.cat([e[0] for e in every], 1), torch.cat([e[1] for e in every])
 
 
 def _loss(u: torch.Tensor, parts: torch.Tensor, labels: torch.Tensor,
           class_weight: torch.Tensor | None) -> torch.Tensor:
-    """The objective of log-weights u (P,): the mean log-loss of sum_p w[p] * parts[p] ((P, N, C) against
-    (N,)) with w = exp(u), plus the -log of a normal prior on each w[p] around 1 (sigma 1), per example."""
+    """The objective of log-weights u (P,): the mean log-loss (models/loss.py's: multi-label, binary
+    cross-entropy) of sum_p w[p] * parts[p] ((P, N, C) against the labels) with w = exp(u), plus the
+    -log of a normal prior on each w[p] around 1 (sigma 1), per example."""
     w = u.exp()
     prior = ((w - 1) ** 2).sum() / (2 * len(labels))
-    return F.cross_entropy(combine_branches(w, parts), labels, weight=class_weight) + prior
+    return classification_loss(combine_branches(w, parts), labels, class_weight) + prior
 
 
 def fit_branch_weights(parts: torch.Tensor, labels: torch.Tensor,
@@ -95,6 +98,9 @@ def calibrate(model, split: EncodedSplit, device: torch.device, batch_size: int,
     the weights before and after, and the split's log-loss and accuracy with each."""
     parts, labels = branch_logits(model, split, device, batch_size, cut, dist)
     if labels.unique().numel() < 2:
+        if labels.dim() == 2:
+            raise LstmcliError(f"calibration needs a label present in some validation texts and absent in "
+                               f"others; its {len(labels)} examples have every label or none")
         raise LstmcliError(f"calibration needs two labels or more in the validation split; its "
                            f"{len(labels)} examples have {labels.unique().numel()}")
     before = model.branch_weights.detach().double().cpu()
@@ -102,20 +108,39 @@ def calibrate(model, split: EncodedSplit, device: torch.device, batch_size: int,
 
     def scored(weights: torch.Tensor) -> dict:
         logits = combine_branches(weights, parts)
-        return {"loss": float(F.cross_entropy(logits, labels)),
-                "accuracy": float((logits.argmax(1) == labels).double().mean())}
+        return {"loss": float(classification_loss(logits, labels)),
+                "accuracy": correct(logits, labels) / len(labels)}
 
     model.branch_weights.copy_(after.to(model.branch_weights))
     return {"split_size": len(labels), "branches": model.spec.branches, "weights_before": before.tolist(),
             "weights": after.tolist(), "before": scored(before), "after": scored(after)}
 
 
+def fit_label_thresholds(model, split: EncodedSplit, device: torch.device, batch_size: int, cut: Truncation,
+                         label_names: list[str], dist: Dist = SINGLE) -> dict:
+    """A multi-label model's per-label thresholds, each its F1-best on `split` (the validation split):
+    {"thresholds": {label: t}, "split": "val", "n", "unfitted": labels no text there has (they keep
+    DEFAULT_THRESHOLD), "micro_f1_at_0.5"}. Fitted after the branch weights, which move the
+    probabilities."""
+    val = evaluate(model, split, device, batch_size, cut, label_names, dist, desc="fitting thresholds")
+    fitted = val["fitted_thresholds"]
+    return {"thresholds": {name: f["threshold"] if f else DEFAULT_THRESHOLD for name, f in fitted.items()},
+            "split": "val", "n": val["n"], "unfitted": [name for name, f in fitted.items() if not f],
+            "micro_f1_at_0.5": val["micro_f1"]}
+
+
 def calibrate_checkpoint(ck: checkpoint.Checkpoint, device: torch.device, data_dir: str | None = None,
                          batch_size: int | None = None) -> dict:
     """Fit the branch weights of the loaded checkpoint `ck` on the validation split its run held out
-    (carved again exactly as in training) and set them in `ck.model`; returns the report. Writing them
-    into the checkpoint is the caller's (checkpoint.update)."""
+    (carved again exactly as in training) and set them in `ck.model`, and a multi-label model's
+    thresholds after them (its report's "label_thresholds"); returns the report. Writing them into the
+    checkpoint is the caller's (checkpoint.update)."""
     data_cfg = dataclasses.replace(ck.config.data, data_dir=data_dir or ck.config.data.data_dir)
     data = encode_dataset(data_cfg, vocab=ck.vocab, label_names=ck.label_names)
-    return calibrate(ck.model, data.splits["val"], device, batch_size or ck.config.train.batch_size,
-                     Truncation.for_inference(ck.config.data), class_weight=loss_weight(ck.config, data))
+    size, cut = batch_size or ck.config.train.batch_size, Truncation.for_inference(ck.config.data)
+    report = calibrate(ck.model, data.splits["val"], device, size, cut,
+                       class_weight=loss_weight(ck.config, data))
+    if data.multi_label:
+        report["label_thresholds"] = fit_label_thresholds(ck.model, data.splits["val"], device, size, cut,
+                                                          ck.label_names)
+    return report

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from lstmcli import checkpoint
 from lstmcli.config import Config
@@ -20,14 +19,16 @@ from lstmcli.data.encode import EncodedSplit
 from lstmcli.errors import CheckFailed, Interrupted, LstmcliError, PeerFailed
 from lstmcli.evaluation import plots
 from lstmcli.evaluation.evaluate import evaluate
+from lstmcli.evaluation.metrics import selection_score
 from lstmcli.fsutil import write_json
+from lstmcli.models.loss import classification_loss, correct
 from lstmcli.runtime import distributed
 from lstmcli.runtime.distributed import SINGLE, Dist, all_reduce_sum
-from lstmcli.training.calibration import calibrate
+from lstmcli.training.calibration import calibrate, fit_label_thresholds
 from lstmcli.training.progress import EpochReporter, StepCallback, chain, epoch_line
 from lstmcli.training.rundir import point_latest
 from lstmcli.training.schedule import step_per_batch, step_per_epoch
-from lstmcli.training.setup import Run, reopen, start
+from lstmcli.training.setup import Hooks, Run, reopen, start
 from lstmcli.training.state import EpochProgress, GracefulStop, TrainState, rng_state, state_dict
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def train_one_epoch(model, split: EncodedSplit, batches: list[torch.Tensor], opt
         loss.backward()
         norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf))
         totals[4] = float(should_stop())
-        loss_sum, correct, seen, tokens, stop = all_reduce_sum(dist, totals).tolist()
+        loss_sum, right, seen, tokens, stop = all_reduce_sum(dist, totals).tolist()
         if not (math.isfinite(loss_sum) and math.isfinite(norm)):
             what = f"loss {loss_sum / seen}" if not math.isfinite(loss_sum) else f"gradient norm {norm}"
             raise CheckFailed(f"non-finite {what} in epoch {epoch} at step {step}; training stopped, and "
@@ -63,7 +64,7 @@ def train_one_epoch(model, split: EncodedSplit, batches: list[torch.Tensor], opt
         optimizer.step()
         step_per_batch(scheduler)
         p = progress
-        p.batches_done, p.loss_sum, p.correct = step, p.loss_sum + loss_sum, p.correct + int(correct)
+        p.batches_done, p.loss_sum, p.correct = step, p.loss_sum + loss_sum, p.correct + int(right)
         p.seen, p.tokens, p.seconds = p.seen + int(seen), p.tokens + int(tokens), time.perf_counter() - start
         if on_step is not None:
             on_step(step, p)
@@ -75,7 +76,8 @@ def train_one_epoch(model, split: EncodedSplit, batches: list[torch.Tensor], opt
 def _step_loss(model, split: EncodedSplit, rows: torch.Tensor, cut: Truncation, device: torch.device,
                dist: Dist, class_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss to back-propagate for the global batch `rows`, and this rank's float64 totals
-    [loss sum, correct, examples, tokens, 0 (the stop request's place)].
+    [loss sum, correct (multi-label: texts whose whole label set is right), examples, tokens, 0 (the stop
+    request's place)].
 
     One process: the mean loss (with class weights, the weighted mean: sum w_y * loss / sum w_y, as
     F.cross_entropy's). Under torchrun each rank runs its share of the rows, and its loss is its sum over
@@ -89,20 +91,21 @@ def _step_loss(model, split: EncodedSplit, rows: torch.Tensor, cut: Truncation, 
     logits = parts.sum(0)
     w = None if class_weight is None else class_weight.to(device)
     if dist.enabled:
-        total = len(rows) if w is None else float(class_weight[split.labels[rows]].sum())
-        losses = [F.cross_entropy(part, batch.labels, weight=w, reduction="sum") for part in parts]
-        loss_sum = sum(losses) * live
+        # a multi-label weight is a positive weight inside each text's loss: the mean stays over texts
+        weighted = w is not None and not split.multi_label
+        total = float(class_weight[split.labels[rows]].sum()) if weighted else len(rows)
+        loss_sum = sum(classification_loss(part, batch.labels, w, reduction="sum") for part in parts) * live
         loss = loss_sum * (dist.world_size / total)
     else:
-        loss = sum(F.cross_entropy(part, batch.labels, weight=w) for part in parts)
+        loss = sum(classification_loss(part, batch.labels, w) for part in parts)
     # reported: the loss of the summed logits, as validation reports it (with one branch, the loss
     # trained); a non-finite trained loss is reported as it is, so that the step stops on it
-    value = F.cross_entropy(logits.detach(), batch.labels, reduction="sum").item() * live
+    value = classification_loss(logits.detach(), batch.labels, reduction="sum").item() * live
     if not math.isfinite(trained := loss.item()):
         value = trained
     n = len(batch.labels) * live
-    correct = int((logits.argmax(1) == batch.labels).sum()) * live
-    return loss, torch.tensor([value, correct, n, batch.num_tokens * live, 0.0], dtype=torch.float64)
+    right = correct(logits.detach(), batch.labels) * live
+    return loss, torch.tensor([value, right, n, batch.num_tokens * live, 0.0], dtype=torch.float64)
 
 
 def _resume_command(r: Run) -> str:
@@ -128,12 +131,13 @@ def _finish_epoch(r: Run, batches: list[torch.Tensor], lengths: torch.Tensor) ->
     stats = {"epoch": epoch, "train_loss": p.loss_sum / p.seen, "train_accuracy": p.correct / p.seen,
              "seconds": p.seconds, "tokens": p.tokens, "tokens_per_s": p.tokens / max(p.seconds, 1e-9),
              "padding": padding_share(batches, lengths), "lr": r.optimizer.param_groups[0]["lr"],
-             **{f"val_{k}": val[k] for k in ("loss", "accuracy", "macro_f1")}}
+             **{f"val_{k}": val[k] for k in ("loss", "accuracy", "macro_f1", "micro_f1") if k in val}}
     r.metrics["history"].append(stats)
-    improved = val["accuracy"] > r.state.best_val
-    step_per_epoch(r.scheduler, val["accuracy"])
+    score = selection_score(val)
+    improved = score > r.state.best_val
+    step_per_epoch(r.scheduler, score)
     bad = 0 if improved else r.state.bad_epochs + 1
-    best_val, best_epoch = (val["accuracy"], epoch) if improved else (r.state.best_val, r.state.best_epoch)
+    best_val, best_epoch = (score, epoch) if improved else (r.state.best_val, r.state.best_epoch)
     stop = bool(t.patience and bad >= t.patience)
     r.state = TrainState(epoch + 1, EpochProgress(), best_val, best_epoch, bad, stop)
     if improved and r.dist.is_main:
@@ -151,6 +155,8 @@ def _finish_epoch(r: Run, batches: list[torch.Tensor], lengths: torch.Tensor) ->
     if r.tb is not None:
         r.tb.on_epoch(stats)
     log.info(epoch_line(stats, t.epochs, improved))
+    if r.hooks.on_epoch is not None:
+        r.hooks.on_epoch(epoch, score)
 
 
 def fit(r: Run) -> dict:
@@ -158,7 +164,12 @@ def fit(r: Run) -> dict:
     t, cut = r.cfg.train, Truncation.of(r.cfg.data)
     train = r.data.splits["train"]
     lengths = truncated_lengths(train, cut.length)
-    with GracefulStop() as stop:
+    with GracefulStop() as signalled:
+        deadline = r.hooks.deadline
+
+        def stop() -> bool:
+            return signalled() or (deadline is not None and time.monotonic() >= deadline)
+
         while r.state.epoch <= t.epochs and not r.state.stopped_early:
             epoch, p = r.state.epoch, r.state.progress
             batches = bucket_batches(lengths, t.batch_size, t.seed, epoch)  # the same on every rank
@@ -179,13 +190,19 @@ def fit(r: Run) -> dict:
     best = checkpoint.load(r.run_dir / "best", str(r.device), choice=r.choice)
     if t.calibrate:
         _calibrate_best(r, best)
+    if r.data.multi_label:
+        _fit_thresholds(r, best)
+    if not r.hooks.test:
+        return r.metrics
     r.metrics["test"] = evaluate(best.model, r.data.splits["test"], r.device, t.batch_size, cut,
-                                 r.data.label_names, r.dist, desc="testing")
+                                 r.data.label_names, r.dist, desc="testing",
+                                 thresholds=best.metrics.get("thresholds"))
     if r.dist.is_main:
         write_json(r.run_dir / "metrics.json", r.metrics)
-        plots.confusion_matrix(r.metrics["test"], r.run_dir / plots.CONFUSION,
-                               f"{r.run_dir.name}: test split, best/")
-    log.info(f"test accuracy of best/ (epoch {r.metrics['best_epoch']}): {r.metrics['test']['accuracy']:.4f} "
+        plots.report_picture(r.metrics["test"], r.run_dir, f"{r.run_dir.name}: test split, best/")
+    what = "micro-F1" if r.data.multi_label else "accuracy"
+    log.info(f"test {what} of best/ (epoch {r.metrics['best_epoch']}): "
+             f"{selection_score(r.metrics['test']):.4f} "
              f"(n={r.metrics['test']['n']})")
     if r.tb is not None:  # after metrics.json has "test": a finished run is never resumed to write it again
         r.tb.on_finish(r.cfg, r.metrics)
@@ -207,12 +224,28 @@ def _calibrate_best(r: Run, best: checkpoint.Checkpoint) -> None:
         log.info(f"best/ is not calibrated: {exc}")
         return
     r.metrics["calibration"] = report
+    best.metrics = {**best.metrics, "calibration": report}
     if r.dist.is_main:
-        checkpoint.update(best.path, best.model, {**best.metrics, "calibration": report})
+        checkpoint.update(best.path, best.model, best.metrics)
     b, a = report["before"], report["after"]
     weights = ", ".join(f"{n} {w:.3g}" for n, w in zip(report["branches"], report["weights"], strict=True))
     log.info(f"calibrated best/ on val (n={report['split_size']}): weights {weights}; log-loss "
              f"{b['loss']:.4f} -> {a['loss']:.4f}, accuracy {b['accuracy']:.4f} -> {a['accuracy']:.4f}")
+
+
+def _fit_thresholds(r: Run, best: checkpoint.Checkpoint) -> None:
+    """A multi-label best/: each label's F1-best threshold on the validation split, written into best/
+    (metrics.json "thresholds"), where eval, predict, serve and an export take them from."""
+    t = r.cfg.train
+    fitted = fit_label_thresholds(best.model, r.data.splits["val"], r.device, t.batch_size,
+                                  Truncation.of(r.cfg.data), r.data.label_names, r.dist)
+    best.metrics = {**best.metrics, "thresholds": fitted["thresholds"], "thresholds_fitted": {
+        k: v for k, v in fitted.items() if k != "thresholds"}}
+    r.metrics["thresholds"] = fitted
+    if r.dist.is_main:
+        checkpoint.update(best.path, best.model, best.metrics)
+    log.info(f"fitted the thresholds of {len(fitted['thresholds']) - len(fitted['unfitted'])} labels on val "
+             f"(n={fitted['n']}; micro-F1 at 0.5: {fitted['micro_f1_at_0.5']:.4f})")
 
 
 def _fit_and_release(r: Run) -> Path:
@@ -235,13 +268,17 @@ def _fit_and_release(r: Run) -> Path:
     return r.run_dir
 
 
-def run(cfg: Config, force: bool = False, memory_check: bool = True) -> Path:
+def run(cfg: Config, force: bool = False, memory_check: bool = True, hooks: Hooks | None = None) -> Path:
     """Train as `cfg` says; returns the run folder (config.json, metrics.json, best/, last/). `force`
     trains into a folder that holds something; `memory_check` False skips the estimate of what the run
-    needs against the memory the machine has (runtime/memory.check)."""
-    return _fit_and_release(start(cfg, force, memory_check))
+    needs against the memory the machine has (runtime/memory.check); `hooks`: setup.Hooks."""
+    r = start(cfg, force, memory_check)
+    r.hooks = hooks or Hooks()
+    return _fit_and_release(r)
 
 
-def resume(run_dir: Path) -> Path:
+def resume(run_dir: Path, hooks: Hooks | None = None) -> Path:
     """Continue a stopped run where it stopped."""
-    return _fit_and_release(reopen(run_dir))
+    r = reopen(run_dir)
+    r.hooks = hooks or Hooks()
+    return _fit_and_release(r)

@@ -16,17 +16,21 @@ from lstmcli.models.spec import BAGS
 
 
 def text_counts(split: EncodedSplit, cut: Truncation, vocab_size: int, buckets: int, num_classes: int,
-                batch_size: int = 512) -> torch.Tensor:
-    """(vocab_size + buckets, num_classes) float32: texts of each class holding each row; row 0 is 0."""
+                batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """(vocab_size + buckets, num_classes) float32: texts of each class holding each row, and (F,)
+    float32: texts holding each row; row 0 is 0 in both."""
     rows = vocab_size + buckets
     counts = torch.zeros(num_classes, rows, dtype=torch.int64)
+    texts = torch.zeros(rows, dtype=torch.int64)
     for indices in sorted_batches(truncated_lengths(split, cut.length), batch_size):
         batch = collate(split, indices, cut)
         grams = distinct_ngram_ids(batch.ids, batch.lengths, vocab_size, buckets)  # (B, N)
+        texts += torch.bincount(grams.flatten(), minlength=rows)
         for c in range(num_classes):
-            counts[c] += torch.bincount(grams[batch.labels == c].flatten(), minlength=rows)
-    counts[:, 0] = 0  # <pad>
-    return counts.t().float().contiguous()  # exact: no count reaches 2^24
+            mine = batch.labels[:, c].bool() if split.multi_label else batch.labels == c
+            counts[c] += torch.bincount(grams[mine].flatten(), minlength=rows)
+    counts[:, 0], texts[0] = 0, 0  # <pad>
+    return counts.t().float().contiguous(), texts.float()  # exact: no count reaches 2^24
 
 
 def count_into_bag(model: TextClassifier, split: EncodedSplit, cut: Truncation) -> bool:
@@ -36,6 +40,6 @@ def count_into_bag(model: TextClassifier, split: EncodedSplit, cut: Truncation) 
     if not (spec.ngram_buckets and BAGS[spec.ngram_bag].counts_training_split):
         return False
     bag = model.ngrams
-    counts = text_counts(split, cut, bag.vocab_size, bag.buckets, bag.counts.size(1))
-    bag.set_counts(counts.to(bag.counts.device))
+    counts, texts = text_counts(split, cut, bag.vocab_size, bag.buckets, bag.counts.size(1))
+    bag.set_counts(counts.to(bag.counts.device), texts.to(bag.counts.device) if bag.multi_label else None)
     return True

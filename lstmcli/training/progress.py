@@ -22,8 +22,10 @@ def chain(*callbacks: StepCallback) -> StepCallback:
 
 def epoch_line(s: dict, epochs: int, improved: bool) -> str:
     """The log line of a finished epoch, from its history entry."""
+    # a multi-label run: subset accuracy, and the micro-F1 that picks its best/
+    val = f"micro-F1 {s['val_micro_f1']:.4f}" if "val_micro_f1" in s else f"acc {s['val_accuracy']:.4f}"
     return (f"epoch {s['epoch']}/{epochs}: train loss {s['train_loss']:.4f} acc {s['train_accuracy']:.4f}"
-            f" | val loss {s['val_loss']:.4f} acc {s['val_accuracy']:.4f} | {s['seconds']:.1f}s "
+            f" | val loss {s['val_loss']:.4f} {val} | {s['seconds']:.1f}s "
             f"{s['tokens_per_s']:,.0f} tok/s, padding {s['padding']:.1%}{'  *best' if improved else ''}")
 
 

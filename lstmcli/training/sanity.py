@@ -34,7 +34,10 @@ def warnings_for(cfg: Config, data: EncodedData) -> list[str]:
     if len(data.splits["val"]) < MIN_VAL:
         found.append(f"the validation split has {len(data.splits['val'])} rows (under {MIN_VAL}): best/ "
                      f"and early stopping are chosen on noise (raise val_fraction or max_eval_examples)")
-    counts = torch.bincount(train.labels, minlength=len(data.label_names)).tolist()
+    if train.multi_label:
+        counts = train.labels.sum(0, dtype=torch.int64).tolist()
+    else:
+        counts = torch.bincount(train.labels, minlength=len(data.label_names)).tolist()
     few = [(name, n) for name, n in zip(data.label_names, counts, strict=True) if n < MIN_PER_LABEL]
     if few:
         shown = ", ".join(f"{name!r} {n}" for name, n in few[:5]) + (", ..." if len(few) > 5 else "")

@@ -3,17 +3,19 @@ exactly where it stopped. fit.py takes a Run from here through its epochs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from lstmcli import checkpoint
-from lstmcli.config import Config, ReportTo, from_dict, to_dict
+from lstmcli.config import Config, ReportTo, apply, from_dict, to_dict
 from lstmcli.data.batches import Truncation
 from lstmcli.data.embeddings import init_embeddings
 from lstmcli.data.encode import EncodedData, encode_dataset
@@ -30,6 +32,18 @@ from lstmcli.training.schedule import make_optimizer, make_scheduler
 from lstmcli.training.state import TrainState, load_state
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Hooks:
+    """What a caller that runs many trainings (`lstmcli tune`) adds to one; the defaults are `train`'s."""
+
+    # after each epoch's validation: (epoch, its selection score, metrics.selection_score); whatever
+    # it raises ends the run there (a pruned trial), its folder resumable as after Ctrl-C
+    on_epoch: Callable[[int, float], None] | None = None
+    deadline: float | None = None  # time.monotonic() at which training stops at the next batch, as on
+    #                                Ctrl-C (errors.Interrupted; last/ saved)
+    test: bool = True  # evaluate best/ on the test split at the end (tune: once, for the best trial)
 
 
 @dataclass
@@ -53,6 +67,7 @@ class Run:
     class_weight: torch.Tensor | None = None  # (C,) the loss's weight of each label
     tb: tensorboard.TensorBoard | None = None  # rank 0's event writer, when asked for
     lock: RunLock | None = None  # rank 0's hold on run_dir while it trains
+    hooks: Hooks = field(default_factory=Hooks)
 
 
 def load_data(cfg: Config, dist: Dist) -> EncodedData:
@@ -94,9 +109,15 @@ def _plan(cfg: Config) -> RunPlan:
 
 
 def _class_weights(cfg: Config, data: EncodedData) -> dict[str, float] | None:
-    """{label: its weight in the loss}, from the config and the training split's label counts."""
-    counts = torch.bincount(data.splits["train"].labels, minlength=len(data.label_names)).tolist()
-    weights = resolve_class_weights(cfg.train.class_weights, data.label_names, counts)
+    """{label: its weight in the loss}, from the config and the training split's label counts
+    (multi-label: each label's positive weight)."""
+    labels = data.splits["train"].labels
+    if data.multi_label:
+        counts = labels.sum(0, dtype=torch.int64).tolist()
+    else:
+        counts = torch.bincount(labels, minlength=len(data.label_names)).tolist()
+    weights = resolve_class_weights(cfg.train.class_weights, data.label_names, counts,
+                                    len(labels) if data.multi_label else None)
     return None if weights is None else dict(zip(data.label_names, weights, strict=True))
 
 
@@ -132,7 +153,14 @@ def start(cfg: Config, force: bool = False, memory_check: bool = True) -> Run:
     if dist.is_main:
         check_out(run_dir, force)  # before minutes of tokenizing, and again once locked (claim)
     data = load_data(cfg, dist)
-    spec = model_spec(plan.saved_cfg.model, len(data.vocab), len(data.label_names), plan.choice)
+    if data.multi_label and not cfg.data.multi_label:  # found in the data: the run records it
+        several, n = int((data.splits["train"].labels.sum(1) > 1).sum()), len(data.splits["train"])
+        log.info(f"multi-label: {several:,} of {n:,} training texts have several labels; one sigmoid per "
+                 f"label (multi_label = true; label_separator = '' would read "
+                 f"{cfg.data.label_separator!r} as part of a label)")
+        cfg, plan = _multi_label(cfg), dataclasses.replace(plan, saved_cfg=_multi_label(plan.saved_cfg))
+    spec = model_spec(plan.saved_cfg.model, len(data.vocab), len(data.label_names), plan.choice,
+                      data.multi_label)
     if memory_check:
         memory.check(plan.saved_cfg, spec, data, device, dist)
     class_weights = _class_weights(cfg, data)
@@ -171,6 +199,10 @@ def start(cfg: Config, force: bool = False, memory_check: bool = True) -> Run:
         cfg, plan.saved_cfg, plan.choice, run_dir, data, dist, device, model,
         distributed.wrap(model, dist, device), optimizer, scheduler, TrainState(), metrics,
         _as_tensor(class_weights), lock=lock))
+
+
+def _multi_label(cfg: Config) -> Config:
+    return apply(cfg, {"data": {"multi_label": True}}, "the data")
 
 
 def _read_run(run_dir: Path) -> tuple[Config, dict]:
