@@ -54,7 +54,8 @@ def test_a_label_cell_splits_at_the_separator_and_a_jsonl_list_is_a_set(tmp_path
     assert read_user_file(f, "text", "label", "|")[1] == [("a", "b"), "b", ("a", "b")]
     assert read_user_file(f, "text", "label", "")[1] == ["a|b", "b", "a| b |a"]  # no separator: one name
     j = tmp_path / "d.jsonl"
-    j.write_text('{"text": "x", "label": ["a", 3]}\n{"text": "y", "label": "b"}\n{"text": "z", "label": []}\n')
+    j.write_text('{"text": "x", "label": ["a", 3]}\n{"text": "y", "label": "b"}\n'
+                 '{"text": "z", "label": []}\n')
     assert read_user_file(j, "text", "label", "|", multi_label=True)[1] == [("a", "3"), "b", ()]
     with pytest.raises(DatasetError, match="line 3: no label .*multi_label = true"):
         read_user_file(j, "text", "label", "|")
@@ -111,7 +112,8 @@ def test_a_multi_label_nbsvm_bag_counts_the_rest_as_texts_without_the_label():
     rng = torch.Generator().manual_seed(0)
     ids = torch.randint(2, V, (6, 5), generator=rng)
     lengths = torch.tensor([5, 4, 5, 3, 2, 5])
-    labels = torch.tensor([[1, 0, 1], [0, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=torch.uint8)
+    labels = torch.tensor([[1, 0, 1], [0, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 0]],
+                          dtype=torch.uint8)
 
     def counted(rows):
         grams = distinct_ngram_ids(ids[rows], lengths[rows], V, B)
@@ -173,7 +175,8 @@ def test_fitted_thresholds_are_each_labels_f1_best_cut():
         best = max(f1_score(y[:, c], probs[:, c] >= cut) for cut in np.unique(probs[:, c]))
         assert fitted[name]["f1"] == pytest.approx(best)
         assert f1_score(y[:, c], probs[:, c] >= np.float32(fitted[name]["threshold"])) == pytest.approx(best)
-        assert fitted[name] == best_f1_threshold(torch.from_numpy(probs[:, c]), torch.from_numpy(y[:, c]).long())
+        column = torch.from_numpy(probs[:, c]), torch.from_numpy(y[:, c]).long()
+        assert fitted[name] == best_f1_threshold(*column)
 
 
 # --- the CLI, end to end ------------------------------------------------------------------------------
@@ -183,8 +186,8 @@ def multi_run(workdir):
     """A tiny multi-label run `m` trained through the CLI on a CSV with texts of 0-2 labels."""
     write_multi_csv(Path("multi.csv"), 300, seed=1)
     ok(run("train", "--config", TINY, "--dataset", "multi.csv", "--multi-label", "--epochs", "3",
-           "--ngram-buckets", "500", "--ngram-bag", "nbsvm", "--max-eval-examples", "0", "--val-fraction", "0.2",
-           "--quiet", "--out", "m"))
+           "--ngram-buckets", "500", "--ngram-bag", "nbsvm", "--max-eval-examples", "0",
+           "--val-fraction", "0.2", "--quiet", "--out", "m"))
     return Path("m")
 
 
@@ -240,7 +243,7 @@ def test_the_model_learns_the_label_sets(multi_run):
 def test_tables_come_back_with_the_predicted_label_sets(multi_run):
     Path("in.csv").write_text("id,text\n1,goal match vote senate\n2,chip robot\n")
     ok(run("predict", "-c", multi_run, "-i", "in.csv", "-o", "out.csv", "--threshold", "0.0"))
-    rows = list(csv.DictReader(Path("out.csv").open()))
+    rows = list(csv.DictReader(Path("out.csv").read_text().splitlines()))
     assert [r["id"] for r in rows] == ["1", "2"]
     assert len(rows[0]["predicted_labels"].split("|")) == 3
     assert len(rows[0]["predicted_probabilities"].split("|")) == 3
@@ -264,8 +267,8 @@ def test_an_export_carries_the_thresholds_and_predicts_as_torch(multi_run):
                                        "onnx", *texts)).stdout.splitlines()]
     for x, y in zip(a, b, strict=True):
         assert [p["label"] for p in x["labels"]] == [p["label"] for p in y["labels"]]
-        assert [p["probability"] for p in x["labels"]] == pytest.approx([p["probability"] for p in y["labels"]],
-                                                                        abs=1e-5)
+        expected = [p["probability"] for p in y["labels"]]
+        assert [p["probability"] for p in x["labels"]] == pytest.approx(expected, abs=1e-5)
 
 
 def test_calibrate_fits_the_thresholds_again_and_plot_draws_label_f1(multi_run):
@@ -282,8 +285,8 @@ def test_calibrate_fits_the_thresholds_again_and_plot_draws_label_f1(multi_run):
 def test_a_single_label_model_refuses_label_sets(trained):
     Path("sets.csv").write_text("text,label\ngreat film,pos|neg\n")
     one_line_error(run("eval", "-c", trained / "best", "--dataset", "sets.csv"), 2, "single-label")
-    one_line_error(run("eval", "-c", trained / "best", "-q", "--metric", "micro_f1", "--fail-under", "0.5"), 2,
-                   "multi-label model's")
+    gate = run("eval", "-c", trained / "best", "-q", "--metric", "micro_f1", "--fail-under", "0.5")
+    one_line_error(gate, 2, "multi-label model's")
 
 
 # --- ag_news_pairs ------------------------------------------------------------------------------------

@@ -71,7 +71,8 @@ def test_user_folder_and_unseen_test_label(tmp_path, workdir):
 
 
 def test_unknown_dataset(workdir):
-    with pytest.raises(DatasetError, match="unknown dataset 'imbd': expected ag_news, imdb, ag_news_pairs, or a path"):
+    with pytest.raises(DatasetError, match="unknown dataset 'imbd': expected ag_news, imdb, ag_news_pairs, "
+                                           "or a path"):
         load_splits(DataConfig(dataset="imbd"))
 
 
