@@ -26,9 +26,14 @@ def label_f1(report: dict, path: Path, title: str = "") -> Path:
     left.set_xlabel("F1")
     left.set_yticks(rows, [_short(str(n)) for n in shown])
     left.invert_yaxis()  # the most frequent label on top
-    for y, value in zip(rows, f1, strict=True):
-        left.text(min(value + 0.01, 0.9), y, f"{value:.2f}", va="center", fontsize=8)
+    for y, value in zip(rows, f1, strict=True):  # inside the bar's end where the bar reaches the edge
+        inside = value > 0.85
+        left.text(value - 0.01 if inside else value + 0.01, y, f"{value:.2f}", va="center", fontsize=8,
+                  ha="right" if inside else "left", color="white" if inside else "black")
     right.barh(rows, support, color="tab:gray")
+    for y, count in zip(rows, support, strict=True):
+        right.text(count, y, f" {count:,}", va="center", fontsize=8)
+    right.margins(x=0.15)  # room for the counts
     right.set_xlabel("support (texts with the label)")
     more = f"; {len(shown)} most frequent of {len(names):,} labels" if len(shown) < len(names) else ""
     subtitle = (f"micro-F1 {report['micro_f1']:.2%}, macro-F1 {report['macro_f1']:.2%}, subset accuracy "
