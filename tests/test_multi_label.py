@@ -348,3 +348,13 @@ def test_two_processes_train_a_multi_label_model_as_one_does(mirror, workdir):
     assert m2["thresholds"]["thresholds"] == pytest.approx(m1["thresholds"]["thresholds"], abs=1e-5)
     one, two = weights(Path("one")), weights(Path("two"))
     assert all(torch.allclose(one[k], two[k], atol=1e-4) for k in one)
+
+
+def test_label_sets_too_large_to_hold_are_refused_before_they_are_made(monkeypatch):
+    from lstmcli.data import encode
+    from lstmcli.data.splits import RawSplit
+    monkeypatch.setattr(encode, "MAX_LABEL_CELLS", 11)
+    split = RawSplit(["a", "b", "c", "d"], [(0,), (0, 1), (), (1,)], multi_label=True)
+    assert encode.label_tensor(split, 2).shape == (4, 2)
+    with pytest.raises(DatasetError, match="4 texts x 3 labels is over 11"):
+        encode.label_tensor(split, 3)

@@ -32,6 +32,7 @@ from lstmcli.config import DataConfig
 from lstmcli.data.readers import read_user_file
 from lstmcli.data.splits import RawSplit, load_splits, open_source, to_split
 from lstmcli.data.text import PAD, UNK, UNK_ID, Vocab, basic_english
+from lstmcli.errors import DatasetError
 from lstmcli.fsutil import honour_umask, temp_dir, write_failed
 from lstmcli.progress import Progress
 
@@ -71,11 +72,21 @@ class EncodedData:
         return self.splits["train"].multi_label
 
 
+# The most (text, label) cells a multi-label split may have: its indicators take a byte each, and
+# evaluating it (per-label thresholds) holds a float32 probability each, 1.25 GiB at this bound
+MAX_LABEL_CELLS = 2**28
+
+
 def label_tensor(split: RawSplit, num_labels: int) -> torch.Tensor:
     """(n,) int64 label ids, or for a multi-label split (n, C) uint8 indicators (1 byte a label: a
-    million texts of a hundred labels hold 100 MB)."""
+    million texts of a hundred labels hold 100 MB); a split beyond MAX_LABEL_CELLS is refused before
+    anything that size is made."""
     if not split.multi_label:
         return torch.tensor(split.labels, dtype=torch.int64)
+    if len(split) * num_labels > MAX_LABEL_CELLS:
+        raise DatasetError(f"multi-label: {len(split):,} texts x {num_labels:,} labels is over "
+                           f"{MAX_LABEL_CELLS:,} (text, label) cells, more than lstmcli holds in memory; "
+                           f"merge rare labels or split the data")
     out = torch.zeros(len(split), num_labels, dtype=torch.uint8)
     rows = [i for i, ys in enumerate(split.labels) for _ in ys]
     out[rows, [y for ys in split.labels for y in ys]] = 1
