@@ -175,6 +175,9 @@ class Config:
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+# Tables a config file may hold that are not part of a run's config: accepted (each must be a table) and
+# left to the command that reads them; `[tune]` is `lstmcli tune`'s search space (lstmcli/tuning/space.py)
+OTHER_TABLES = ("tune",)
 
 
 class FieldInfo(typing.NamedTuple):
@@ -217,6 +220,18 @@ def _coerce(key: str, value: Any, typ: type) -> Any:
     if typ is int and not INT64_MIN <= value <= INT64_MAX:  # torch and TOML stop at 64 bits
         raise ConfigError(f"config key '{key}': {value} is outside the 64-bit integer range")
     return float(value) if typ is float else value
+
+
+def check_value(key: str, name: str, value: Any) -> Any:
+    """`value` as the type of the field `name`, within its BOUNDS, or ConfigError naming `key` (a value
+    given somewhere else than the field's own place, e.g. 'tune.lr')."""
+    value = _coerce(key, value, field_index()[name].type)
+    if name in BOUNDS:
+        low, high, inclusive = BOUNDS[name]
+        if value < low or value > high or (value == high and not inclusive):
+            upper = "" if high == math.inf else f" and {'<=' if inclusive else '<'} {high}"
+            raise ConfigError(f"config key '{key}' must be >= {low}{upper}, got {value}")
+    return value
 
 
 def parse_class_weights(spec: str) -> str | dict[str, float]:
@@ -313,8 +328,12 @@ def apply(cfg: Config, values: dict[str, Any], source: str, warn_renamed: bool =
     index = field_index()
     updates: dict[str, dict[str, Any]] = {}
     for section, table in values.items():
+        if section in OTHER_TABLES:
+            if not isinstance(table, dict):
+                raise ConfigError(f"{source}: '{section}' must be a table")
+            continue
         if section not in SECTIONS:
-            expected = ", ".join(SECTIONS)
+            expected = ", ".join([*SECTIONS, *OTHER_TABLES])
             raise ConfigError(f"{source}: unknown section '{section}' (expected one of {expected})")
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: '{section}' must be a table")

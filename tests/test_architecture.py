@@ -30,7 +30,7 @@ LAYERS = [
     {"checkpoint"},
     {"evaluation"},
     {"training"},
-    {"inference", "exporters"},
+    {"inference", "exporters", "tuning"},
     {"reports", "exits", "serving"},
     {"api"},
     {"cli"},
@@ -142,9 +142,10 @@ def test_readme_lists_the_registry():
 
 
 def test_optional_and_heavy_packages_are_imported_only_where_used():
-    """matplotlib (drawing), tensorboardX and onnx (extras) never at a module's top level: a command that
-    does not draw, log events or export neither pays for them nor needs them installed."""
-    heavy = {"matplotlib", "tensorboardX", "onnx", "onnxruntime"}
+    """matplotlib (drawing), tensorboardX, onnx and optuna (extras) never at a module's top level: a
+    command that does not draw, log events, export or tune neither pays for them nor needs them
+    installed."""
+    heavy = {"matplotlib", "tensorboardX", "onnx", "onnxruntime", "optuna"}
     for path in sorted(PACKAGE.rglob("*.py")):
         for node in ast.parse(path.read_text(encoding="utf-8")).body:
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \

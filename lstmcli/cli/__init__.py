@@ -1,6 +1,6 @@
 """The command line: thin commands that resolve options and call one library function each.
 
-One module per family of commands (train; evaluate: eval, calibrate; predict; tools: bench, export,
+One module per family of commands (train; tune; evaluate: eval, calibrate; predict; tools: bench, export,
 plot; info: datasets, configs, env), the options they share in options.py. Results go to stdout, logs,
 progress and errors to stderr. How a command ends (one line and an exit code for an error a user can
 cause, signals, the process's exit) is exits.py's; a usage error (an unknown option, a bad value) ends
@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from lstmcli import __version__
-from lstmcli.cli import evaluate, info, predict, serve, tools, train
+from lstmcli.cli import evaluate, info, predict, serve, tools, train, tune
 from lstmcli.cli.options import Command, Group
 from lstmcli.exits import DEBUG, run
 
@@ -44,9 +44,9 @@ def main_options(
     DEBUG["on"] = debug
 
 
-for name, fn in [("train", train.train), ("eval", evaluate.eval_), ("predict", predict.predict),
-                 ("calibrate", evaluate.calibrate), ("export", tools.export), ("serve", serve.serve),
-                 ("plot", tools.plot),
+for name, fn in [("train", train.train), ("tune", tune.tune), ("eval", evaluate.eval_),
+                 ("predict", predict.predict), ("calibrate", evaluate.calibrate), ("export", tools.export),
+                 ("serve", serve.serve), ("plot", tools.plot),
                  ("bench", tools.bench), ("datasets", info.datasets), ("configs", info.configs),
                  ("env", info.env)]:
     # the list of commands shows each one's first sentence, on one line
