@@ -89,3 +89,41 @@ def test_resume_refuses_finished_runs_and_other_flags(mirror, workdir):
     assert result.exit_code == 2 and "drop --lr" in result.stderr
     result = runner.invoke(app, ["train", "--resume", "nowhere"])
     assert result.exit_code == 2 and "not a run folder" in result.stderr
+
+
+def test_a_resume_drops_the_record_of_an_epoch_last_has_not_finished(mirror, workdir):
+    """metrics.json is written before last/ at an epoch's end: a kill between the two leaves a record of
+    an epoch that last/ has not finished; the resumed run runs it again and records it once."""
+    import time
+
+    from lstmcli.config import resolve
+    from lstmcli.errors import Interrupted
+    from lstmcli.training import fit
+    from lstmcli.training.setup import Hooks
+    cfg = resolve(TINY, {"dataset": "imdb", "epochs": 2, "out": "run"})
+    with pytest.raises(Interrupted):
+        fit.run(cfg, hooks=Hooks(deadline=time.monotonic()))  # stops after the first batch of epoch 1
+    metrics = json.loads(Path("run/metrics.json").read_text())
+    fake = {"epoch": 1, "train_loss": 9.0, "val_accuracy": 0.0}
+    metrics.update(history=[fake], best_epoch=1, stopped_early={"epoch": 1, "patience": 1})
+    Path("run/metrics.json").write_text(json.dumps(metrics))
+    fit.resume(Path("run"))
+    done = json.loads(Path("run/metrics.json").read_text())
+    assert [h["epoch"] for h in done["history"]] == [1, 2] and done["history"][0] != fake
+    assert "stopped_early" not in done and done["best_epoch"] in (1, 2)
+
+
+def test_a_signal_too_late_for_the_loop_is_raised_again_on_leaving():
+    """GracefulStop holds a Ctrl-C for the loop; one the loop never acted on is not swallowed."""
+    import os
+
+    from lstmcli.training.state import GracefulStop
+    with pytest.raises(KeyboardInterrupt), GracefulStop() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop()  # held, not raised, while the loop runs
+    with pytest.raises(RuntimeError, match="acted on"), GracefulStop() as stop:  # raised on: no more
+        os.kill(os.getpid(), signal.SIGINT)
+        raise RuntimeError("acted on")
+    with GracefulStop() as stop:  # no signal: nothing
+        pass
+    assert not stop()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lstmcli.evaluation.plots import SHOWN_LABELS, _bad, _count, _figure, _number, _save, _short
+from lstmcli.evaluation.plots import SHOWN_LABELS, _bad, _count, _number, _short, new_figure, save_figure
 
 LABEL_F1 = "label_f1.png"
 
@@ -18,7 +18,7 @@ def label_f1(report: dict, path: Path, title: str = "") -> Path:
     shown = names[:SHOWN_LABELS]
     f1 = [per[n]["f1"] for n in shown]
     support = [per[n]["support"] for n in shown]
-    fig = _figure(10, max(2.5, 0.32 * len(shown) + 1.4))
+    fig = new_figure(10, max(2.5, 0.32 * len(shown) + 1.4))
     left, right = fig.subplots(1, 2, sharey=True, width_ratios=[3, 2])
     rows = list(range(len(shown)))
     left.barh(rows, f1, color="tab:blue")
@@ -39,7 +39,7 @@ def label_f1(report: dict, path: Path, title: str = "") -> Path:
     subtitle = (f"micro-F1 {report['micro_f1']:.2%}, macro-F1 {report['macro_f1']:.2%}, subset accuracy "
                 f"{report['accuracy']:.2%}, n={report['n']:,}{more}")
     fig.suptitle(f"{title}  ({subtitle})" if title else subtitle, parse_math=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def check_label_report(report: dict, where: Path, key: str) -> None:

@@ -31,7 +31,7 @@ ZEROS_UP_TO = 10  # labels up to which a confusion picture writes "0" into its e
 CURVES = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr")  # what learning_curves reads
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
     """A Figure on the Agg canvas (no pyplot), constrained layout."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -41,7 +41,7 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     """Render `fig` as PNG in memory, then write it whole to `path`."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
@@ -63,7 +63,7 @@ def learning_curves(metrics: dict, path: Path, title: str = "") -> Path:
         raise LstmcliError("no finished epoch to plot yet (metrics.json has an empty history)")
     epochs = [h["epoch"] for h in history]
     best = metrics.get("best_epoch")
-    fig = _figure(13, 3.8)
+    fig = new_figure(13, 3.8)
     axes = fig.subplots(1, 3)
     panels = [("loss", "loss"), ("accuracy", "accuracy")]
     for ax, (key, name) in zip(axes, panels, strict=False):
@@ -98,7 +98,7 @@ def learning_curves(metrics: dict, path: Path, title: str = "") -> Path:
         if best_val is not None:
             axes[1].plot([best], [best_val], "*", color="tab:red", markersize=14)
     fig.suptitle(title or "learning curves", parse_math=False)  # a folder name is text, not TeX
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion_matrix(report: dict, path: Path, title: str = "") -> Path:
@@ -127,7 +127,7 @@ def confusion_matrix(report: dict, path: Path, title: str = "") -> Path:
     subtitle = "; ".join(p for p in parts if p)
     fig = _confusion_figure(counts, shares, names)
     fig.suptitle(f"{title}  ({subtitle})" if title and subtitle else title or subtitle, parse_math=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def report_picture(report: dict, folder: Path, title: str = "", split: str = "") -> Path:
@@ -167,7 +167,7 @@ def _confusion_figure(counts, shares, names: list[str]):
     labels); cells grow with the labels."""
     k = len(names)
     side = max(4.0, 0.5 * k + 2.2)
-    fig = _figure(2 * side + 1.0, side + 0.6)
+    fig = new_figure(2 * side + 1.0, side + 0.6)
     font = max(6.0, min(10.0, 110.0 / k))
     for ax, values, fmt, name in zip(fig.subplots(1, 2), (counts, shares), ("{:d}", "{:.0%}"),
                                      ("counts", "share of each true label"), strict=True):

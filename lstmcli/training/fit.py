@@ -143,15 +143,17 @@ def _finish_epoch(r: Run, batches: list[torch.Tensor], lengths: torch.Tensor) ->
     if improved and r.dist.is_main:
         checkpoint.save(r.run_dir / "best", r.saved_cfg, r.data.vocab, r.data.label_names, r.model,
                         {"epoch": epoch, "val": val})
-    _save_last(r, val)
     r.metrics["best_epoch"] = r.state.best_epoch
     if r.state.stopped_early:
         r.metrics["stopped_early"] = {"epoch": epoch, "patience": t.patience}
     if r.dist.is_main:
+        # the epoch's record before last/: a kill between the two leaves a record of an epoch that
+        # last/ has not finished, which a resume drops (setup.reopen), never a finished epoch unrecorded
         write_json(r.run_dir / "metrics.json", r.metrics)
         point_latest(r.run_dir)
         plots.learning_curves(r.metrics, r.run_dir / plots.LEARNING_CURVES,
                               f"{r.run_dir.name}: learning curves")
+    _save_last(r, val)
     if r.tb is not None:
         r.tb.on_epoch(stats)
     log.info(epoch_line(stats, t.epochs, improved))

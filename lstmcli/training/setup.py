@@ -277,6 +277,14 @@ def _restore(run_dir: Path, cfg: Config, metrics: dict, plan: RunPlan, lock: Run
     optimizer = make_optimizer(last.model, cfg)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch(cfg, data))
     state, saved_by = load_state(run_dir / "last", optimizer, scheduler, dist.rank)
+    # epochs metrics.json records but last/ has not finished (a kill between the two writes) run again
+    def finished(entry) -> bool:
+        epoch = entry.get("epoch") if isinstance(entry, dict) else None
+        return isinstance(epoch, int) and epoch < state.epoch
+    metrics["history"] = [h for h in metrics["history"] if finished(h)]
+    metrics["best_epoch"] = state.best_epoch
+    if "stopped_early" in metrics and not finished(metrics["stopped_early"]):
+        del metrics["stopped_early"]
     if saved_by != dist.world_size:
         log.warning(f"resuming a run saved by {saved_by} process(es) with {dist.world_size}: the same "
                     f"batches and gradient means, but float sums in another order and other dropout masks, "

@@ -85,7 +85,9 @@ def load_state(folder: Path, optimizer, scheduler, rank: int = 0) -> tuple[Train
 
 class GracefulStop:
     """While active, SIGINT and SIGTERM only set `requested`: the loop stops at the next batch boundary
-    and saves. A second signal restores the default behaviour for an impatient user."""
+    and saves. A second signal restores the default behaviour for an impatient user. A signal that
+    came too late for the loop to act on (during the last epoch's validation) is raised again on leaving,
+    to the handler before: it is never swallowed (`lstmcli tune` would otherwise run its next trial)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -105,9 +107,11 @@ class GracefulStop:
             self._previous = {}
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self.requested is not None and exc_type is None and self._previous:
+            signal.raise_signal(self.requested)  # (an exception leaving the block has acted on it)
 
     def __call__(self) -> bool:
         return self.requested is not None

@@ -11,13 +11,13 @@ lstmcli/evaluation/plots.py.
 from __future__ import annotations
 
 import csv
-import io
 import json
 from pathlib import Path
 from typing import Any
 
 from lstmcli.config import SECTIONS
-from lstmcli.fsutil import atomic_text, write_bytes, write_json
+from lstmcli.evaluation.plots import new_figure, save_figure
+from lstmcli.fsutil import atomic_text, write_json
 
 TRIALS_CSV, TRIALS_JSON, BEST_TOML = "trials.csv", "trials.json", "best.toml"
 HISTORY, IMPORTANCES = "history.png", "importances.png"
@@ -99,30 +99,12 @@ def best_toml(config: dict, header: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _figure(width: float, height: float):
-    """A Figure on the Agg canvas (no pyplot), constrained layout."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: Path) -> Path:
-    """Render `fig` as PNG in memory, then write it whole to `path`."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    write_bytes(path, buffer.getvalue())
-    return path
-
-
 def history_picture(rows: list[dict], path: Path, title: str) -> Path:
     """Each trial's validation score by trial number (complete: dots; pruned: crosses, at the best
     score it reached), and the best complete score so far as a step line."""
     from matplotlib.ticker import MaxNLocator
 
-    fig = _figure(8, 4.5)
+    fig = new_figure(8, 4.5)
     ax = fig.subplots()
     for state, style, label in (("COMPLETE", "o", "complete"), ("PRUNED", "x", "pruned")):
         shown = [r for r in rows if r["state"] == state and r["val_score"] is not None]
@@ -147,13 +129,13 @@ def history_picture(rows: list[dict], path: Path, title: str) -> Path:
     else:
         ax.legend(loc="best")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def importance_picture(importances: dict[str, float] | None, note: str, path: Path, title: str) -> Path:
     """The parameters' importances as horizontal bars, the most important on top; `note` in their place
     when there are none to draw."""
-    fig = _figure(7, 1.2 + 0.45 * max(len(importances or {}), 2))
+    fig = new_figure(7, 1.2 + 0.45 * max(len(importances or {}), 2))
     ax = fig.subplots()
     if importances:
         names = list(importances)[::-1]
@@ -164,4 +146,4 @@ def importance_picture(importances: dict[str, float] | None, note: str, path: Pa
         ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes, wrap=True)
         ax.set_axis_off()
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
