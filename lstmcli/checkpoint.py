@@ -195,6 +195,8 @@ def _read_files(path: Path) -> tuple[Config, Vocab, list[str], dict]:
         raise CheckpointError(f"broken checkpoint: {path / 'labels.json'} is not a list of two or more "
                               "distinct label names (strings without tabs or line breaks)")
     metrics = _read_json(path / "metrics.json") if (path / "metrics.json").is_file() else {}
+    if not isinstance(metrics, dict):
+        raise CheckpointError(f"broken checkpoint: {path / 'metrics.json'} is not a JSON object")
     return cfg, vocab, [str(x) for x in labels], metrics
 
 

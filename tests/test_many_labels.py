@@ -96,7 +96,7 @@ def sparse_report(supports: list[int]) -> dict:
 def drawn(monkeypatch, report: dict):
     """The confusion figure plots.confusion_matrix makes of `report` (not rendered)."""
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig) or path)
     plots.confusion_matrix(report, Path("unused.png"), "run")
     return figures[0]
 

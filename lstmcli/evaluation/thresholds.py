@@ -26,8 +26,8 @@ def stored_thresholds(value, labels: list[str], where: str) -> list[float]:
     it lacks, or for all when there are none); anything else is a CheckpointError naming `where`."""
     if value is None:
         return [DEFAULT_THRESHOLD] * len(labels)
-    ok = isinstance(value, dict) and all(
-        isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) and 0 <= t <= 1
+    ok = isinstance(value, dict) and all(  # (0 <= t first: math.isfinite overflows on a huge int)
+        isinstance(t, int | float) and not isinstance(t, bool) and 0 <= t <= 1 and math.isfinite(t)
         for t in value.values())
     if not ok:
         raise CheckpointError(f"broken checkpoint: {where} \"thresholds\" is not an object of label -> "
