@@ -1,5 +1,5 @@
-"""The Python API, which the command line itself calls: train, resume, evaluate, calibrate, load, export,
-and tune_process.
+"""The Python API, which the command line itself calls: train, resume, pretrain, evaluate, calibrate,
+load, export, and tune_process.
 
     import lstmcli
     run_dir = lstmcli.train("imdb_small", epochs=1)   # a config file, dict or Config
@@ -47,6 +47,21 @@ def train(config: Config | Mapping[str, Any] | str | Path | None = None, *, forc
     than is available is refused before its model is built unless `skip_memory_check`."""
     from lstmcli.training import fit
     return fit.run(_config(config, overrides), force, not skip_memory_check)
+
+
+def pretrain(config: Config | Mapping[str, Any] | str | Path | None = None, *, force: bool = False,
+             **overrides: Any) -> Path:
+    """Pretrain the embedding and recurrent encoder as language models on unlabelled text (the config's
+    `unlabelled`, else its dataset's training split); returns the run folder, whose best/ a later
+    `train(..., init_from=run_dir / "best")` starts from."""
+    from lstmcli.training import pretrain as lm
+    return lm.fit(lm.start(_config(config, overrides), force))
+
+
+def resume_pretraining(run_dir: str | Path) -> Path:
+    """Continue a stopped `pretrain` run folder where it stopped; returns it."""
+    from lstmcli.training import pretrain as lm
+    return lm.fit(lm.reopen(Path(run_dir)))
 
 
 def resume(run_dir: str | Path) -> Path:

@@ -190,6 +190,9 @@ def _read_files(path: Path) -> tuple[Config, Vocab, list[str], dict]:
     except (ConfigError, ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"broken checkpoint {path}: {exc}") from None
     labels = _read_json(path / "labels.json")
+    if labels == []:  # what lstmcli pretrain writes (training/pretrain.py)
+        raise CheckpointError(f"{path} is a pretrained encoder (lstmcli pretrain), not a classifier: train "
+                              f"one from it with lstmcli train --init-from {path}")
     if not (isinstance(labels, list) and len(labels) >= 2 and len(set(map(str, labels))) == len(labels)
             and all(isinstance(x, str) and x.strip() and not set(x) & set("\t\n\r") for x in labels)):
         raise CheckpointError(f"broken checkpoint: {path / 'labels.json'} is not a list of two or more "
@@ -198,6 +201,35 @@ def _read_files(path: Path) -> tuple[Config, Vocab, list[str], dict]:
     if not isinstance(metrics, dict):
         raise CheckpointError(f"broken checkpoint: {path / 'metrics.json'} is not a JSON object")
     return cfg, vocab, [str(x) for x in labels], metrics
+
+
+def read_vocab(path: Path) -> Vocab:
+    """The vocabulary of the checkpoint folder `path`."""
+    try:
+        return Vocab.from_json((path / "vocab.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"broken checkpoint: cannot read {path / 'vocab.json'} ({exc})") from None
+
+
+def read_pretrained(path: Path) -> tuple[Config, Vocab, dict]:
+    """A pretraining checkpoint's config, vocabulary and metrics (lstmcli pretrain writes them as a
+    classifier's, with an empty labels.json); a classifier or anything else is a CheckpointError."""
+    recover_dir(path)
+    missing = [f for f in FILES if not (path / f).is_file()]
+    if not path.is_dir() or missing:
+        raise CheckpointError(f"no pretrained encoder at {path} (expected a folder lstmcli pretrain wrote, "
+                              f"e.g. RUN/best, holding {', '.join(FILES)})")
+    metrics = _read_json(path / "metrics.json") if (path / "metrics.json").is_file() else {}
+    if _read_json(path / "labels.json") != [] or not isinstance(metrics, dict) or \
+            metrics.get("kind") != "language_model":
+        raise CheckpointError(f"{path} is not a pretrained encoder (lstmcli pretrain writes those); a "
+                              f"classifier's checkpoint cannot be an --init-from")
+    try:
+        cfg = from_dict(_read_json(path / "config.json"), str(path / "config.json"))
+        vocab = Vocab.from_json((path / "vocab.json").read_text(encoding="utf-8"))
+    except (ConfigError, ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"broken pretrained checkpoint {path}: {exc}") from None
+    return cfg, vocab, metrics
 
 
 def load(path: Path, device: str = "cpu", impl: str | None = None, precision: str | None = None,

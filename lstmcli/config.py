@@ -152,6 +152,8 @@ class TrainConfig:
     embeddings: str = _f("", "pretrained vectors (GloVe / word2vec text) for the embedding rows of known "
                              "tokens")
     freeze_embeddings: bool = _f(False, "keep the embedding layer fixed during training")
+    init_from: str = _f("", "start the embedding and recurrent encoder from a pretrained folder "
+                            "(lstmcli pretrain): its vocabulary, cell and sizes are the classifier's")
     calibrate: bool = _f(True, "after training, fit one weight per branch of best/ (the encoder's, an "
                                "n-gram bag's) on the validation split by log-loss: with a bag it sets "
                                "how much each counts; alone it is temperature scaling, which keeps every "
@@ -168,13 +170,29 @@ class TrainConfig:
 
 
 @dataclass
+class PretrainConfig:
+    unlabelled: str = _f("", "lstmcli pretrain: text to learn from, a text file (a document per line), a "
+                             "folder of .txt files (a document each), or a CSV/TSV/JSONL file's "
+                             "text_column; '' = the training split of dataset (never its val or test)")
+    lm_val_fraction: float = _f(0.02, "lstmcli pretrain: share of the documents held out to measure "
+                                      "perplexity on")
+    lm_cutoffs: str = _f("200,2000,10000", "lstmcli pretrain: the adaptive softmax's cluster edges, "
+                                           "frequent words first (comma-separated; edges at or past the "
+                                           "vocabulary size are dropped)")
+    lm_div_value: float = _f(4.0, "lstmcli pretrain: each rarer cluster's vectors are this many times "
+                                  "smaller")
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
-SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
+                             "pretrain": PretrainConfig}
 # Tables a config file may hold that are not part of a run's config: accepted (each must be a table) and
 # left to the command that reads them; `[tune]` is `lstmcli tune`'s search space (lstmcli/tuning/space.py)
 OTHER_TABLES = ("tune",)
@@ -255,6 +273,17 @@ def parse_class_weights(spec: str) -> str | dict[str, float]:
     return weights
 
 
+def lm_cutoffs(spec: str) -> list[int]:
+    """The adaptive softmax's cluster edges from "500,4000,20000"; ValueError says what is wrong."""
+    try:
+        edges = [int(x) for x in spec.split(",")]
+    except ValueError:
+        raise ValueError(f"expected increasing whole numbers separated by commas, got {spec!r}") from None
+    if not edges or edges[0] < 1 or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+        raise ValueError(f"expected increasing whole numbers above 0, got {spec!r}")
+    return edges
+
+
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_THREADS = 1024  # far above any CPU's cores; a typo such as 100000 would start that many threads
 
@@ -273,6 +302,7 @@ BOUNDS: dict[str, tuple[float, float, bool]] = {
     "plateau_patience": (0, math.inf, True), "patience": (0, math.inf, True),
     "log_every": (0, math.inf, True), "threads": (0, MAX_THREADS, True),
     "seed": (0, INT64_MAX, True), "split_seed": (0, INT64_MAX, True),  # torch.manual_seed's range
+    "lm_val_fraction": (0, 1, False), "lm_div_value": (1, math.inf, True),
 }
 
 
@@ -294,6 +324,10 @@ def validate(cfg: Config, source: str) -> Config:
         parse_class_weights(cfg.train.class_weights)
     except ValueError as exc:
         raise ConfigError(f"{source}: config key 'train.class_weights': {exc}") from None
+    try:
+        lm_cutoffs(cfg.pretrain.lm_cutoffs)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: config key 'pretrain.lm_cutoffs': {exc}") from None
     m = cfg.model
     problem = model_problem(m.cell.value, m.impl.value, m.peephole, m.precision.value)
     if problem:
@@ -419,6 +453,7 @@ def from_dict(data: Any, source: str) -> Config:
     return apply(Config(), data, source, warn_renamed=False)
 
 
-__all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "resolve", "apply", "apply_flags",
+__all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "PretrainConfig", "resolve", "apply",
+           "apply_flags",
            "to_dict", "from_dict", "field_index", "Cell", "Impl", "Pooling", "Pack", "Optimizer",
            "Scheduler", "Truncate", "Device", "ReportTo"]

@@ -20,9 +20,10 @@ from .conftest import ok, one_line_error, run
 COMMAND = get_command(app)
 NAMES = list(COMMAND.commands)
 # where each shared option means something (and so must exist); the others must not carry it
-JSON = {"train", "tune", "eval", "predict", "calibrate", "export", "plot", "bench", "datasets", "configs",
-        "env"}
-QUIET = {"train", "tune", "eval", "predict", "calibrate", "export", "bench", "serve"}  # the ones that log
+JSON = {"train", "pretrain", "tune", "eval", "predict", "calibrate", "export", "plot", "bench", "datasets",
+        "configs", "env"}
+# the ones that log
+QUIET = {"train", "pretrain", "tune", "eval", "predict", "calibrate", "export", "bench", "serve"}
 PROGRESS = QUIET - {"serve"}  # the ones with long steps to show
 CHECKPOINT = {"eval", "predict", "calibrate", "export", "serve"}
 POSITIONAL = {"predict": ["texts"], "serve": ["model"]}  # serve MODEL: as `fastapi run APP`, `ollama serve`
@@ -45,8 +46,8 @@ def options(name: str) -> dict:
 
 
 def test_the_commands_in_the_tours_order():
-    assert NAMES == ["train", "tune", "eval", "predict", "calibrate", "export", "serve", "plot", "bench",
-                     "datasets", "configs", "env"]
+    assert NAMES == ["train", "pretrain", "tune", "eval", "predict", "calibrate", "export", "serve", "plot",
+                     "bench", "datasets", "configs", "env"]
 
 
 @pytest.mark.parametrize("name", NAMES)

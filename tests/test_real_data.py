@@ -139,7 +139,9 @@ def test_a_bf16_checkpoint_answers_the_same_in_fp32(real_mirror):
     for precision in ("bf16", "fp32"):
         out = CliRunner().invoke(app, ["predict", "--checkpoint", run_dir / "best", "--precision", precision,
                                        "--json", "--top-k", "2", "-"], input="\n".join(reviews) + "\n")
-        assert out.exit_code == 0 and out.stderr == "", out.output
+        # nothing on stderr but the closing line of a bar, which a slow (busy) machine logs
+        said = [line for line in out.stderr.splitlines() if not line.startswith("predicting: 500 texts in ")]
+        assert out.exit_code == 0 and not said, out.output
         runs[precision] = [{t["label"]: t["probability"] for t in json.loads(line)["top_k"]}
                            for line in out.stdout.splitlines()]
     assert len(runs["fp32"]) == len(reviews) == 500

@@ -1,10 +1,10 @@
 """The command line: thin commands that resolve options and call one library function each.
 
-One module per family of commands (train; tune; evaluate: eval, calibrate; predict; tools: bench, export,
-plot; info: datasets, configs, env), the options they share in options.py. Results go to stdout, logs,
-progress and errors to stderr. How a command ends (one line and an exit code for an error a user can
-cause, signals, the process's exit) is exits.py's; a usage error (an unknown option, a bad value) ends
-the same way (options.Group).
+One module per family of commands (train; pretrain; tune; evaluate: eval, calibrate; predict; tools:
+bench, export, plot; info: datasets, configs, env), the options they share in options.py. Results go to
+stdout, logs, progress and errors to stderr. How a command ends (one line and an exit code for an error
+a user can cause, signals, the process's exit) is exits.py's; a usage error (an unknown option, a bad
+value) ends the same way (options.Group).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from lstmcli import __version__
-from lstmcli.cli import evaluate, info, predict, serve, tools, train, tune
+from lstmcli.cli import evaluate, info, predict, pretrain, serve, tools, train, tune
 from lstmcli.cli.options import Command, Group
 from lstmcli.exits import DEBUG, run
 
@@ -44,7 +44,8 @@ def main_options(
     DEBUG["on"] = debug
 
 
-for name, fn in [("train", train.train), ("tune", tune.tune), ("eval", evaluate.eval_),
+for name, fn in [("train", train.train), ("pretrain", pretrain.pretrain), ("tune", tune.tune),
+                 ("eval", evaluate.eval_),
                  ("predict", predict.predict), ("calibrate", evaluate.calibrate), ("export", tools.export),
                  ("serve", serve.serve), ("plot", tools.plot),
                  ("bench", tools.bench), ("datasets", info.datasets), ("configs", info.configs),

@@ -65,7 +65,9 @@ def learning_curves(metrics: dict, path: Path, title: str = "") -> Path:
     best = metrics.get("best_epoch")
     fig = new_figure(13, 3.8)
     axes = fig.subplots(1, 3)
-    panels = [("loss", "loss"), ("accuracy", "accuracy")]
+    # a language model (lstmcli pretrain) has perplexity where a classifier has accuracy
+    second = "perplexity" if "val_perplexity" in history[0] else "accuracy"
+    panels = [("loss", "loss"), (second, second)]
     for ax, (key, name) in zip(axes, panels, strict=False):
         for prefix, style in (("train", "o-"), ("val", "s-")):
             values = [h.get(f"{prefix}_{key}") for h in history]

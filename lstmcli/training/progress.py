@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 from lstmcli.progress import Progress, bars_shown
@@ -33,8 +34,10 @@ class EpochReporter:
     """A `train_one_epoch` step callback: lstmcli/progress.py's bar (a terminal, not --quiet) with the
     running loss, accuracy and tokens/s; and a log line every `log_every` steps, for CI logs."""
 
-    def __init__(self, epoch: int, epochs: int, total: int, done: int, log_every: int):
-        self.epoch, self.total, self.log_every = epoch, total, log_every
+    def __init__(self, epoch: int, epochs: int, total: int, done: int, log_every: int,
+                 accuracy: bool = True):
+        # accuracy False (a language model): the running perplexity instead of loss and accuracy
+        self.epoch, self.total, self.log_every, self.accuracy = epoch, total, log_every, accuracy
         # the epoch's own line (epoch_line) closes it; `log_every` decides the lines in between
         self.bar = Progress(f"epoch {epoch}/{epochs}", total, unit="steps", quiet_end=True,
                             hidden=not bars_shown())
@@ -42,11 +45,13 @@ class EpochReporter:
 
     def __call__(self, step: int, p: EpochProgress) -> None:
         rate = p.tokens / max(p.seconds, 1e-9)
-        self.bar.update(1, loss=f"{p.loss_sum / p.seen:.4f}", acc=f"{p.correct / p.seen:.4f}",
-                        tok_s=f"{rate:,.0f}")
+        loss = p.loss_sum / max(p.seen, 1)
+        shown = {"loss": f"{loss:.4f}", "acc": f"{p.correct / max(p.seen, 1):.4f}"} if self.accuracy else \
+            {"perplexity": f"{math.exp(min(loss, 700)):.1f}"}
+        self.bar.update(1, **shown, tok_s=f"{rate:,.0f}")
         if self.log_every and step % self.log_every == 0:
-            log.info(f"epoch {self.epoch} step {step}/{self.total}: loss {p.loss_sum / p.seen:.4f} "
-                     f"acc {p.correct / p.seen:.4f}, {rate:,.0f} tok/s")
+            what = " ".join(f"{k} {v}" for k, v in shown.items())
+            log.info(f"epoch {self.epoch} step {step}/{self.total}: {what}, {rate:,.0f} tok/s")
 
     def __enter__(self) -> EpochReporter:
         return self

@@ -19,12 +19,13 @@ from lstmcli.config import Config, ReportTo, apply, from_dict, to_dict
 from lstmcli.data.batches import Truncation
 from lstmcli.data.embeddings import init_embeddings
 from lstmcli.data.encode import EncodedData, encode_dataset
+from lstmcli.data.text import Vocab
 from lstmcli.errors import CheckpointError, LstmcliError
 from lstmcli.fsutil import recover_dir, write_json
 from lstmcli.runtime import distributed, memory
 from lstmcli.runtime.distributed import Dist
 from lstmcli.runtime.plan import Choice, RunPlan, build_model, model_spec, plan_run
-from lstmcli.training import sanity, tensorboard
+from lstmcli.training import init_from, sanity, tensorboard
 from lstmcli.training.class_weights import resolve as resolve_class_weights
 from lstmcli.training.ngram_counts import count_into_bag
 from lstmcli.training.rundir import RunLock, check_out, claim, default_out, environment
@@ -70,15 +71,16 @@ class Run:
     hooks: Hooks = field(default_factory=Hooks)
 
 
-def load_data(cfg: Config, dist: Dist) -> EncodedData:
-    """The encoded splits. Under torchrun each node's local rank 0 downloads and tokenizes first; the
-    other ranks wait, then read its cache."""
+def load_data(cfg: Config, dist: Dist, vocab: Vocab | None = None) -> EncodedData:
+    """The encoded splits, with `vocab` (a pretrained encoder's) or a vocabulary of their own. Under
+    torchrun each node's local rank 0 downloads and tokenizes first; the other ranks wait, then read its
+    cache."""
     start = time.perf_counter()
     if dist.local_rank == 0:
-        data = encode_dataset(cfg.data)
+        data = encode_dataset(cfg.data, vocab)
     distributed.barrier(dist)
     if dist.local_rank != 0:
-        data = encode_dataset(cfg.data)
+        data = encode_dataset(cfg.data, vocab)
     n = {s: len(data.splits[s]) for s in ("train", "val", "test")}
     if not n["train"] or not n["val"]:
         raise LstmcliError(f"dataset {cfg.data.dataset}: {n['train']} training and {n['val']} validation "
@@ -152,7 +154,7 @@ def start(cfg: Config, force: bool = False, memory_check: bool = True) -> Run:
     run_dir = distributed.broadcast(dist, Path(cfg.train.out) if cfg.train.out else default_out(cfg))
     if dist.is_main:
         check_out(run_dir, force)  # before minutes of tokenizing, and again once locked (claim)
-    data = load_data(cfg, dist)
+    data = load_data(cfg, dist, init_from.pretrained_vocab(cfg))
     if data.multi_label and not cfg.data.multi_label:  # found in the data: the run records it
         several, n = int((data.splits["train"].labels.sum(1) > 1).sum()), len(data.splits["train"])
         log.info(f"multi-label: {several:,} of {n:,} training texts have several labels; one sigmoid per "
@@ -170,6 +172,8 @@ def start(cfg: Config, force: bool = False, memory_check: bool = True) -> Run:
     metrics = {"data": {**{s: len(data.splits[s]) for s in data.splits}, "vocab": len(data.vocab),
                         "labels": data.label_names},
                "environment": environment(plan), "history": [], "best_epoch": None}
+    if cfg.train.init_from:
+        metrics["init_from"] = init_from.load_encoder(model, cfg, data)
     if class_weights is not None:
         metrics["class_weights"] = class_weights
     if cfg.train.embeddings:
@@ -269,7 +273,9 @@ def _restore(run_dir: Path, cfg: Config, metrics: dict, plan: RunPlan, lock: Run
     recover_dir(run_dir / "last")  # a save of last/ cut short between its renames
     _check_same_config(run_dir, cfg)
     metrics["environment"] = environment(plan)  # where it runs from now on
-    data = load_data(cfg, dist)
+    # a run started from a pretrained encoder has its vocabulary, which last/ holds as well
+    vocab = checkpoint.read_vocab(run_dir / "last") if cfg.train.init_from else None
+    data = load_data(cfg, dist, vocab)
     last = checkpoint.load(run_dir / "last", str(device), choice=plan.choice)
     if last.vocab != data.vocab or last.label_names != data.label_names:
         raise CheckpointError(f"cannot resume {run_dir}: its data has changed since the run started")
