@@ -51,6 +51,14 @@ class Scheduler(str, Enum):
     constant = "constant"
     cosine = "cosine"
     plateau = "plateau"
+    slanted_triangular = "slanted_triangular"
+    one_cycle = "one_cycle"
+
+
+class Adversarial(str, Enum):
+    none = "none"
+    at = "at"
+    vat = "vat"
 
 
 class Truncate(str, Enum):
@@ -141,11 +149,24 @@ class TrainConfig:
     weight_decay: float = _f(0.0, "L2 weight decay")
     grad_clip: float = _f(1.0, "clip the gradient norm to this (0 = off)")
     scheduler: Scheduler = _f(Scheduler.constant, "learning rate schedule: constant, cosine (to 0 by the "
-                                                  "last step) or plateau (multiply by plateau_factor when "
-                                                  "val accuracy stalls)")
+                                                  "last step), plateau (multiply by plateau_factor when "
+                                                  "val accuracy stalls), slanted_triangular (ULMFiT: up "
+                                                  "over the first 10% of steps, then down to lr/32) or "
+                                                  "one_cycle (up over 30%, then cosine to lr/1e4)")
     warmup_steps: int = _f(0, "linear warm-up steps for constant and cosine")
     plateau_factor: float = _f(0.5, "plateau: factor applied to the learning rate")
     plateau_patience: int = _f(1, "plateau: epochs without improvement before lowering the rate")
+    layer_lr_decay: float = _f(1.0, "discriminative learning rates (ULMFiT): the head trains at lr, each "
+                                    "layer group below at lr x this^depth (encoder layers top down, then "
+                                    "the embedding; ULMFiT uses 0.38 = 1/2.6)")
+    gradual_unfreezing: bool = _f(False, "ULMFiT's gradual unfreezing: epoch 1 trains the head only, each "
+                                         "later epoch one more layer group from the top down")
+    adversarial: Adversarial = _f(Adversarial.none, "adversarial training on the embedded text (Miyato et "
+                                                    "al. 2017): none, at (adversarial) or vat (virtual "
+                                                    "adversarial, label-free)")
+    adversarial_epsilon: float = _f(5.0, "adversarial: perturbation norm per text, in units of the "
+                                         "embedding rows' RMS")
+    adversarial_weight: float = _f(1.0, "adversarial: weight of the adversarial loss term")
     patience: int = _f(0, "early stopping: stop after this many epochs without a better val accuracy "
                           "(0 = off)")
     log_every: int = _f(0, "log a progress line to stderr every N steps (0 = only per epoch)")
@@ -299,6 +320,8 @@ BOUNDS: dict[str, tuple[float, float, bool]] = {
     "num_layers": (1, 1024, True), "epochs": (1, math.inf, True), "batch_size": (1, 2**31 - 1, True),
     "lr": (0, math.inf, True), "momentum": (0, 1, True), "weight_decay": (0, math.inf, True),
     "grad_clip": (0, math.inf, True), "warmup_steps": (0, math.inf, True), "plateau_factor": (0, 1, False),
+    "layer_lr_decay": (0, 1, True), "adversarial_epsilon": (0, math.inf, True),
+    "adversarial_weight": (0, math.inf, True),
     "plateau_patience": (0, math.inf, True), "patience": (0, math.inf, True),
     "log_every": (0, math.inf, True), "threads": (0, MAX_THREADS, True),
     "seed": (0, INT64_MAX, True), "split_seed": (0, INT64_MAX, True),  # torch.manual_seed's range
@@ -317,9 +340,15 @@ def validate(cfg: Config, source: str) -> Config:
             raise ConfigError(f"{source}: config key '{key}' must be >= {low}{upper}, got {value}")
     if any(c in cfg.data.label_separator for c in "\t\n\r"):
         raise ConfigError(f"{source}: config key 'data.label_separator' cannot hold a tab or line break")
-    if cfg.train.warmup_steps and cfg.train.scheduler is Scheduler.plateau:
+    if cfg.train.warmup_steps and cfg.train.scheduler not in (Scheduler.constant, Scheduler.cosine):
         raise ConfigError(f"{source}: config key 'train.warmup_steps' applies to the constant and cosine "
                           "schedules")
+    if cfg.train.layer_lr_decay <= 0:
+        raise ConfigError(f"{source}: config key 'train.layer_lr_decay' must be > 0 and <= 1, got "
+                          f"{cfg.train.layer_lr_decay}")
+    if cfg.train.gradual_unfreezing and cfg.train.scheduler is Scheduler.plateau:
+        raise ConfigError(f"{source}: config key 'train.gradual_unfreezing' needs a per-batch schedule "
+                          "(constant, cosine, slanted_triangular or one_cycle), not plateau")
     try:
         parse_class_weights(cfg.train.class_weights)
     except ValueError as exc:

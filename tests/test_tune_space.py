@@ -89,7 +89,8 @@ def test_a_tune_table_is_accepted_and_ignored_by_train(tmp_path):
     path.write_text("tune = 3\n")
     with pytest.raises(ConfigError, match="'tune' must be a table"):
         resolve(path)
-    with pytest.raises(ConfigError, match="unknown section 'tunes' .expected one of data, model, train, tun"):
+    with pytest.raises(ConfigError,
+                       match="unknown section 'tunes' .expected one of data, model, train, pretrain, tune"):
         apply(Config(), {"tunes": {}}, "x")
 
 

@@ -52,7 +52,7 @@ class TextClassifier(nn.Module):
         self.register_buffer("branch_weights", torch.ones(len(spec.branches)))
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor, parts: bool = False,
-                labels: torch.Tensor | None = None) -> torch.Tensor:
+                labels: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
         """ids (B, T) int64 0-padded, lengths (B,) >= 1 -> logits (B, C), float32 at either precision.
 
         parts=True: each branch's own logits, (P, B, C) with P = 1 + (n-gram bag or not), which combine()
@@ -61,25 +61,43 @@ class TextClassifier(nn.Module):
         without a gradient: the two learn as two classifiers and predict as one (their log-odds add).
         labels (B,) (multi-label: (B, C) 0/1): given in training only, for a bag that counted the training
         texts (NbsvmBag). A multi-label model's logits are each label's log-odds (a sigmoid each); a
-        single-label model's are a softmax's."""
+        single-label model's are a softmax's. noise (B, T, E): added to the embedded text the recurrent
+        encoder reads (adversarial training, training/adversarial.py); the n-gram bag reads ids."""
         if self.spec.precision == "bf16":
             # autocast: the matmuls and the fused recurrent kernels take bfloat16 copies of the float32
             # weights (their gradients come back float32); the loss is computed on float32 logits
             with torch.autocast(ids.device.type, dtype=torch.bfloat16):
-                branches = self._branches(ids, lengths, labels).float()
+                branches = self._branches(ids, lengths, labels, noise).float()
         else:
-            branches = self._branches(ids, lengths, labels)
+            branches = self._branches(ids, lengths, labels, noise)
         return branches if parts else self.combine(branches)
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """The parameters from the top down, for discriminative learning rates and gradual unfreezing
+        (ULMFiT): [the head(s) and any n-gram bag], encoder layer L, ..., encoder layer 1, [embedding].
+        Every parameter is in exactly one group (the embedding's even when frozen: the optimizer leaves
+        out what does not require a gradient); branch_weights is a buffer."""
+        top = [p for m in (self.head, self.ngrams, self.ngram_head) if m is not None for p in m.parameters()]
+        layers: list[list[nn.Parameter]] = [[] for _ in range(self.spec.num_layers)]
+        for name, p in self.encoder.named_parameters():
+            # scratch: weight_ih_l0, weight_hh_l1_reverse; builtin: rnn.weight_ih_l0(_reverse)
+            layer = name.removesuffix("_reverse").rpartition("_l")[2]
+            if not layer.isdigit():
+                raise ValueError(f"encoder parameter {name!r} belongs to no layer")
+            layers[int(layer)].append(p)
+        return [top, *reversed(layers), [self.embedding.weight]]
 
     def combine(self, parts: torch.Tensor) -> torch.Tensor:
         """(P, B, C) branch logits -> (B, C): their sum, each times its weight in branch_weights."""
         return combine_branches(self.branch_weights.to(parts.dtype), parts)
 
     def _branches(self, ids: torch.Tensor, lengths: torch.Tensor,
-                  labels: torch.Tensor | None) -> torch.Tensor:
+                  labels: torch.Tensor | None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.embedding_dropout(self.embedding(ids))
+        if noise is not None:
+            x = x + noise.to(x.dtype)
         # pooling "last" reads the final states only: the per-step outputs are then not assembled
-        outputs, final = self.encoder(self.embedding_dropout(self.embedding(ids)), lengths,
-                                      outputs=self.spec.pooling != "last")
+        outputs, final = self.encoder(x, lengths, outputs=self.spec.pooling != "last")
         logits = [self.head(self.dropout(pool(outputs, final, lengths, self.spec.pooling)))]  # (B, C)
         if self.ngrams is not None:
             # no dropout: a bag of averaged n-gram vectors is a linear model in its counts (fastText

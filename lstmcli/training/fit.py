@@ -24,6 +24,7 @@ from lstmcli.fsutil import write_json
 from lstmcli.models.loss import classification_loss, correct
 from lstmcli.runtime import distributed
 from lstmcli.runtime.distributed import SINGLE, Dist, all_reduce_sum
+from lstmcli.training.adversarial import kl_divergence, perturbation
 from lstmcli.training.calibration import calibrate, fit_label_thresholds
 from lstmcli.training.progress import EpochReporter, StepCallback, chain, epoch_line
 from lstmcli.training.rundir import point_latest
@@ -38,7 +39,8 @@ def train_one_epoch(model, split: EncodedSplit, batches: list[torch.Tensor], opt
                     device: torch.device, cut: Truncation, grad_clip: float, progress: EpochProgress,
                     should_stop: Callable[[], bool], on_step: StepCallback | None = None,
                     epoch: int = 1, dist: Dist = SINGLE,
-                    class_weight: torch.Tensor | None = None) -> EpochProgress:
+                    class_weight: torch.Tensor | None = None,
+                    adversarial: tuple[str, float, float] | None = None) -> EpochProgress:
     """Train on `batches`, continuing from `progress.batches_done` and updating `progress` in place;
     `on_step(step, progress)` after each step. `class_weight` (C,) weighs each label's loss.
 
@@ -51,9 +53,11 @@ def train_one_epoch(model, split: EncodedSplit, batches: list[torch.Tensor], opt
     model.train()
     start = time.perf_counter() - progress.seconds
     for step in range(progress.batches_done + 1, len(batches) + 1):
-        loss, totals = _step_loss(model, split, batches[step - 1], cut, device, dist, class_weight)
+        loss, totals = _step_loss(model, split, batches[step - 1], cut, device, dist, class_weight,
+                                  adversarial)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        _drop_frozen_grads(optimizer)
         norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf))
         totals[4] = float(should_stop())
         loss_sum, right, seen, tokens, stop = all_reduce_sum(dist, totals).tolist()
@@ -73,8 +77,19 @@ def train_one_epoch(model, split: EncodedSplit, batches: list[torch.Tensor], opt
     return progress
 
 
+def _drop_frozen_grads(optimizer) -> None:
+    """Gradual unfreezing holds a group frozen at lr 0 (schedule.make_scheduler): its gradients go, so
+    that the optimizer skips it (no Adam moments, no weight decay, no momentum) and gradient clipping
+    measures the groups that train. Every rank drops the same ones after DDP's all-reduce."""
+    for group in optimizer.param_groups:
+        if group["lr"] == 0:
+            for p in group["params"]:
+                p.grad = None
+
+
 def _step_loss(model, split: EncodedSplit, rows: torch.Tensor, cut: Truncation, device: torch.device,
-               dist: Dist, class_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               dist: Dist, class_weight: torch.Tensor | None = None,
+               adversarial: tuple[str, float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss to back-propagate for the global batch `rows`, and this rank's float64 totals
     [loss sum, correct (multi-label: texts whose whole label set is right), examples, tokens, 0 (the stop
     request's place)].
@@ -82,11 +97,18 @@ def _step_loss(model, split: EncodedSplit, rows: torch.Tensor, cut: Truncation, 
     One process: the mean loss (with class weights, the weighted mean: sum w_y * loss / sum w_y, as
     F.cross_entropy's). Under torchrun each rank runs its share of the rows, and its loss is its sum over
     them times world_size / (the rows' total weight): DDP averages gradients over the ranks, so the
-    result is the gradient of the mean over the whole global batch, however unevenly the rows divide."""
+    result is the gradient of the mean over the whole global batch, however unevenly the rows divide.
+
+    adversarial (mode "at" or "vat", epsilon, weight): the encoder branch's loss gets an adversarial
+    term (training/adversarial.py); the totals stay those of the clean batch."""
     mine, live = dist.shard(rows)
     batch = collate(split, mine, cut).to(device)
-    # (P, B, C): each branch learns on its own; labels: an NBSVM bag leaves each text out of its counts
-    parts = model(batch.ids, batch.lengths, parts=True, labels=batch.labels)
+    adv_mode = adversarial[0] if adversarial is not None and adversarial[0] != "none" else None
+    if adv_mode is None:
+        # (P, B, C): each branch learns on its own; labels: an NBSVM bag leaves each text out of its counts
+        parts = model(batch.ids, batch.lengths, parts=True, labels=batch.labels)
+    else:
+        parts, adv_part = _adversarial_forward(model, batch, adv_mode, adversarial[1], class_weight, device)
     # (B, C): what evaluation and prediction see (branch_weights is all ones until training has ended)
     logits = parts.sum(0)
     w = None if class_weight is None else class_weight.to(device)
@@ -96,8 +118,19 @@ def _step_loss(model, split: EncodedSplit, rows: torch.Tensor, cut: Truncation, 
         total = float(class_weight[split.labels[rows]].sum()) if weighted else len(rows)
         loss_sum = sum(classification_loss(part, batch.labels, w, reduction="sum") for part in parts) * live
         loss = loss_sum * (dist.world_size / total)
+        if adv_mode == "at":
+            adv = classification_loss(adv_part, batch.labels, w, reduction="sum") * live
+            loss = loss + adversarial[2] * adv * (dist.world_size / total)
+        elif adv_mode == "vat":
+            kl = kl_divergence(parts[0].detach(), adv_part, split.multi_label).sum() * live
+            loss = loss + adversarial[2] * kl * (dist.world_size / len(rows))
     else:
         loss = sum(classification_loss(part, batch.labels, w) for part in parts)
+        if adv_mode == "at":
+            loss = loss + adversarial[2] * classification_loss(adv_part, batch.labels, w)
+        elif adv_mode == "vat":
+            kl = kl_divergence(parts[0].detach(), adv_part, split.multi_label)
+            loss = loss + adversarial[2] * kl.mean()
     # reported: the loss of the summed logits, as validation reports it (with one branch, the loss
     # trained); a non-finite trained loss is reported as it is, so that the step stops on it
     value = classification_loss(logits.detach(), batch.labels, reduction="sum").item() * live
@@ -106,6 +139,24 @@ def _step_loss(model, split: EncodedSplit, rows: torch.Tensor, cut: Truncation, 
     n = len(batch.labels) * live
     right = correct(logits.detach(), batch.labels) * live
     return loss, torch.tensor([value, right, n, batch.num_tokens * live, 0.0], dtype=torch.float64)
+
+
+def _adversarial_forward(model, batch, mode: str, epsilon: float, class_weight: torch.Tensor | None,
+                         device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean branches (P, B, C) and the encoder branch's logits of the perturbed batch (B, C): the
+    perturbation from the unwrapped model (no parameter gradient), then ONE forward of `model` (under
+    torchrun the DDP wrapper) over [x; x] with noise [0; r], so that DDP sees one forward per backward."""
+    net = getattr(model, "module", model)
+    w = None if class_weight is None else class_weight.to(device)
+    clean = None
+    if mode == "vat":
+        with torch.no_grad():
+            clean = net(batch.ids, batch.lengths, parts=True, labels=batch.labels)[0]
+    r = perturbation(net, mode, epsilon, batch.ids, batch.lengths, batch.labels, w, clean)
+    B = batch.ids.shape[0]
+    both = model(torch.cat([batch.ids, batch.ids]), torch.cat([batch.lengths, batch.lengths]), parts=True,
+                 labels=torch.cat([batch.labels, batch.labels]), noise=torch.cat([torch.zeros_like(r), r]))
+    return both[:, :B], both[0, B:]
 
 
 def _resume_command(r: Run) -> str:
@@ -179,7 +230,8 @@ def fit(r: Run) -> dict:
                 on_step = report if r.tb is None else chain(report, r.tb.on_step(epoch, len(batches),
                                                                                  r.optimizer, p))
                 train_one_epoch(r.wrapped, train, batches, r.optimizer, r.scheduler, r.device, cut,
-                                t.grad_clip, p, stop, on_step, epoch, r.dist, r.class_weight)
+                                t.grad_clip, p, stop, on_step, epoch, r.dist, r.class_weight,
+                                (t.adversarial.value, t.adversarial_epsilon, t.adversarial_weight))
             if p.batches_done < len(batches):
                 _save_last(r, None)
                 raise Interrupted(f"interrupted in epoch {epoch} after {p.batches_done}/{len(batches)} "
