@@ -34,6 +34,21 @@ def _steps_active(lengths: torch.Tensor, T: int) -> list[int]:
     return (lengths[None, :] > torch.arange(T)[:, None]).sum(1).tolist()
 
 
+class _GateRows(torch.autograd.Function):
+    """w's rows (its gate blocks) in the kernels' order: w.index_select(0, rows). Its gradient is the
+    inverse permutation, another row gather; indexing with w[rows] instead has for backward a zeroed
+    tensor and an accumulating scatter (index_put_), which runs serially."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        ctx.rows = rows
+        return w.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad.index_select(0, ctx.rows.argsort()), None
+
+
 class ScratchRNN(nn.Module):
     """Our own multi-layer (bi)directional LSTM / GRU / RNN, batch-first, with exact variable lengths.
 
@@ -97,7 +112,8 @@ class ScratchRNN(nn.Module):
         order, args = self._gate_rows, []
         for seq, sfx in directions:
             p = self._params(layer, sfx)
-            args += [seq, p["weight_ih"][order], (p["bias_ih"] + p["bias_hh"])[order], p["weight_hh"][order]]
+            args += [seq, *(_GateRows.apply(w, order) for w in
+                            (p["weight_ih"], p["bias_ih"] + p["bias_hh"], p["weight_hh"]))]
         out = LSTMLayer.apply(active, *args)  # (hs, c_last, h_last) per direction
         return list(zip(out[::3], out[2::3], out[1::3], strict=True))
 
