@@ -164,8 +164,8 @@ class TrainConfig:
     adversarial: Adversarial = _f(Adversarial.none, "adversarial training on the embedded text (Miyato et "
                                                     "al. 2017): none, at (adversarial) or vat (virtual "
                                                     "adversarial, label-free)")
-    adversarial_epsilon: float = _f(5.0, "adversarial: perturbation norm per text, in units of the "
-                                         "embedding rows' RMS")
+    adversarial_epsilon: float = _f(5.0, "adversarial: perturbation norm per text, in units of the RMS "
+                                         "of the batch's embedded tokens")
     adversarial_weight: float = _f(1.0, "adversarial: weight of the adversarial loss term")
     patience: int = _f(0, "early stopping: stop after this many epochs without a better val accuracy "
                           "(0 = off)")
@@ -174,7 +174,7 @@ class TrainConfig:
                              "tokens")
     freeze_embeddings: bool = _f(False, "keep the embedding layer fixed during training")
     init_from: str = _f("", "start the embedding and recurrent encoder from a pretrained folder "
-                            "(lstmcli pretrain): its vocabulary, cell and sizes are the classifier's")
+                            "(lstmcli pretrain); its vocabulary is used, and cell and sizes must match")
     calibrate: bool = _f(True, "after training, fit one weight per branch of best/ (the encoder's, an "
                                "n-gram bag's) on the validation split by log-loss: with a bag it sets "
                                "how much each counts; alone it is temperature scaling, which keeps every "
@@ -346,6 +346,9 @@ def validate(cfg: Config, source: str) -> Config:
     if cfg.train.layer_lr_decay <= 0:
         raise ConfigError(f"{source}: config key 'train.layer_lr_decay' must be > 0 and <= 1, got "
                           f"{cfg.train.layer_lr_decay}")
+    if cfg.train.init_from and cfg.train.embeddings:
+        raise ConfigError(f"{source}: config keys 'train.init_from' and 'train.embeddings' both set the "
+                          "embedding; give one")
     if cfg.train.gradual_unfreezing and cfg.train.scheduler is Scheduler.plateau:
         raise ConfigError(f"{source}: config key 'train.gradual_unfreezing' needs a per-batch schedule "
                           "(constant, cosine, slanted_triangular or one_cycle), not plateau")

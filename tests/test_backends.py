@@ -50,9 +50,12 @@ def test_int8_export_goes_into_the_checkpoint_and_predict_auto_runs_it(trained):
     auto = run("predict", "-c", trained, "a film")
     assert "backend onnx (auto): " + str(best / "model.int8.onnx") in auto.stderr
     int8 = answers("-c", trained)
-    assert [a["label"] for a in int8] == [a["label"] for a in torch_answers]
     for got, want in zip(int8, torch_answers, strict=True):  # int8 rounding, not another model
-        assert got["probability"] == pytest.approx(want["probability"], abs=0.02)
+        mine = {pair["label"]: pair["probability"] for pair in got["top_k"]}
+        theirs = {pair["label"]: pair["probability"] for pair in want["top_k"]}
+        assert mine == pytest.approx(theirs, abs=0.02)
+        if want["probability"] > 0.5 + 0.02:  # a text this near the boundary may go either way
+            assert got["label"] == want["label"]
     assert lstmcli.load(trained).backend == "onnx"
     assert lstmcli.load(trained, backend="torch").backend == "torch"
 

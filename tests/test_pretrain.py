@@ -68,6 +68,27 @@ def test_padding_is_never_predicted_and_lengths_count():
     torch.testing.assert_close(both[[3, 7]], alone)
 
 
+def test_a_batch_without_rare_words_still_gives_every_softmax_weight_a_gradient():
+    """DDP (without find_unused_parameters) needs every parameter's gradient in every step; the adaptive
+    softmax skips a tail cluster that no target of the batch falls in."""
+    from types import SimpleNamespace
+
+    from lstmcli.data.batches import Truncation
+    from lstmcli.data.encode import EncodedSplit
+    from lstmcli.runtime.distributed import SINGLE
+    from lstmcli.training.pretrain import _step_loss
+    model = lm(True)  # head: words 0-7; tails: 8-15, 16-29
+    docs = EncodedSplit(torch.tensor([3, 5, 7, 2, 4, 6, 2], dtype=torch.int32), torch.tensor([0, 4, 7]),
+                        torch.zeros(2, dtype=torch.int64))
+    r = SimpleNamespace(plan=SimpleNamespace(dist=SINGLE, device=torch.device("cpu")), model=model,
+                        wrapped=model, corpus=SimpleNamespace(documents=docs))
+    loss, totals = _step_loss(r, torch.tensor([0, 1]), Truncation())
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert all(not p.grad.any() for p in model.softmax.tail.parameters())  # no rare word, no change
+    assert totals[1] == 2 * (3 + 2)  # words predicted: both directions, each text's length - 1
+
+
 def test_cutoffs_fit_the_vocabulary_and_odd_encoders_are_refused():
     assert usable_cutoffs([200, 2000, 10000], 50_000) == [200, 2000, 10000]
     assert usable_cutoffs([200, 2000], 1000) == [200] and usable_cutoffs([200], 100) == [50]
@@ -103,6 +124,10 @@ def test_pretrain_writes_a_run_folder_and_a_classifier_starts_from_it(workdir):
         assert {"val_forward_perplexity", "val_backward_perplexity", "train_perplexity"} <= set(h)
     assert m["history"][1]["val_loss"] < m["history"][0]["val_loss"]
     assert Path("pre/learning_curves.png").is_file()
+    Path("pre/learning_curves.png").unlink()
+    drawn = json.loads(ok(run("plot", "--run", "pre", "--json")).stdout)
+    assert drawn["files"] == [str(Path("pre/learning_curves.png"))]
+    assert Path("pre/learning_curves.png").is_file()
     assert json.loads(Path("pre/best/labels.json").read_text()) == []
     rows = ["text,label"] + [f"{' '.join(WORDS[i % 7:i % 7 + 4])} {'great' if i % 2 else 'awful'},"
                              f"{'pos' if i % 2 else 'neg'}" for i in range(60)]
@@ -130,6 +155,10 @@ def test_misuse_is_one_line(workdir):
     one_line_error(run("train", "--dataset", "lab.csv", "--init-from", "pre", "--hidden-size", "12",
                        "--bidirectional", "--quiet"), 2, "model.embedding_dim", "128", "8")
     one_line_error(run("eval", "-c", "pre/best"), 2, "pretrained encoder", "--init-from")
+    Path("vec.txt").write_text("good " + " ".join(["0.1"] * 8) + "\n")
+    one_line_error(run("train", "--dataset", "lab.csv", "--init-from", "pre", "--embeddings", "vec.txt",
+                       "--embedding-dim", "8", "--hidden-size", "12", "--bidirectional", "--quiet"), 2,
+                   "train.init_from", "train.embeddings")
     one_line_error(run("train", "--dataset", "lab.csv", "--init-from", "nowhere", "--quiet"), 2, "nowhere")
     one_line_error(run("pretrain", "--unlabelled", docs, "--num-layers", "2", "--bidirectional"), 2,
                    "more than one layer")

@@ -207,10 +207,13 @@ def plot_run(run_dir: Path) -> list[Path]:
     except (OSError, ValueError) as exc:
         raise LstmcliError(f"cannot plot {run_dir}: no readable metrics.json ({exc})") from None
     check_metrics(metrics, where)
+    name = run_dir.resolve().name
+    if metrics.get("kind") == "language_model":  # lstmcli pretrain's: perplexity curves, no report
+        title = f"{name}: language model learning curves"
+        return [learning_curves(metrics, run_dir / LEARNING_CURVES, title)]
     report, split = metrics.get("test"), "test"
     if report is None:
         report, split = _best_val(run_dir / "best" / "metrics.json"), "val"
-    name = run_dir.resolve().name
     written = [learning_curves(metrics, run_dir / LEARNING_CURVES, f"{name}: learning curves")]
     if report:
         written.append(report_picture(report, run_dir, f"{name}: {split} split, best/"))

@@ -146,6 +146,10 @@ def _step_loss(r: PretrainRun, rows: torch.Tensor, cut: Truncation) -> tuple[tor
     nll = r.wrapped(batch.ids, batch.lengths)  # (N,)
     total = max(_predicted(truncated_lengths(r.corpus.documents, cut.length)[rows], directions), 1)
     loss = nll.sum() * (live * dist.world_size / total)
+    # the adaptive softmax skips a tail cluster no target of this batch falls in, and DDP (built without
+    # find_unused_parameters) needs a gradient for every parameter in every step: a zero-weight term
+    # gives the whole softmax one, of zeros, on every rank
+    loss = loss + 0.0 * sum(p.sum() for p in r.model.softmax.parameters())
     totals = torch.tensor([float(nll.detach().sum()) * live, len(nll) * live, batch.num_tokens * live, 0.0],
                           dtype=torch.float64)
     return loss, totals
@@ -302,13 +306,14 @@ def reopen(run_dir: Path) -> PretrainRun:
     lock = RunLock(run_dir) if plan.dist.is_main else None
     try:
         corpus = _load_corpus(cfg, plan.dist)
-        model = load_language_model(run_dir / "last", str(plan.device), plan)[0]
-        if model.spec.vocab_size != len(corpus.vocab):
+        model, _, vocab, _ = load_language_model(run_dir / "last", str(plan.device), plan)
+        if vocab != corpus.vocab:
             raise CheckpointError(f"cannot resume {run_dir}: its text has changed since the run started")
         optimizer = make_optimizer(model, cfg)
         scheduler = make_scheduler(optimizer, cfg, _steps_per_epoch(cfg, corpus))
         state, _ = load_state(run_dir / "last", optimizer, scheduler, plan.dist.rank)
         metrics["history"] = [h for h in metrics["history"] if h.get("epoch", 0) < state.epoch]
+        metrics["best_epoch"] = state.best_epoch  # last/'s, which metrics.json may have run ahead of
         metrics["environment"] = environment(plan)
         log.info(f"resuming {run_dir} in epoch {state.epoch} after {state.progress.batches_done} batches")
         return PretrainRun(cfg, plan, run_dir, corpus, model, distributed.wrap(model, plan.dist, plan.device),
